@@ -1,0 +1,471 @@
+"""Dependency graph: trace a model, propagate channel labels, and group coupled channels.
+
+``build_dependency_graph(model, example_inputs)`` symbolically traces the model with torch.fx,
+then executes the traced graph node by node on the example inputs (under ``torch.no_grad`` and
+``FlopCounterMode``), computing every node's real value *and* its channel labels (see
+``_labels``). Op semantics live in ``_ops``. The result is a :class:`DependencyGraph`:
+
+* **members**: every prunable tensor dimension (a conv's output rows, a BatchNorm's channels,
+  a Linear's input features ...) with the raw channel id of each of its indices;
+* **atoms**: connected components of the coupling edges, i.e. the sets of channels that must be
+  removed together (one residual-stream channel across every block of a stage, one group of a
+  depthwise conv, a shuffled pair of ShuffleNetV2 channels ...);
+* **groups**: members that share atoms, the "layers that shrink together";
+* which atoms are blocked, and why (model output, unsupported op, user exclusion ...);
+* the layer list for a fast, exact cost model of conv/Linear MACs and parameters.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from torch import nn
+from torch.fx import GraphModule, Node, Tracer
+from torch.utils.flop_counter import FlopCounterMode
+
+from ._labels import Coupling, has_labels, unlabelled
+from .errors import TraceError
+
+PRODUCER_KINDS = ("conv_out", "linear_out")
+
+
+@dataclass
+class Member:
+    """One prunable tensor dimension of one module.
+
+    ``tensors`` lists ``(attribute, axis)`` pairs that are sliced together along this member;
+    ``ids[i]`` is the raw channel id of index ``i`` (-1 = never removed).
+    """
+
+    module: str
+    kind: str  # conv_out | conv_in | linear_out | linear_in | bn | norm | param
+    ids: torch.Tensor
+    tensors: tuple[tuple[str, int], ...]
+    groups: int = 1
+    group_mode: str = ""  # "" | "group" (remove whole conv groups) | "width" (same slot in every group)
+
+    @property
+    def size(self) -> int:
+        return int(self.ids.numel())
+
+
+@dataclass
+class LayerCost:
+    """Conv or Linear call whose MACs/params depend on kept channel counts."""
+
+    module: str
+    kind: str  # conv | linear
+    out_member: int | None
+    in_member: int | None
+    out_size: int
+    in_size: int
+    groups: int
+    group_mode: str
+    macs_per_unit: float  # MACs per sample per (out channel x in channel per group)
+    params_per_unit: int  # weight elements per (out x in-per-group); 0 for a repeated call
+    bias: bool
+
+
+@dataclass
+class ChannelGroup:
+    """Members that shrink together, and the atoms that can be removed from them."""
+
+    index: int
+    members: list[int]
+    atoms: np.ndarray  # every atom touching these members
+    removable: np.ndarray  # the subset that may be removed
+    blocked_reasons: list[str]
+
+    def describe(self, graph: "DependencyGraph") -> str:
+        names = sorted({graph.members[m].module for m in self.members})
+        shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+        return f"group {self.index}: {len(self.atoms)} channels, {len(self.removable)} removable [{shown}]"
+
+
+@dataclass
+class DependencyGraph:
+    members: list[Member]
+    atom_of_id: np.ndarray
+    num_atoms: int
+    blocked: np.ndarray  # bool per atom
+    block_reason: dict[int, str]
+    renormalized: np.ndarray  # bool per atom: removal changes a LayerNorm's statistics
+    producer: np.ndarray  # bool per atom: owns a conv/Linear output
+    groups: list[ChannelGroup]
+    layers: list[LayerCost]
+    macs: float  # per sample, whole model (FlopCounterMode / 2)
+    params: int
+    other_macs: float  # MACs not modelled by ``layers`` (attention matmuls ...); constant
+    other_params: int
+    batch_size: int
+    unsupported: dict[str, int] = field(default_factory=dict)  # reason -> blocked atoms
+
+    # ---- atoms ---------------------------------------------------------------------------
+    def member_atoms(self, m: int) -> np.ndarray:
+        """Atom of each index of member ``m`` (-1 for indices that are never removed)."""
+        ids = self.members[m].ids.numpy()
+        out = np.full(ids.shape, -1, dtype=np.int64)
+        ok = ids >= 0
+        out[ok] = self.atom_of_id[ids[ok]]
+        return out
+
+    @property
+    def removable(self) -> np.ndarray:
+        return np.flatnonzero(self.producer & ~self.blocked)
+
+    def kept_counts(self, removed: np.ndarray) -> np.ndarray:
+        """Kept index count of every member, given a bool-per-atom removal mask."""
+        return np.array([self._kept(m, removed).sum() for m in range(len(self.members))], dtype=np.int64)
+
+    def _kept(self, m: int, removed: np.ndarray) -> np.ndarray:
+        atoms = self._member_atoms_cache[m]
+        kept = np.ones(atoms.shape, dtype=bool)
+        ok = atoms >= 0
+        kept[ok] = ~removed[atoms[ok]]
+        return kept
+
+    def kept_mask(self, m: int, removed: np.ndarray) -> np.ndarray:
+        return self._kept(m, removed)
+
+    def __post_init__(self) -> None:
+        self._member_atoms_cache = [self.member_atoms(m) for m in range(len(self.members))]
+
+    # ---- cost ----------------------------------------------------------------------------
+    def cost(self, kept: np.ndarray | None = None) -> tuple[float, float]:
+        """(MACs per sample, params) for the given per-member kept counts (None = unpruned)."""
+        macs = self.other_macs
+        params = float(self.other_params)
+        size = lambda m, full: full if m is None else (kept[m] if kept is not None else self.members[m].size)  # noqa: E731
+        for layer in self.layers:
+            out = size(layer.out_member, layer.out_size)
+            inp = size(layer.in_member, layer.in_size)
+            if layer.group_mode == "group":
+                in_pg = layer.in_size // layer.groups
+            else:
+                in_pg = inp // layer.groups
+            macs += layer.macs_per_unit * out * in_pg
+            params += layer.params_per_unit * out * in_pg + (out if layer.bias and layer.params_per_unit else 0)
+        for m, member in enumerate(self.members):
+            if member.kind in ("bn", "norm", "param"):
+                n = kept[m] if kept is not None else member.size
+                params += self._param_per_index[m] * n
+        return macs, params
+
+    def describe(self) -> str:
+        lines = [
+            f"{len(self.members)} prunable dims, {self.num_atoms} channel atoms in {len(self.groups)} groups, "
+            f"{len(self.removable)} removable",
+        ]
+        for reason, n in sorted(self.unsupported.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  blocked {n:5d} atoms: {reason}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# tracing
+
+
+class _LeafTracer(Tracer):
+    """torch.fx tracer whose leaves are torch.nn's own modules (and user-named classes)."""
+
+    def __init__(self, extra_leaves: tuple[type, ...] = ()):
+        super().__init__()
+        self.extra_leaves = extra_leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if self.extra_leaves and isinstance(m, self.extra_leaves):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+def symbolic_trace(model: nn.Module) -> GraphModule:
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception as exc:  # fx raises many types; the user needs the model name and cause
+        raise TraceError(
+            f"cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}. "
+            "Models with data-dependent control flow cannot be pruned as a whole; prune a "
+            "traceable submodule (e.g. the backbone) instead."
+        ) from exc
+    return GraphModule(model, graph)
+
+
+class _Run:
+    """Executes a traced graph, keeping values and labels for every node."""
+
+    def __init__(self, model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...]):
+        self.model = model
+        self.gm = gm
+        self.inputs = inputs
+        self.modules = dict(model.named_modules())
+        self.coupling = Coupling()
+        self.members: list[Member] = []
+        self.member_index: dict[tuple[str, str], int] = {}
+        self.layers: list[LayerCost] = []
+        self.seen_layer_params: set[str] = set()
+        self.batch = 1
+        self.node: Node | None = None
+
+    # -- helpers used by op handlers --------------------------------------------------------
+    def where(self) -> str:
+        node = self.node
+        if node is None:
+            return "?"
+        if node.op == "call_module":
+            return f"layer '{node.target}' ({type(self.modules[node.target]).__name__})"
+        target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+        return f"node '{node.name}' ({target})"
+
+    def add_member(self, module: str, kind: str, ids: torch.Tensor, tensors: tuple[tuple[str, int], ...],
+                   groups: int = 1, group_mode: str = "") -> int:
+        """Register a member; a module called twice shares one member and couples the calls."""
+        key = (module, kind)
+        if key in self.member_index:
+            index = self.member_index[key]
+            self.coupling.union(self.members[index].ids, ids)
+            unpaired = (self.members[index].ids >= 0) != (ids >= 0)
+            if bool(unpaired.any()):
+                self.coupling.block(torch.cat([self.members[index].ids, ids]), f"shared layer '{module}' sees unprunable channels")
+            return index
+        self.members.append(Member(module, kind, ids.clone(), tensors, groups, group_mode))
+        self.member_index[key] = len(self.members) - 1
+        return len(self.members) - 1
+
+    def module_ids(self, module: str, kind: str, n: int) -> torch.Tensor:
+        key = (module, kind)
+        if key in self.member_index:
+            return self.members[self.member_index[key]].ids
+        return self.coupling.allocate(n)
+
+    def add_layer(self, **kw: Any) -> None:
+        first = kw["module"] not in self.seen_layer_params
+        self.seen_layer_params.add(kw["module"])
+        if not first:
+            kw["params_per_unit"] = 0
+        self.layers.append(LayerCost(**kw))
+
+    # -- execution --------------------------------------------------------------------------
+    def run(self) -> None:
+        from . import _op_table, _ops  # noqa: F401  (_op_table registers the handlers)
+
+        last_use: dict[Node, Node] = {}
+        for node in self.gm.graph.nodes:
+            for arg in node.all_input_nodes:
+                last_use[arg] = node
+        values: dict[Node, Any] = {}
+        labels: dict[Node, Any] = {}
+        placeholders = iter(self.inputs)
+        for node in self.gm.graph.nodes:
+            self.node = node
+            if node.op == "placeholder":
+                try:
+                    value = next(placeholders)
+                except StopIteration:
+                    value = node.args[0] if node.args else None  # default argument
+                if isinstance(value, torch.Tensor) and not values:
+                    self.batch = int(value.shape[0]) if value.dim() else 1
+                values[node], labels[node] = value, _ops.fresh_labels(value)
+            elif node.op == "output":
+                _ops.block_structure(self, _ops.map_labels(node.args[0], labels), "model output (protected)")
+            else:
+                args = _ops.map_values(node.args, values)
+                kwargs = _ops.map_values(node.kwargs, values)
+                value = self._execute(node, args, kwargs)
+                values[node] = value
+                labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
+            for arg in node.all_input_nodes:
+                if last_use.get(arg) is node:
+                    values.pop(arg, None)
+                    labels.pop(arg, None)
+        self.node = None
+
+    def _execute(self, node: Node, args: tuple, kwargs: dict) -> Any:
+        if node.op == "get_attr":
+            obj: Any = self.model
+            for part in str(node.target).split("."):
+                obj = getattr(obj, part)
+            return obj
+        if node.op == "call_module":
+            return self.modules[str(node.target)](*args, **kwargs)
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            self_obj, *rest = args
+            return getattr(self_obj, str(node.target))(*rest, **kwargs)
+        raise TraceError(f"unexpected fx node op {node.op!r}")
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a Tensor or a tuple of inputs, got {type(example_inputs).__name__}")
+
+
+def build_dependency_graph(
+    model: nn.Module,
+    example_inputs: Any,
+    exclude: Iterable[str] = (),
+    allow_renormalization: bool = True,
+) -> DependencyGraph:
+    """Trace ``model`` on ``example_inputs`` and find its channel groups.
+
+    Args:
+        model: the network. It is run in eval mode under ``torch.no_grad``; its train/eval
+            mode is restored afterwards and it is not modified.
+        example_inputs: a tensor or tuple of positional inputs (a batch of 1 is enough).
+        exclude: layer names or regular expressions (matched in full against module names);
+            every channel of a matching layer is kept.
+        allow_renormalization: allow removing channels normalised together by a LayerNorm
+            (ConvNeXt); the result is then not identical to zeroing those channels.
+
+    Raises:
+        TraceError: the model cannot be traced by torch.fx or fails on the example input.
+        ValueError: an ``exclude`` entry matches no layer.
+    """
+    inputs = _as_tuple(example_inputs)
+    names = [n for n, _ in model.named_modules() if n]
+    patterns = _compile_excludes(exclude, names)
+    was_training = model.training
+    gm = symbolic_trace(model)
+    run = _Run(model, gm, inputs)
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            try:
+                run.run()
+            except TraceError:
+                raise
+            except Exception as exc:
+                raise TraceError(f"running the traced {type(model).__name__} failed at {run.where()}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)
+    for pattern in patterns:
+        for member in run.members:
+            if pattern.fullmatch(member.module):
+                run.coupling.block(member.ids, f"excluded by user ({pattern.pattern})")
+    return _finish(model, run, counter.get_total_flops() / 2 / max(run.batch, 1), allow_renormalization)
+
+
+def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Pattern[str]]:
+    patterns = []
+    for entry in exclude:
+        try:
+            pattern = re.compile(entry)
+        except re.error as exc:
+            raise ValueError(f"exclude entry {entry!r} is not a valid regular expression: {exc}") from exc
+        if not any(pattern.fullmatch(n) for n in names):
+            close = [n for n in names if entry.split(".")[-1] in n][:5]
+            hint = f"; similar layers: {close}" if close else ""
+            raise ValueError(f"exclude entry {entry!r} matches no layer of the model{hint}")
+        patterns.append(pattern)
+    return patterns
+
+
+def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: bool) -> DependencyGraph:
+    coupling = run.coupling
+    n = max(coupling.next_id, 1)
+    if coupling.edges:
+        edges = torch.cat(coupling.edges, dim=1).numpy()
+        adj = coo_matrix((np.ones(edges.shape[1], dtype=np.int8), (edges[0], edges[1])), shape=(n, n))
+    else:
+        adj = coo_matrix((n, n), dtype=np.int8)
+    num_atoms, atom_of_id = connected_components(adj, directed=False)
+    atom_of_id = atom_of_id.astype(np.int64)
+
+    blocked = np.zeros(num_atoms, dtype=bool)
+    reason: dict[int, str] = {}
+    for ids, why in coupling.blocks:
+        for atom in np.unique(atom_of_id[ids.numpy()]):
+            if not blocked[atom]:
+                blocked[atom] = True
+                reason[int(atom)] = why
+    renorm = np.zeros(num_atoms, dtype=bool)
+    for ids in coupling.renormalized:
+        renorm[atom_of_id[ids.numpy()]] = True
+    if not allow_renormalization:
+        for atom in np.flatnonzero(renorm & ~blocked):
+            blocked[atom] = True
+            reason[int(atom)] = "normalised by a LayerNorm over channels (allow_renormalization=False)"
+    producer = np.zeros(num_atoms, dtype=bool)
+    for member in run.members:
+        if member.kind in PRODUCER_KINDS:
+            ids = member.ids.numpy()
+            producer[atom_of_id[ids[ids >= 0]]] = True
+
+    groups = _groups(run.members, atom_of_id, num_atoms, blocked, producer, reason)
+    modelled_params, per_index = _modelled_params(run)
+    unsupported: dict[str, int] = {}
+    for atom, why in reason.items():
+        if producer[atom]:
+            unsupported[why] = unsupported.get(why, 0) + 1
+    modelled_macs = sum(l.macs_per_unit * l.out_size * (l.in_size // l.groups) for l in run.layers)
+    total_params = sum(p.numel() for p in model.parameters())
+    graph = DependencyGraph(
+        members=run.members, atom_of_id=atom_of_id, num_atoms=num_atoms, blocked=blocked,
+        block_reason=reason, renormalized=renorm, producer=producer, groups=groups, layers=run.layers,
+        macs=macs, params=total_params, other_macs=max(macs - modelled_macs, 0.0),
+        other_params=total_params - modelled_params, batch_size=run.batch, unsupported=unsupported,
+    )
+    graph._param_per_index = per_index
+    return graph
+
+
+def _modelled_params(run: _Run) -> tuple[int, list[int]]:
+    """Parameters the cost model tracks, and the per-index parameter count of 1-D members."""
+    total = 0
+    for layer in run.layers:
+        if layer.params_per_unit:
+            total += layer.params_per_unit * layer.out_size * (layer.in_size // layer.groups)
+            total += layer.out_size if layer.bias else 0
+    per_index = []
+    for member in run.members:
+        count = 0
+        if member.kind in ("bn", "norm", "param"):
+            module = run.modules[member.module]
+            for name, axis in member.tensors:
+                tensor = getattr(module, name)
+                if isinstance(tensor, nn.Parameter):
+                    count += tensor.numel() // tensor.shape[axis]
+        per_index.append(count)
+        total += count * member.size
+    return total, per_index
+
+
+def _groups(members: list[Member], atom_of_id: np.ndarray, num_atoms: int, blocked: np.ndarray,
+            producer: np.ndarray, reason: dict[int, str]) -> list[ChannelGroup]:
+    """Connected components of the member-atom incidence graph."""
+    rows, cols = [], []
+    for m, member in enumerate(members):
+        ids = member.ids.numpy()
+        atoms = np.unique(atom_of_id[ids[ids >= 0]])
+        rows.append(np.full(atoms.shape, m))
+        cols.append(atoms)
+    if not members:
+        return []
+    r = np.concatenate(rows)
+    c = np.concatenate(cols) + len(members)
+    size = len(members) + num_atoms
+    adj = coo_matrix((np.ones(r.shape, dtype=np.int8), (r, c)), shape=(size, size))
+    _, comp = connected_components(adj, directed=False)
+    groups: dict[int, tuple[list[int], list[int]]] = {}
+    for m in range(len(members)):
+        groups.setdefault(int(comp[m]), ([], []))[0].append(m)
+    for atom in range(num_atoms):
+        key = int(comp[len(members) + atom])
+        if key in groups:
+            groups[key][1].append(atom)
+    out = []
+    for index, (ms, atoms) in enumerate(groups.values()):
+        atoms_arr = np.array(sorted(atoms), dtype=np.int64)
+        removable = atoms_arr[producer[atoms_arr] & ~blocked[atoms_arr]]
+        reasons = sorted({reason[int(a)] for a in atoms_arr if int(a) in reason})
+        out.append(ChannelGroup(index, ms, atoms_arr, removable, reasons))
+    return out
