@@ -1,0 +1,40 @@
+"""Model zoo: the seed architectures, registered by name, plus torchvision/timm pass-through.
+
+Usage::
+
+    from models import create_model, default_input_size, list_models
+
+    model = create_model("resnet56", width=8)           # ThinResNet-56 at half width
+    size = default_input_size("resnet56")               # (3, 32, 32)
+    tv = create_model("torchvision:resnet18")           # needs torchvision; never downloads weights
+
+Every zoo model is a plain ``nn.Module`` of standard layers whose eval-mode forward can be traced
+by ``torch.fx.symbolic_trace`` (no hard-coded channel counts), so the pruning engine can trace it
+and slice channels. This package depends only on torch; torchvision and timm are imported lazily.
+"""
+
+from ._registry import create_model, default_input_size, list_models, register_model
+
+# Importing the family modules registers their models.
+from ._cifar_resnet import CifarBasicBlock, CifarResNet
+from ._imagenet_resnet import Bottleneck, BottleneckResNet
+from ._lenet import LeNet5
+from ._mobilenetv2 import InvertedResidual, MobileNetV2
+from ._reid import ReIDResNet
+from ._vgg import VGG
+
+__all__ = [
+    "register_model",
+    "list_models",
+    "create_model",
+    "default_input_size",
+    "CifarBasicBlock",
+    "CifarResNet",
+    "Bottleneck",
+    "BottleneckResNet",
+    "LeNet5",
+    "InvertedResidual",
+    "MobileNetV2",
+    "ReIDResNet",
+    "VGG",
+]
