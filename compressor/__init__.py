@@ -1,3 +1,21 @@
-"""Physical structured pruning for CNNs: dependency graph, criteria, surgery, cost model."""
+"""Physical structured pruning for CNNs: dependency graph, criteria, surgery, cost model.
+
+Public API::
+
+    pruned = compressor.prune(model, example_inputs, "l2", target_flops=0.5)
+    compressor.save_model(pruned, "out_dir"); model = compressor.load_model("out_dir")
+"""
+from ._api import LayerChange, PruneReport, PruneResult, prune, prune_model
+from ._config import PruneConfig
+from ._criteria import aggregate_member_scores, get_criterion, list_criteria, register_criterion
 from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
+from ._select import select_removal
+from ._surgery import prune_channels_, zero_channels_
 from .errors import CompressorError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
+
+__all__ = [
+    "ChannelGroup", "CompressorError", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
+    "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
+    "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
+    "prune_model", "register_criterion", "select_removal", "zero_channels_",
+]

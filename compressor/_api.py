@@ -1,0 +1,170 @@
+"""``prune``: model + example input + target -> physically smaller model, and its report."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._config import PruneConfig
+from ._criteria import get_criterion
+from ._graph import DependencyGraph, build_dependency_graph
+from ._select import select_removal
+from ._surgery import prune_channels_
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerChange:
+    """One conv/Linear layer before and after pruning (MACs are per sample)."""
+
+    name: str
+    kind: str
+    in_before: int
+    in_after: int
+    out_before: int
+    out_after: int
+    macs_before: float
+    macs_after: float
+
+
+@dataclass
+class PruneReport:
+    """What pruning did. FLOPs = 2 x MACs; MACs are per sample at the example input's size."""
+
+    config: dict[str, Any]
+    macs_before: float
+    macs_after: float
+    params_before: int
+    params_after: int
+    channels_removed: int
+    channels_removable: int
+    layers: list[LayerChange]
+    blocked: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def flops_before(self) -> float:
+        return 2 * self.macs_before
+
+    @property
+    def flops_after(self) -> float:
+        return 2 * self.macs_after
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(flops_before=self.flops_before, flops_after=self.flops_after,
+                   flops_ratio=self.flops_ratio, params_ratio=self.params_ratio)
+        return out
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    report: PruneReport
+    graph: DependencyGraph
+    removed: np.ndarray
+
+
+def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool = False,
+                verify: bool = True) -> PruneResult:
+    """Prune ``model`` physically according to ``config``.
+
+    Args:
+        model: the network; left untouched unless ``inplace=True``.
+        example_inputs: a tensor or tuple of inputs used to trace the model; MACs are per
+            sample at this input size.
+        config: criterion and target.
+        inplace: slice ``model`` itself instead of a deep copy.
+        verify: run the pruned model once on ``example_inputs`` to check that it executes.
+
+    Raises:
+        TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages).
+    """
+    t0 = time.perf_counter()
+    graph = build_dependency_graph(model, example_inputs, exclude=config.exclude,
+                                   allow_renormalization=config.allow_renormalization)
+    t1 = time.perf_counter()
+    scores = get_criterion(config.criterion)(model, graph, seed=config.seed)
+    removed = select_removal(graph, scores, config)
+    t2 = time.perf_counter()
+    target = model if inplace else copy.deepcopy(model)
+    prune_channels_(target, graph, removed)
+    t3 = time.perf_counter()
+    if verify:
+        _verify_runs(target, example_inputs)
+    kept = graph.kept_counts(removed)
+    macs_after, params_after = graph.cost(kept)
+    report = PruneReport(
+        config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after - (graph.cost()[0] - graph.macs),
+        params_before=graph.params, params_after=sum(p.numel() for p in target.parameters()),
+        channels_removed=int(removed.sum()), channels_removable=int(graph.removable.size),
+        layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
+        seconds={"graph": t1 - t0, "select": t2 - t1, "surgery": t3 - t2},
+    )
+    metadata = dict(getattr(model, "compressor_metadata", {}) or {})
+    metadata.setdefault("history", []).append({"step": "prune", "config": config.to_dict(),
+                                               "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio})
+    target.compressor_metadata = metadata
+    return PruneResult(target, report, graph, removed)
+
+
+def prune(model: nn.Module, example_inputs: Any, criterion: str = "l2", *, ratio: float | None = None,
+          global_ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
+          inplace: bool = False, **options: Any) -> nn.Module:
+    """Return a physically pruned copy of ``model`` (see :class:`PruneConfig` for options).
+
+    Example: ``compressor.prune(model, torch.randn(1, 3, 224, 224), "l2", target_flops=0.5)``.
+    """
+    config = PruneConfig(criterion=criterion, ratio=ratio, global_ratio=global_ratio, target_flops=target_flops,
+                         target_params=target_params, **options)
+    return prune_model(model, example_inputs, config, inplace=inplace).model
+
+
+def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]:
+    """Per conv/Linear layer: channels and MACs before and after (repeated calls summed)."""
+    rows: dict[str, LayerChange] = {}
+    for layer in graph.layers:
+        out_after = layer.out_size if layer.out_member is None else int(kept[layer.out_member])
+        in_after = layer.in_size if layer.in_member is None else int(kept[layer.in_member])
+        in_pg_before = layer.in_size // layer.groups
+        in_pg_after = in_pg_before if layer.group_mode == "group" else in_after // layer.groups
+        before = layer.macs_per_unit * layer.out_size * in_pg_before
+        after = layer.macs_per_unit * out_after * in_pg_after
+        row = rows.get(layer.module)
+        if row is None:
+            rows[layer.module] = LayerChange(layer.module, layer.kind, layer.in_size, in_after, layer.out_size,
+                                             out_after, before, after)
+        else:
+            row.macs_before += before
+            row.macs_after += after
+    return list(rows.values())
+
+
+def _verify_runs(model: nn.Module, example_inputs: Any) -> None:
+    from ._graph import _as_tuple
+    from .errors import CompressorError
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_tuple(example_inputs))
+    except Exception as exc:
+        raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc
+    finally:
+        model.train(was_training)

@@ -1,0 +1,108 @@
+"""Typed, validated configuration of a pruning run (round-trips through JSON)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_KEYS = ("ratio", "global_ratio", "target_flops", "target_params")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how much.
+
+    Exactly one target is given:
+
+    * ``ratio``: fraction of each channel group's channels removed (layer-wise ranking);
+    * ``global_ratio``: fraction of all removable channels removed, ranked across layers;
+    * ``target_flops``: keep this fraction of the model's FLOPs (global ranking);
+    * ``target_params``: keep this fraction of the parameters (global ranking).
+
+    ``layer_ratios`` maps regexes of layer names to a ratio that overrides ``ratio`` for the
+    groups containing a matching layer. ``round_to=N`` makes kept channel counts multiples of
+    N, rounded to the nearest multiple that still meets the target. At least
+    ``max(min_channels, round_to)`` channels are kept in every layer. ``exclude`` lists layer
+    names or regexes whose channels are all kept. ``allow_renormalization=False`` keeps the
+    channels that a LayerNorm normalises together (so the result equals zeroing channels).
+    """
+
+    criterion: str = "l2"
+    ratio: float | None = None
+    global_ratio: float | None = None
+    target_flops: float | None = None
+    target_params: float | None = None
+    layer_ratios: dict[str, float] = field(default_factory=dict)
+    round_to: int = 1
+    min_channels: int = 1
+    exclude: tuple[str, ...] = ()
+    allow_renormalization: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        given = [k for k in TARGET_KEYS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(TARGET_KEYS)}; got {given or 'none'}")
+        for key in ("ratio", "global_ratio"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ValueError(f"{key} must be in [0, 1), got {value}")
+        for key in ("target_flops", "target_params"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ValueError(f"{key} is the fraction to keep and must be in (0, 1], got {value}")
+        for pattern, value in self.layer_ratios.items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"layer_ratios[{pattern!r}] must be in [0, 1), got {value}")
+            _compile(pattern, "layer_ratios")
+        if self.layer_ratios and self.ratio is None:
+            raise ValueError("layer_ratios needs the layer-wise target 'ratio'")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if not isinstance(self.min_channels, int) or self.min_channels < 1:
+            raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
+        if isinstance(self.exclude, str):
+            object.__setattr__(self, "exclude", (self.exclude,))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        for pattern in self.exclude:
+            _compile(pattern, "exclude")
+        from ._criteria import get_criterion
+
+        get_criterion(self.criterion)
+
+    @property
+    def target(self) -> tuple[str, float]:
+        key = next(k for k in TARGET_KEYS if getattr(self, k) is not None)
+        return key, float(getattr(self, key))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["exclude"] = list(self.exclude)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PruneConfig keys {unknown}; allowed: {sorted(known)}")
+        data = dict(data)
+        if "exclude" in data:
+            data["exclude"] = tuple(data["exclude"])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "PruneConfig":
+        return cls.from_dict(json.loads(text))
+
+
+def _compile(pattern: str, key: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{key} entry {pattern!r} is not a valid regular expression: {exc}") from exc

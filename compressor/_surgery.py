@@ -1,0 +1,133 @@
+"""Channel surgery: physically slice parameters and buffers, then fix module attributes.
+
+The result is the same Python model with smaller ``Conv2d``/``BatchNorm2d``/``Linear``/...
+layers: no masks, no hooks, no zeroed filters. Device, dtype and train/eval mode are kept.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._graph import DependencyGraph, Member
+from .errors import CompressorError
+
+
+def _group_layout(member: Member, kept: np.ndarray) -> np.ndarray:
+    """For a grouped conv's input member: which weight input slots (axis 1) survive."""
+    g = member.groups
+    grid = kept.reshape(g, -1)
+    if member.group_mode == "group":
+        whole = grid.all(axis=1)
+        if not np.array_equal(whole, grid.any(axis=1)):
+            raise CompressorError(f"internal: partial conv group removal in '{member.module}'")
+        return np.ones(grid.shape[1], dtype=bool)
+    slots = grid.all(axis=0)
+    if not np.array_equal(slots, grid.any(axis=0)):
+        raise CompressorError(f"internal: uneven slot removal across groups in '{member.module}'")
+    return slots
+
+
+def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    if name in module._parameters:
+        old = module._parameters[name]
+        module._parameters[name] = nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad)
+    elif name in module._buffers:
+        module._buffers[name] = tensor.contiguous()
+    else:
+        raise CompressorError(f"'{name}' is neither a parameter nor a buffer of {type(module).__name__}")
+
+
+def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[str, int]]:
+    """Remove the atoms flagged in ``removed`` from ``model`` in place.
+
+    Args:
+        model: the model the graph was built from (or an exact copy of it).
+        graph: its dependency graph.
+        removed: bool per atom; removable atoms only.
+
+    Returns:
+        ``{module name: {attribute: new value}}`` for every resized module.
+    """
+    if bool((removed & ~(graph.producer & ~graph.blocked)).any()):
+        bad = np.flatnonzero(removed & ~(graph.producer & ~graph.blocked))[:5]
+        raise CompressorError(f"atoms {bad.tolist()} are blocked and cannot be removed")
+    modules = dict(model.named_modules())
+    plan: dict[str, list[tuple[str, int, torch.Tensor]]] = defaultdict(list)
+    groups: dict[str, int] = {}
+    for m, member in enumerate(graph.members):
+        kept = graph.kept_mask(m, removed)
+        if member.kind == "conv_in" and member.groups > 1:
+            if member.group_mode == "group":
+                groups[member.module] = int(kept.reshape(member.groups, -1).all(axis=1).sum())
+            kept = _group_layout(member, kept)
+        if kept.all():
+            continue
+        index = torch.from_numpy(np.flatnonzero(kept))
+        for name, axis in member.tensors:
+            plan[member.module].append((name, axis, index))
+    changed: dict[str, dict[str, int]] = {}
+    with torch.no_grad():
+        for path, slices in plan.items():
+            module = modules[path]
+            for name, axis, index in slices:
+                tensor = getattr(module, name)
+                if tensor is None:
+                    continue
+                _replace(module, name, tensor.index_select(axis, index.to(tensor.device)))
+            changed[path] = _fix_attributes(module, groups.get(path))
+        for path, g in groups.items():
+            if path not in changed:
+                changed[path] = _fix_attributes(modules[path], g)
+    return changed
+
+
+def _fix_attributes(module: nn.Module, groups: int | None) -> dict[str, int]:
+    """Make a module's size attributes agree with its (sliced) tensors."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if groups is not None:
+            module.groups = groups
+        module.out_channels = module.weight.shape[0]
+        module.in_channels = module.weight.shape[1] * module.groups
+        return {"in_channels": module.in_channels, "out_channels": module.out_channels, "groups": module.groups}
+    if isinstance(module, nn.Linear):
+        module.out_features, module.in_features = module.weight.shape
+        return {"in_features": module.in_features, "out_features": module.out_features}
+    if isinstance(module, (nn.modules.batchnorm._NormBase,)):
+        ref = module.weight if module.weight is not None else module.running_mean
+        if ref is not None:
+            module.num_features = ref.shape[0]
+        return {"num_features": module.num_features}
+    if isinstance(module, nn.LayerNorm):
+        if module.weight is not None:
+            module.normalized_shape = (module.weight.shape[0],)
+        return {"normalized_shape": module.normalized_shape[0]}
+    if isinstance(module, nn.PReLU):
+        module.num_parameters = module.weight.numel()
+        return {"num_parameters": module.num_parameters}
+    return {}
+
+
+def zero_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> None:
+    """Zero, in place, the producers of the atoms flagged in ``removed`` (soft pruning).
+
+    Conv/Linear output rows and biases, BatchNorm shifts and running means, and channel-wise
+    parameters are zeroed, so the channels are exactly 0 downstream through any activation
+    with f(0) = 0. This is the masked oracle that physical pruning must equal, and the
+    "soft" step of PSFP.
+    """
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for m, member in enumerate(graph.members):
+            drop = ~graph.kept_mask(m, removed)
+            if not drop.any() or member.kind in ("conv_in", "linear_in"):
+                continue
+            module = modules[member.module]
+            index = torch.from_numpy(np.flatnonzero(drop))
+            names = {"bn": ("bias", "running_mean")}.get(member.kind, tuple(n for n, _ in member.tensors))
+            for name, axis in member.tensors:
+                tensor = getattr(module, name)
+                if name in names and tensor is not None:
+                    tensor.index_fill_(axis, index.to(tensor.device), 0.0)
