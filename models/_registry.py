@@ -153,7 +153,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         **kwargs: forwarded to the factory, e.g. ``num_classes=100, width=8``.
 
     Returns:
-        The model, in training mode, on CPU.
+        The model, in training mode, on CPU, with ``model.zoo_spec = {"name", "kwargs"}`` so
+        that it can be rebuilt by name (used to reload saved models without pickle).
 
     Raises:
         ValueError: for an unknown name (the message lists the zoo names and the prefixes), or if
@@ -161,13 +162,17 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         ImportError: if the name needs torchvision or timm and it is not installed.
     """
     if name.startswith(TORCHVISION_PREFIX):
-        return _create_torchvision(name[len(TORCHVISION_PREFIX) :], dict(kwargs))
-    if name.startswith(TIMM_PREFIX):
-        return _create_timm(name[len(TIMM_PREFIX) :], dict(kwargs))
-    entry = _MODEL_ENTRIES.get(name)
-    if entry is None:
-        raise _unknown_model_error(name)
-    return entry.factory(**kwargs)
+        model = _create_torchvision(name[len(TORCHVISION_PREFIX) :], dict(kwargs))
+    elif name.startswith(TIMM_PREFIX):
+        model = _create_timm(name[len(TIMM_PREFIX) :], dict(kwargs))
+    else:
+        entry = _MODEL_ENTRIES.get(name)
+        if entry is None:
+            raise _unknown_model_error(name)
+        model = entry.factory(**kwargs)
+    # how to rebuild this architecture: lets a saved model reload without pickled code
+    model.zoo_spec = {"name": name, "kwargs": dict(kwargs)}
+    return model
 
 
 def _torchvision_input_size(tv_name: str) -> InputSize:

@@ -1,0 +1,205 @@
+"""``compressor`` command line: builds configs and calls the library, nothing more."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import _api
+from ._config import PruneConfig
+from ._cost import count_cost
+from ._criteria import list_criteria
+from ._serialize import SPEC_FILE, load_model, read_spec, save_model
+from .errors import CompressorError
+
+SUMMARY_FILE = "summary.json"
+
+
+def _input_size(text: str | None, model_name: str) -> tuple[int, ...]:
+    if text:
+        try:
+            size = tuple(int(v) for v in text.replace("x", ",").split(","))
+        except ValueError:
+            raise ValueError(f"--input-size must look like 3,224,224, got {text!r}") from None
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"--input-size must be C,H,W with positive values, got {text!r}")
+        return size
+    from models import default_input_size
+
+    return tuple(default_input_size(model_name))
+
+
+def _load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
+    """The model named by --model (zoo/torchvision/timm name or a saved model directory)."""
+    source = Path(args.model)
+    if (source / SPEC_FILE).is_file():
+        model = load_model(source)
+        name = (read_spec(source).get("arch") or {}).get("name", str(source))
+    else:
+        from models import create_model
+
+        model = create_model(args.model)
+        name = args.model
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights file {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    return model, name
+
+
+def _config(args: argparse.Namespace) -> PruneConfig:
+    return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
+                       target_flops=args.target_flops, target_params=args.target_params, round_to=args.round_to,
+                       min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
+                       allow_renormalization=not args.no_renormalization)
+
+
+def _print_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False)
+    for col in ("layer", "type", "in", "out", "MFLOPs"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    for r in rows:
+        arrow = lambda a, b: f"{a} → {b}" if a != b else str(a)  # noqa: E731
+        table.add_row(r["name"], r["kind"], arrow(r["in_before"], r["in_after"]), arrow(r["out_before"], r["out_after"]),
+                      arrow(f"{2 * r['macs_before'] / 1e6:.2f}", f"{2 * r['macs_after'] / 1e6:.2f}"))
+    Console(stderr=False).print(table)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    config = _config(args)
+    model, name = _load_source(args)
+    size = _input_size(args.input_size, name)
+    example = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = _api.prune_model(model, example, config)
+    seconds = time.perf_counter() - t0
+    before, after = count_cost(model, example), count_cost(result.model, example)
+    summary = {
+        "schema_version": _api.SCHEMA_VERSION,
+        "model": name,
+        "input_shape": list(example.shape),
+        "config": config.to_dict(),
+        "flops_convention": "FLOPs = 2 x MACs, per sample, from torch.utils.flop_counter",
+        "before": {"params": before.params, "macs": before.macs, "flops": before.flops, "fm_elements": before.fm_elements},
+        "after": {"params": after.params, "macs": after.macs, "flops": after.flops, "fm_elements": after.fm_elements},
+        "flops_ratio": after.macs / before.macs,
+        "params_ratio": after.params / before.params,
+        "channels_removed": result.report.channels_removed,
+        "channels_removable": result.report.channels_removable,
+        "blocked": result.report.blocked,
+        "seconds": {**result.report.seconds, "total": seconds},
+        "layers": [vars(r) for r in result.report.layers],
+    }
+    if not args.quiet:
+        _print_table([r for r in summary["layers"] if r["in_before"] != r["in_after"] or r["out_before"] != r["out_after"]]
+                     if args.changed_only else summary["layers"], f"{name}: {config.criterion}, {config.target[0]}={config.target[1]:g}")
+    out = save_model(result.model, args.output, arch=getattr(model, "zoo_spec", None), extra_files={SUMMARY_FILE: summary})
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(f"params {before.params / 1e6:.3f}M -> {after.params / 1e6:.3f}M ({summary['params_ratio']:.1%}), "
+          f"FLOPs {before.flops / 1e9:.3f}G -> {after.flops / 1e9:.3f}G ({summary['flops_ratio']:.1%}), "
+          f"{result.report.channels_removed} channels removed in {seconds:.2f}s")
+    print(f"saved to {out}/ ({SPEC_FILE}, weights.pt, {SUMMARY_FILE})")
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from ._graph import build_dependency_graph
+
+    model, name = _load_source(args)
+    example = torch.randn(1, *_input_size(args.input_size, name))
+    graph = build_dependency_graph(model, example, exclude=tuple(args.exclude or ()))
+    print(graph.describe())
+    for group in graph.groups:
+        if args.verbose or group.blocked_reasons:
+            why = f"  blocked: {'; '.join(group.blocked_reasons)}" if group.blocked_reasons else ""
+            print(f"  {group.describe(graph)}{why}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    spec = read_spec(args.path)
+    summary_path = Path(args.path) / SUMMARY_FILE
+    print(json.dumps({"arch": spec.get("arch"), "format": spec["format"], "metadata": spec.get("metadata")}, indent=1))
+    if summary_path.is_file():
+        s = json.loads(summary_path.read_text())
+        print(f"FLOPs ratio {s['flops_ratio']:.3f}, params ratio {s['params_ratio']:.3f}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The built-in example: prune a CIFAR ResNet-56 to ~50% FLOPs, save, reload, verify."""
+    from ._demo import run_demo
+
+    return run_demo(Path(args.output))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="zoo name (see models.list_models), torchvision:NAME, "
+                       "timm:NAME, or a saved model directory")
+        p.add_argument("--weights", help="state_dict file to load into the model (loaded with weights_only=True)")
+        p.add_argument("--input-size", help="example input C,H,W (default: the model's natural size)")
+        p.add_argument("--exclude", action="append", help="layer name or regex to keep whole (repeatable)")
+
+    p = sub.add_parser("prune", help="prune a model physically and save it")
+    model_args(p)
+    p.add_argument("--criterion", default="l2", choices=list_criteria())
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--ratio", type=float, help="fraction of channels removed from every group (layer-wise)")
+    target.add_argument("--global-ratio", type=float, help="fraction of removable channels, ranked globally")
+    target.add_argument("--target-flops", type=float, help="fraction of FLOPs to keep")
+    target.add_argument("--target-params", type=float, help="fraction of parameters to keep")
+    p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
+    p.add_argument("--min-channels", type=int, default=1)
+    p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
+    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--json", help="also write the summary JSON here")
+    p.add_argument("--changed-only", action="store_true", help="table shows only resized layers")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prune)
+
+    g = sub.add_parser("graph", help="show channel groups and what blocks them")
+    model_args(g)
+    g.add_argument("--verbose", action="store_true")
+    g.set_defaults(func=cmd_graph)
+
+    i = sub.add_parser("info", help="describe a saved model")
+    i.add_argument("path")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="run the built-in example end to end")
+    d.add_argument("--output", default="runs/demo")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CompressorError, ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
