@@ -1,7 +1,6 @@
 """``prune``: model + example input + target -> physically smaller model, and its report."""
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from ._config import PruneConfig
 from ._criteria import get_criterion
 from ._graph import DependencyGraph, build_dependency_graph
 from ._select import select_removal
-from ._surgery import prune_channels_
+from ._surgery import prune_channels_, pruned_copy
 
 SCHEMA_VERSION = 1
 
@@ -102,15 +101,18 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
     scores = get_criterion(config.criterion)(model, graph, seed=config.seed)
     removed = select_removal(graph, scores, config)
     t2 = time.perf_counter()
-    target = model if inplace else copy.deepcopy(model)
-    prune_channels_(target, graph, removed)
+    if inplace:
+        target = model
+        prune_channels_(target, graph, removed)
+    else:
+        target = pruned_copy(model, graph, removed)
     t3 = time.perf_counter()
     if verify:
         _verify_runs(target, example_inputs)
     kept = graph.kept_counts(removed)
     macs_after, params_after = graph.cost(kept)
     report = PruneReport(
-        config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after - (graph.cost()[0] - graph.macs),
+        config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after,
         params_before=graph.params, params_after=sum(p.numel() for p in target.parameters()),
         channels_removed=int(removed.sum()), channels_removable=int(graph.removable.size),
         layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
@@ -156,13 +158,15 @@ def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]
 
 
 def _verify_runs(model: nn.Module, example_inputs: Any) -> None:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     from ._graph import _as_tuple
     from .errors import CompressorError
 
     was_training = model.training
     model.eval()
-    try:
-        with torch.no_grad():
+    try:  # shapes are what surgery can get wrong; fake tensors check them without arithmetic
+        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             model(*_as_tuple(example_inputs))
     except Exception as exc:
         raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc

@@ -2,10 +2,12 @@
 
 A criterion scores the atoms of a dependency graph: ``criterion(model, graph, seed=...)``
 returns one float per atom. Weight-based criteria score each producer's output channels (the
-rows of a conv or Linear weight), normalise the scores within that layer by their mean, and
-sum the normalised scores of every layer an atom couples (averaging within a layer when one
-atom holds several channels of it, as for a conv group). Normalising first is what makes a
-global ranking across layers meaningful (seed 000 §3.3).
+rows of a conv or Linear weight) and normalise the scores within that layer by their mean.
+An atom's score is the **mean over the layers it couples** of their normalised scores
+(averaging within a layer when one atom holds several of its channels, as for a conv group).
+Normalising first is what makes a global ranking across layers meaningful (seed 000 §3.3);
+taking the mean rather than the sum keeps a residual-stream channel, which couples many
+convs, on the same scale as a channel of a single layer.
 """
 from __future__ import annotations
 
@@ -49,8 +51,12 @@ def get_criterion(name: str) -> Criterion:
 
 
 def aggregate_member_scores(graph: DependencyGraph, member_scores: dict[int, np.ndarray]) -> np.ndarray:
-    """Per-atom score from per-index scores of some members (see module docstring)."""
+    """Per-atom score from per-index scores of some members (see module docstring).
+
+    Atoms touched by none of the scored members get 0.
+    """
     total = np.zeros(graph.num_atoms, dtype=np.float64)
+    layers = np.zeros(graph.num_atoms, dtype=np.int64)
     for m, scores in member_scores.items():
         atoms = graph.member_atoms(m)
         ok = atoms >= 0
@@ -63,7 +69,8 @@ def aggregate_member_scores(graph: DependencyGraph, member_scores: dict[int, np.
         counts = np.bincount(atoms[ok], minlength=graph.num_atoms)
         has = counts > 0
         total[has] += sums[has] / counts[has]
-    return total
+        layers += has
+    return np.divide(total, layers, out=np.zeros_like(total), where=layers > 0)
 
 
 def producer_weights(model: nn.Module, graph: DependencyGraph) -> dict[int, torch.Tensor]:
@@ -89,9 +96,9 @@ def weight_criterion(fn: Callable[[torch.Tensor], torch.Tensor]) -> Criterion:
 
 
 # seed 000 Alg. 1 (Li et al. 2016): sum of absolute filter weights
-register_criterion("l1")(weight_criterion(lambda w: w.abs().sum(dim=1)))
+register_criterion("l1")(weight_criterion(lambda w: torch.linalg.vector_norm(w, ord=1, dim=1)))
 # SFP/PSFP; seed 000 Table 9: L2 is slightly better than L1
-register_criterion("l2")(weight_criterion(lambda w: w.norm(dim=1)))
+register_criterion("l2")(weight_criterion(lambda w: torch.linalg.vector_norm(w, ord=2, dim=1)))
 
 
 @register_criterion("random")

@@ -16,15 +16,17 @@ then executes the traced graph node by node on the example inputs (under ``torch
 """
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import GraphModule, Node, Tracer
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -198,8 +200,9 @@ def symbolic_trace(model: nn.Module) -> GraphModule:
 class _Run:
     """Executes a traced graph, keeping values and labels for every node."""
 
-    def __init__(self, model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...]):
+    def __init__(self, model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...], context: Callable[[], Any]):
         self.model = model
+        self.context = context  # entered around every node's execution (fake tensors, FLOP counting)
         self.gm = gm
         self.inputs = inputs
         self.modules = dict(model.named_modules())
@@ -275,7 +278,8 @@ class _Run:
             else:
                 args = _ops.map_values(node.args, values)
                 kwargs = _ops.map_values(node.kwargs, values)
-                value = self._execute(node, args, kwargs)
+                with self.context():
+                    value = self._execute(node, args, kwargs)
                 values[node] = value
                 labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
             for arg in node.all_input_nodes:
@@ -334,24 +338,52 @@ def build_dependency_graph(
     patterns = _compile_excludes(exclude, names)
     was_training = model.training
     gm = symbolic_trace(model)
-    run = _Run(model, gm, inputs)
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        try:  # shapes are all the labels need: run on fake tensors, no arithmetic
+            run, flops = _execute_graph(model, gm, inputs, fake=True)
+        except _ExecutionFailed:  # data-dependent ops (item(), nonzero ...) need real values
             try:
-                run.run()
-            except TraceError:
-                raise
-            except Exception as exc:
-                raise TraceError(f"running the traced {type(model).__name__} failed at {run.where()}: "
-                                 f"{type(exc).__name__}: {exc}") from exc
+                run, flops = _execute_graph(model, gm, inputs, fake=False)
+            except _ExecutionFailed as failed:
+                raise TraceError(f"running the traced {type(model).__name__} failed at {failed.where}: "
+                                 f"{type(failed.__cause__).__name__}: {failed.__cause__}") from failed.__cause__
     finally:
         model.train(was_training)
     for pattern in patterns:
         for member in run.members:
             if pattern.fullmatch(member.module):
                 run.coupling.block(member.ids, f"excluded by user ({pattern.pattern})")
-    return _finish(model, run, counter.get_total_flops() / 2 / max(run.batch, 1), allow_renormalization)
+    return _finish(model, run, flops / 2 / max(run.batch, 1), allow_renormalization)
+
+
+class _ExecutionFailed(Exception):
+    def __init__(self, where: str):
+        super().__init__(where)
+        self.where = where
+
+
+def _execute_graph(model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...], fake: bool) -> tuple[_Run, float]:
+    """Run the traced graph (labels are computed outside the modes); returns the total FLOPs."""
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+    flops = [0.0]
+
+    @contextlib.contextmanager
+    def context():
+        # FlopCounterMode resets on entry, so each node gets its own counter and we sum them
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), fake_mode, counter:
+            yield
+        flops[0] += counter.get_total_flops()
+
+    run = _Run(model, gm, inputs, context)
+    try:
+        run.run()
+    except TraceError:
+        raise
+    except Exception as exc:
+        raise _ExecutionFailed(run.where()) from exc
+    return run, flops[0]
 
 
 def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Pattern[str]]:

@@ -5,6 +5,7 @@ layers: no masks, no hooks, no zeroed filters. Device, dtype and train/eval mode
 """
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 
 import numpy as np
@@ -32,30 +33,21 @@ def _group_layout(member: Member, kept: np.ndarray) -> np.ndarray:
 
 def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
     if name in module._parameters:
-        old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(tensor.contiguous(), requires_grad=old.requires_grad)
+        module._parameters[name] = _wrap(module._parameters[name], tensor)
     elif name in module._buffers:
         module._buffers[name] = tensor.contiguous()
     else:
         raise CompressorError(f"'{name}' is neither a parameter nor a buffer of {type(module).__name__}")
 
 
-def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[str, int]]:
-    """Remove the atoms flagged in ``removed`` from ``model`` in place.
-
-    Args:
-        model: the model the graph was built from (or an exact copy of it).
-        graph: its dependency graph.
-        removed: bool per atom; removable atoms only.
-
-    Returns:
-        ``{module name: {attribute: new value}}`` for every resized module.
-    """
+def _slice_plan(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
+                ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
+    """New (sliced) tensors per module and attribute, and new conv group counts."""
     if bool((removed & ~(graph.producer & ~graph.blocked)).any()):
         bad = np.flatnonzero(removed & ~(graph.producer & ~graph.blocked))[:5]
         raise CompressorError(f"atoms {bad.tolist()} are blocked and cannot be removed")
     modules = dict(model.named_modules())
-    plan: dict[str, list[tuple[str, int, torch.Tensor]]] = defaultdict(list)
+    slices: dict[str, list[tuple[str, int, np.ndarray]]] = defaultdict(list)
     groups: dict[str, int] = {}
     for m, member in enumerate(graph.members):
         kept = graph.kept_mask(m, removed)
@@ -63,25 +55,63 @@ def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarra
             if member.group_mode == "group":
                 groups[member.module] = int(kept.reshape(member.groups, -1).all(axis=1).sum())
             kept = _group_layout(member, kept)
-        if kept.all():
-            continue
-        index = torch.from_numpy(np.flatnonzero(kept))
-        for name, axis in member.tensors:
-            plan[member.module].append((name, axis, index))
-    changed: dict[str, dict[str, int]] = {}
+        if not kept.all():
+            for name, axis in member.tensors:
+                slices[member.module].append((name, axis, np.flatnonzero(kept)))
+    plan: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     with torch.no_grad():
-        for path, slices in plan.items():
-            module = modules[path]
-            for name, axis, index in slices:
-                tensor = getattr(module, name)
+        for path, items in slices.items():
+            for name, axis, index in items:
+                tensor = plan[path].get(name, getattr(modules[path], name))
                 if tensor is None:
                     continue
-                _replace(module, name, tensor.index_select(axis, index.to(tensor.device)))
-            changed[path] = _fix_attributes(module, groups.get(path))
-        for path, g in groups.items():
-            if path not in changed:
-                changed[path] = _fix_attributes(modules[path], g)
-    return changed
+                plan[path][name] = tensor.index_select(axis, torch.from_numpy(index).to(tensor.device))
+    return plan, groups
+
+
+def _wrap(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    if isinstance(old, nn.Parameter):
+        return nn.Parameter(new.contiguous(), requires_grad=old.requires_grad)
+    return new.contiguous()
+
+
+def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> dict[str, dict[str, int]]:
+    """Remove the atoms flagged in ``removed`` from ``model`` in place.
+
+    Args:
+        model: the model the graph was built from.
+        graph: its dependency graph.
+        removed: bool per atom; removable atoms only.
+
+    Returns:
+        ``{module name: {attribute: new value}}`` for every resized module.
+    """
+    plan, groups = _slice_plan(model, graph, removed)
+    modules = dict(model.named_modules())
+    for path, tensors in plan.items():
+        for name, tensor in tensors.items():
+            _replace(modules[path], name, tensor)
+    return {path: _fix_attributes(modules[path], groups.get(path)) for path in set(plan) | set(groups)}
+
+
+def pruned_copy(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> nn.Module:
+    """A pruned deep copy of ``model``; the original is untouched.
+
+    Sliced tensors are handed to ``deepcopy`` through its memo, so the large tensors that are
+    about to be replaced are never copied in full.
+    """
+    plan, groups = _slice_plan(model, graph, removed)
+    modules = dict(model.named_modules())
+    memo: dict[int, torch.Tensor] = {}
+    for path, tensors in plan.items():
+        for name, tensor in tensors.items():
+            old = getattr(modules[path], name)
+            memo[id(old)] = _wrap(old, tensor)
+    copy_ = copy.deepcopy(model, memo)
+    copies = dict(copy_.named_modules())
+    for path in set(plan) | set(groups):
+        _fix_attributes(copies[path], groups.get(path))
+    return copy_
 
 
 def _fix_attributes(module: nn.Module, groups: int | None) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""Benchmarks: sessions -> numbers, reports and gate verdicts (see the README for results)."""

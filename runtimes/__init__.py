@@ -1,0 +1,1 @@
+"""Runtime adapters (exported file -> running session). Filled in by the export issue."""
