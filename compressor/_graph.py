@@ -225,9 +225,12 @@ class _Run:
         return f"node '{node.name}' ({target})"
 
     def add_member(self, module: str, kind: str, ids: torch.Tensor, tensors: tuple[tuple[str, int], ...],
-                   groups: int = 1, group_mode: str = "") -> int:
-        """Register a member; a module called twice shares one member and couples the calls."""
-        key = (module, kind)
+                   groups: int = 1, group_mode: str = "", key: str | None = None) -> int:
+        """Register a member; a module called twice shares one member and couples the calls.
+
+        ``key`` tells apart several members of one kind on one module (one per parameter).
+        """
+        key = (module, key or kind)
         if key in self.member_index:
             index = self.member_index[key]
             self.coupling.union(self.members[index].ids, ids)
@@ -239,8 +242,9 @@ class _Run:
         self.member_index[key] = len(self.members) - 1
         return len(self.members) - 1
 
-    def module_ids(self, module: str, kind: str, n: int) -> torch.Tensor:
-        key = (module, kind)
+    def module_ids(self, module: str, key: str, n: int) -> torch.Tensor:
+        """Ids of a module's member ``key``: allocated on first use, shared by later calls."""
+        key = (module, key)
         if key in self.member_index:
             return self.members[self.member_index[key]].ids
         return self.coupling.allocate(n)

@@ -172,8 +172,7 @@ def _get_attr(run, node: Node, value: Any) -> Any:
     if not is_state or len(big) != 1:
         return unlabelled(value.shape)
     ids = run.module_ids(owner, f"param:{name}", value.size(big[0]))
-    run.add_member(owner, f"param:{name}", ids, ((name, big[0]),))
-    run.members[run.member_index[(owner, f"param:{name}")]].kind = "param"
+    run.add_member(owner, "param", ids, ((name, big[0]),), key=f"param:{name}")
     return from_vector(ids, value.shape, big[0])
 
 
