@@ -224,13 +224,7 @@ def repeat(run, node, args, kwargs, labels, value):
     ndim = len(sizes)
     offset = ndim - args[0].dim()
     touched = {i - offset for i, s in enumerate(sizes) if s != 1 and i >= offset}
-    src = _lab(labels, node.args[0])
-    if src is None:
-        return fresh_labels(value)
-    lab = normalize(src)
-    if set(varying_dims(lab)) & touched:
-        run.coupling.block(lab, f"repeat along a channel dim at {run.where()}")
-    return normalize(lab.repeat(*sizes))
+    return along_dims(run, node, args, kwargs, labels, value, touched, "repeat")
 
 
 def chunk(run, node, args, kwargs, labels, value):

@@ -30,3 +30,11 @@ def init_weights_(model: nn.Module, linear_std: float | None = None) -> nn.Modul
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     return model
+
+
+def check_head_args(num_classes: int, in_chans: int, width_mult: float = 1.0) -> None:
+    """Validate the arguments every classifier of the zoo takes; raises ValueError naming them."""
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be > 0, got {width_mult}")
+    if num_classes < 1 or in_chans < 1:
+        raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes}, {in_chans}")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import init_weights_
+from ._init import check_head_args, init_weights_
 from ._registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2"]
@@ -109,10 +109,7 @@ class MobileNetV2(nn.Module):
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes}, {in_chans}")
+        check_head_args(num_classes, in_chans, width_mult)
         stem_channels = _make_divisible(_STEM_CHANNELS * width_mult)
         self.last_channels = _make_divisible(_LAST_CHANNELS * max(1.0, width_mult))
         features: list[nn.Module] = [_conv_bn_relu6(in_chans, stem_channels, 3, stride=1 if cifar_stem else 2)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import init_weights_
+from ._init import check_head_args, init_weights_
 from ._registry import register_model
 
 __all__ = ["VGG", "vgg16_bn_cifar"]
@@ -50,10 +50,7 @@ class VGG(nn.Module):
         hidden: int = 512,
     ) -> None:
         super().__init__()
-        if width_mult <= 0:
-            raise ValueError(f"width_mult must be > 0, got {width_mult}")
-        if num_classes < 1 or in_chans < 1:
-            raise ValueError(f"num_classes and in_chans must be >= 1, got {num_classes}, {in_chans}")
+        check_head_args(num_classes, in_chans, width_mult)
         layers: list[nn.Module] = []
         in_channels = in_chans
         for item in config:
