@@ -1,6 +1,7 @@
 """``prune``: model + example input + target -> physically smaller model, and its report."""
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -94,6 +95,8 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
     Raises:
         TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages).
     """
+    if config.submodule:
+        return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify)
     t0 = time.perf_counter()
     graph = build_dependency_graph(model, example_inputs, exclude=config.exclude,
                                    allow_renormalization=config.allow_renormalization)
@@ -123,6 +126,55 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
                                                "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio})
     target.compressor_metadata = metadata
     return PruneResult(target, report, graph, removed)
+
+
+def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool,
+                     verify: bool) -> PruneResult:
+    """Prune ``model.get_submodule(config.submodule)`` with the inputs it sees in a real forward."""
+    name = config.submodule
+    try:
+        sub = model.get_submodule(name)
+    except AttributeError:
+        children = [n for n, _ in model.named_children()]
+        raise ValueError(f"submodule {name!r} does not exist in {type(model).__name__}; "
+                         f"its children are {children}") from None
+    captured = capture_inputs(model, sub, example_inputs)
+    inner = PruneConfig.from_dict({**config.to_dict(), "submodule": None})
+    result = prune_model(sub, captured, inner, inplace=inplace, verify=verify)
+    target = model if inplace else copy.deepcopy(model)
+    if not inplace:
+        parent, _, attr = name.rpartition(".")
+        setattr(target.get_submodule(parent) if parent else target, attr, result.model)
+    result.report.config = config.to_dict()
+    target.compressor_metadata = {**result.model.__dict__.get("compressor_metadata", {})}
+    return PruneResult(target, result.report, result.graph, result.removed)
+
+
+def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) -> tuple[Any, ...]:
+    """The positional inputs ``submodule`` receives when ``model`` runs on ``example_inputs``."""
+    from ._graph import _as_tuple
+
+    seen: list[tuple[Any, ...]] = []
+
+    def hook(module, args, kwargs):
+        if not seen:
+            if kwargs:
+                raise ValueError(f"the submodule is called with keyword arguments {sorted(kwargs)}; only "
+                                 "positional inputs can be traced")
+            seen.append(args)
+
+    handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(*_as_tuple(example_inputs))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    if not seen:
+        raise ValueError(f"{type(submodule).__name__} was not called when running the model on the example input")
+    return seen[0]
 
 
 def prune(model: nn.Module, example_inputs: Any, criterion: str = "l2", *, ratio: float | None = None,

@@ -27,6 +27,9 @@ class PruneConfig:
     ``max(min_channels, round_to)`` channels are kept in every layer. ``exclude`` lists layer
     names or regexes whose channels are all kept. ``allow_renormalization=False`` keeps the
     channels that a LayerNorm normalises together (so the result equals zeroing channels).
+    ``submodule`` prunes only that submodule (e.g. ``"backbone"`` of a detection model that
+    cannot be traced as a whole); its outputs are protected, so the rest of the model is
+    unaffected, and the example inputs are still those of the whole model.
     """
 
     criterion: str = "l2"
@@ -40,6 +43,7 @@ class PruneConfig:
     exclude: tuple[str, ...] = ()
     allow_renormalization: bool = True
     seed: int = 0
+    submodule: str | None = None
 
     def __post_init__(self) -> None:
         given = [k for k in TARGET_KEYS if getattr(self, k) is not None]

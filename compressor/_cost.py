@@ -61,7 +61,7 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
     from ._graph import _as_tuple
 
     inputs = _as_tuple(example_inputs)
-    first = next((t for t in inputs if isinstance(t, torch.Tensor)), None)
+    first = _first_tensor(inputs)
     batch = int(first.shape[0]) if first is not None and first.dim() else 1
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
     outputs: dict[str, int] = {}
@@ -95,3 +95,14 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
     return CostReport(params=params, macs=counter.get_total_flops() / 2 / batch,
                       fm_elements=sum(r.fm_elements for r in rows), mps_bytes=mps,
                       input_shape=list(first.shape) if first is not None else [], layers=rows)
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None

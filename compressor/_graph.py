@@ -192,7 +192,7 @@ def symbolic_trace(model: nn.Module) -> GraphModule:
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}. "
             "Models with data-dependent control flow cannot be pruned as a whole; prune a "
-            "traceable submodule (e.g. the backbone) instead."
+            "traceable submodule instead (PruneConfig(submodule='backbone'), CLI --submodule backbone)."
         ) from exc
     return GraphModule(model, graph)
 

@@ -58,7 +58,7 @@ def _config(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
                        target_flops=args.target_flops, target_params=args.target_params, round_to=args.round_to,
                        min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
-                       allow_renormalization=not args.no_renormalization)
+                       allow_renormalization=not args.no_renormalization, submodule=args.submodule)
 
 
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
@@ -75,11 +75,21 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console(stderr=False).print(table)
 
 
+def _is_detection(name: str) -> bool:
+    if not name.startswith("torchvision:"):
+        return False
+    import torchvision.models as tvm
+
+    return name.split(":", 1)[1] in tvm.list_models(module=tvm.detection)
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     config = _config(args)
     model, name = _load_source(args)
     size = _input_size(args.input_size, name)
-    example = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    example: Any = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
+    if args.image_list or _is_detection(name):
+        example = (list(example),)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -89,7 +99,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     summary = {
         "schema_version": _api.SCHEMA_VERSION,
         "model": name,
-        "input_shape": list(example.shape),
+        "input_shape": before.input_shape,
         "config": config.to_dict(),
         "flops_convention": "FLOPs = 2 x MACs, per sample, from torch.utils.flop_counter",
         "before": {"params": before.params, "macs": before.macs, "flops": before.flops, "fm_elements": before.fm_elements},
@@ -169,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--submodule", help="prune only this submodule (e.g. backbone of a detection model); its "
+                   "outputs are kept, so the heads are untouched")
+    p.add_argument("--image-list", action="store_true", help="the model takes a list of images "
+                   "(torchvision detection models); implied for torchvision detection names")
     p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--output", required=True, help="output directory (replaced atomically)")
