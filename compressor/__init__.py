@@ -9,6 +9,8 @@ from ._api import LayerChange, PruneReport, PruneResult, prune, prune_model
 from ._config import PruneConfig
 from ._cost import CostReport, LayerCostRow, count_cost
 from ._criteria import aggregate_member_scores, get_criterion, list_criteria, register_criterion
+from ._export import ExportConfig, OnnxInfo, export_onnx
+from ._fold import FoldReport, fold_batchnorm
 from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
 from ._select import select_removal
 from ._serialize import load_model, save_model
@@ -16,7 +18,7 @@ from ._surgery import prune_channels_, zero_channels_
 from .errors import CompressorError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
 
 __all__ = [
-    "ChannelGroup", "CompressorError", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
+    "ChannelGroup", "CompressorError", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
     "prune_model", "register_criterion", "select_removal", "zero_channels_",
