@@ -189,6 +189,8 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         from models import create_model
 
         model = create_model(arch["name"], **arch.get("kwargs", {}))
+    for name in (spec.get("metadata") or {}).get("folded_batchnorms", []):
+        _replace_module(model, name, nn.Identity(), source=str(Path(path) / SPEC_FILE))
     resize_to_spec_(model, spec["modules"], source=str(Path(path) / SPEC_FILE))
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
@@ -201,6 +203,16 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
     if spec.get("arch"):
         model.zoo_spec = spec["arch"]
     return model
+
+
+def _replace_module(model: nn.Module, name: str, module: nn.Module, source: str) -> None:
+    parent, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(parent) if parent else model
+        getattr(owner, attr)
+    except AttributeError:
+        raise ModelFormatError(f"{source} names layer {name!r}, which the architecture does not have") from None
+    setattr(owner, attr, module)
 
 
 def resize_to_spec_(model: nn.Module, modules: dict[str, Any], source: str = "spec") -> None:
