@@ -1,1 +1,22 @@
-"""Runtime adapters (exported file -> running session). Filled in by the export issue."""
+"""Runtimes: exported file -> running session (torch, onnxruntime, openvino, tensorrt).
+
+Public API::
+
+    rt = get_runtime("openvino")                # list_runtimes() gives the names
+    reason = rt.is_available(device="cpu")      # None, or why it cannot be used
+    artifact = rt.build("model.onnx", "out/", precision="fp32", min_batch=1, opt_batch=8, max_batch=64)
+    with rt.load(artifact, SessionConfig(device="cpu", threads=2, hint="latency")) as session:
+        y = session.run(x)                      # float32 numpy in, first output out
+        session.settings                        # what the session actually uses
+
+Each runtime imports its SDK only when first used, so importing this package imports neither
+onnxruntime, openvino nor tensorrt.
+"""
+from . import _onnxruntime, _openvino, _tensorrt, _torch  # noqa: F401  (register the runtimes)
+from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
+                    list_runtimes, register_runtime)
+
+__all__ = [
+    "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig", "get_runtime",
+    "list_runtimes", "register_runtime",
+]

@@ -1,0 +1,59 @@
+"""Artifact files: checks that name the file at fault, and writes that never leave half a file."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ._base import ArtifactError
+
+
+def require_file(path: Path, what: str, suffixes: tuple[str, ...] = ()) -> Path:
+    """Return ``path`` if it is a non-empty file (with one of ``suffixes``), else raise ArtifactError."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        got = repr(path.suffix) if path.suffix else "no suffix"
+        raise ArtifactError(f"{path}: expected {what} ({' or '.join(suffixes)} file), got {got}")
+    if not path.exists():
+        raise ArtifactError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: expected {what} file, found a directory or special file")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path}: {what} is empty (0 bytes)")
+    return path
+
+
+def short_error(err: BaseException) -> str:
+    """``Type: last meaningful line`` of an SDK exception, without the C++ source locations."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1] if lines else '(no message)'}"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A temporary directory inside ``out_dir`` (same filesystem, so its files can be renamed into
+    place with :func:`os.replace`); removed on exit, whether the build succeeded or not."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,178 @@
+"""Eager PyTorch, the reference runtime: a directory saved by ``compressor.save_model`` or a module."""
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
+                    cuda_device_reason, import_sdk, register_runtime)
+
+
+@contextlib.contextmanager
+def ieee_fp32() -> Iterator[None]:
+    """Compute FP32 CUDA convs and matmuls in IEEE FP32, not TF32, within the block.
+
+    cuDNN convs default to TF32 (10 mantissa bits), which breaks FP32 parity (~1e-3 relative).
+    The flags are process-wide, so they are set around each run and restored afterwards.
+    """
+    import torch
+
+    backends = torch.backends
+    if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
+        flags = [(backends.cudnn.conv, "fp32_precision", "ieee"), (backends.cuda.matmul, "fp32_precision", "ieee")]
+    else:
+        flags = [(backends.cudnn, "allow_tf32", False), (backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in flags]
+    try:
+        for owner, name, value in flags:
+            setattr(owner, name, value)
+        yield
+    finally:
+        for (owner, name, _), value in zip(flags, saved):
+            setattr(owner, name, value)
+
+
+def _first_output(out: Any) -> Any:
+    """The first tensor of a model's output (a tensor, or nested tuples/lists/dicts of them)."""
+    import torch
+
+    while not isinstance(out, torch.Tensor):
+        if isinstance(out, (tuple, list)) and out:
+            out = out[0]
+        elif isinstance(out, dict) and out:
+            out = next(iter(out.values()))
+        else:
+            raise TypeError(f"the model returned {type(out).__name__}, which holds no tensor")
+    return out
+
+
+class TorchSession(Session):
+    """Runs the module under ``torch.inference_mode()``.
+
+    ``torch.set_num_threads`` and ``torch.set_flush_denormal`` are process-wide (the latter per
+    calling thread), so ``run`` sets both again whenever they differ from this session's, rather
+    than trusting what was set at load time.
+    """
+
+    _borrows_output = True  # a model may return a view of its input or of its own buffers
+
+    def __init__(self, module: Any, device: Any, config: SessionConfig, source: str):
+        import torch
+
+        self._module = module
+        self._device = device
+        self._dtype = torch.float16 if config.precision == "fp16" else torch.float32
+        self._threads = config.threads
+        self._cpu = device.type == "cpu"
+        self._strict_fp32 = device.type == "cuda" and self._dtype == torch.float32
+        self._apply_thread_settings()
+        # denormals make CPU kernels 10-100x slower; flushing them is what deployed runtimes do
+        flush = bool(torch.set_flush_denormal(True)) if self._cpu else None
+        super().__init__(
+            runtime="torch", input_name="input", input_dtype=np.float32,
+            settings={
+                "runtime": "torch", "version": torch.__version__,
+                "device": str(device),
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                "threads": torch.get_num_threads(),
+                "inter_op_threads": torch.get_num_interop_threads(),
+                "hint": None,
+                "precision": config.precision,
+                "flush_denormal": flush,
+                "tf32": False if self._strict_fp32 else None,
+                "inference_mode": True,
+                "artifact": source,
+            })
+
+    @property
+    def native(self) -> Any:
+        return self._module
+
+    def _apply_thread_settings(self) -> None:
+        import torch
+
+        if self._threads is not None and torch.get_num_threads() != self._threads:
+            torch.set_num_threads(self._threads)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._apply_thread_settings()
+        if self._cpu:
+            torch.set_flush_denormal(True)
+        strict = ieee_fp32() if self._strict_fp32 else contextlib.nullcontext()
+        with torch.inference_mode(), strict:
+            batch = torch.from_numpy(x if x.flags.writeable else x.copy()).to(self._device, self._dtype)
+            out = _first_output(self._module(batch))
+            return out.float().cpu().numpy()  # .cpu() waits for the CUDA kernels
+
+    def _close(self) -> None:
+        del self._module
+
+
+@register_runtime("torch")
+class TorchRuntime(Runtime):
+    """Eager PyTorch on the CPU or CUDA. Its artifact is a directory written by
+    ``compressor.save_model`` (loaded with ``compressor.load_model``) or an ``nn.Module`` (copied,
+    so the caller's module is left as it was); ``build`` returns it unchanged.
+
+    Args:
+        allow_pickle: let ``load`` open models saved with ``format="pickle"`` (runs code from the file).
+    """
+
+    install = "pip install torch"
+    source_format = "torch"
+
+    def __init__(self, allow_pickle: bool = False):
+        self.allow_pickle = allow_pickle
+
+    def _sdk(self) -> Any:
+        return import_sdk("torch", "torch", self.install)
+
+    def _device_reason(self, sdk: Any, device: str) -> str | None:
+        return None if device == "cpu" else cuda_device_reason()
+
+    def devices(self) -> list[str]:
+        try:
+            self._sdk()
+        except RuntimeUnavailable:
+            return []
+        return ["cpu"] + ([] if cuda_device_reason() else ["cuda"])
+
+    def _build(self, sdk: Any, source: Any, out_dir: Path, config: BuildConfig) -> Any:
+        if isinstance(source, Path):
+            self._check_saved_dir(source)
+        elif not isinstance(source, sdk.nn.Module):
+            raise TypeError(f"torch builds from a saved model directory or an nn.Module, got {type(source).__name__}")
+        return source
+
+    @staticmethod
+    def _check_saved_dir(path: Path) -> None:
+        if not path.exists():
+            raise ArtifactError(f"{path}: saved model directory not found")
+        if not path.is_dir():
+            raise ArtifactError(f"{path}: the torch runtime loads a directory saved by compressor.save_model "
+                                f"(or an nn.Module), not a {path.suffix or 'plain'} file")
+
+    def _load(self, sdk: Any, artifact: Any, config: SessionConfig) -> Session:
+        if isinstance(artifact, Path):
+            self._check_saved_dir(artifact)
+            import compressor  # the saved-model format belongs to the compressor
+
+            try:
+                module = compressor.load_model(artifact, allow_pickle=self.allow_pickle)
+            except compressor.ModelFormatError as err:
+                raise ArtifactError(f"{artifact}: cannot load the saved model ({err})") from err
+            source = str(artifact)
+        elif isinstance(artifact, sdk.nn.Module):
+            module, source = copy.deepcopy(artifact), type(artifact).__name__
+        else:
+            raise TypeError(f"torch loads a saved model directory or an nn.Module, got {type(artifact).__name__}")
+        device = sdk.device("cpu" if config.device == "cpu" else "cuda")
+        dtype = sdk.float16 if config.precision == "fp16" else sdk.float32
+        module = module.to(device=device, dtype=dtype).eval()
+        return TorchSession(module, device, config, source)
