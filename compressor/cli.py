@@ -125,6 +125,80 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Fold BN, export ONNX, build the runtime artifacts and verify each one's parity."""
+    import tempfile
+
+    import numpy as np
+
+    from runtimes import ArtifactError, RuntimeUnavailable
+    from runtimes._bundle import BundleConfig, BundleError, write_bundle
+    from runtimes._parity import ParityError
+
+    from ._export import ExportConfig, export_onnx
+    from ._fold import fold_batchnorm
+
+    targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
+    bundle_config = BundleConfig(targets=targets, precision=args.precision, threads=args.threads,
+                                 batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                                 max_batch=args.max_batch, opt_batch=min(8, args.max_batch))
+    export_config = ExportConfig(opset=args.opset, exporter=args.exporter)
+    from runtimes import get_runtime
+    from runtimes._bundle import TARGET_RUNTIME
+
+    for target in targets:  # fail before any work when a runtime is missing
+        reason = get_runtime(TARGET_RUNTIME[target]).is_available(device="cuda" if target == "tensorrt" else "cpu")
+        if reason:
+            print(f"error: cannot export to {target}: {reason}", file=sys.stderr)
+            return 2
+    model, name = _load_source(args)
+    model.eval()
+    size = _input_size(args.input_size, name)
+    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
+    fold_report = None
+    if not args.no_fold:
+        model, fold_report = fold_batchnorm(model, example)
+    cost = count_cost(model, example)
+
+    def reference(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(batch)).numpy()
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            info = export_onnx(model, example, Path(tmp) / "model.onnx", export_config)
+            extra = {
+                "source": name,
+                "onnx": {k: v for k, v in info.to_dict().items() if k != "path"},
+                "cost": {**{k: v for k, v in cost.to_dict().items() if k != "layers"},
+                         "trm_bytes": {bs: cost.trm_bytes(bs) for bs in (1, 8, 32, 64)},
+                         "flops_convention": "FLOPs = 2 x MACs per sample; TRM = MPS + FM*4*BS (seed 002 eq. 10)"},
+                "fold": fold_report.to_dict() if fold_report else None,
+                "recipe": getattr(model, "compressor_metadata", None),
+            }
+            bundle = write_bundle(info.path, args.output, reference, tuple(size), bundle_config, extra,
+                                  progress=lambda m: print(f"... {m}", file=sys.stderr))
+    except RuntimeUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ParityError as exc:
+        print(f"error: {exc}\n(the bundle was written with the failure recorded in manifest.json)", file=sys.stderr)
+        return 3
+    except (ArtifactError, BundleError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if fold_report:
+        print(f"folded {len(fold_report.folded)} BatchNorms, kept {len(fold_report.kept)}"
+              + "".join(f"\n  kept {bn}: {why}" for bn, why in list(fold_report.kept.items())[:10]))
+    for result in bundle.parity:
+        print(f"parity {result['runtime']}/{result['device']}/{result['precision']} batch {result['batch_size']}: "
+              f"max abs {result['max_abs_error']:.2e}, rel {result['max_rel_error']:.2e}, "
+              f"cosine {result['cosine_similarity']:.6f}, top-1 {result['top1_agreement']:.0%}: "
+              f"{'ok' if result['passed'] else 'FAILED'}")
+    print(f"bundle written to {bundle.path}/ ({', '.join(sorted(bundle.manifest['artifacts'].values()))}, manifest.json)")
+    return 0
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from ._graph import build_dependency_graph
 
@@ -195,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(g)
     g.add_argument("--verbose", action="store_true")
     g.set_defaults(func=cmd_graph)
+
+    e = sub.add_parser("export", help="fold BN, export ONNX/OpenVINO/TensorRT and verify parity")
+    e.add_argument("model", help="saved model directory or a zoo/torchvision name")
+    e.add_argument("--weights", help="state_dict file to load into the model (weights_only)")
+    e.add_argument("--input-size", help="input C,H,W (default: the model's natural size)")
+    e.add_argument("--to", default="onnx,openvino", help="comma-separated targets: onnx, openvino, tensorrt")
+    e.add_argument("--output", required=True, help="bundle directory (replaced atomically)")
+    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    e.add_argument("--opset", type=int, default=18)
+    e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
+    e.add_argument("--batch-sizes", default="1,8", help="parity is checked at each of these batch sizes")
+    e.add_argument("--max-batch", type=int, default=64, help="largest batch of the TensorRT profile")
+    e.add_argument("--threads", type=int, help="runtime threads for the parity check")
+    e.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
+    e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("info", help="describe a saved model")
     i.add_argument("path")

@@ -13,10 +13,14 @@ Each runtime imports its SDK only when first used, so importing this package imp
 onnxruntime, openvino nor tensorrt.
 """
 from . import _onnxruntime, _openvino, _tensorrt, _torch  # noqa: F401  (register the runtimes)
+from ._bundle import Bundle, BundleConfig, BundleError, load_bundle, package_versions, write_bundle
+from ._parity import ParityError, ParityResult, compare
 from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
                     list_runtimes, register_runtime)
 
 __all__ = [
+    "Bundle", "BundleConfig", "BundleError", "ParityError", "ParityResult", "compare", "load_bundle",
+    "package_versions", "write_bundle",
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig", "get_runtime",
     "list_runtimes", "register_runtime",
 ]

@@ -1,0 +1,202 @@
+"""Deployable bundles: ONNX + runtime artifacts + a manifest, each artifact verified for parity.
+
+A bundle directory holds ``model.onnx``, ``openvino/model.xml`` + ``.bin`` and
+``tensorrt/model.engine`` (when requested), and ``manifest.json`` with the input spec, the
+package versions, the caller's extra facts (cost, pruning recipe ...), the parity report and
+the sha256 of every file. It is written to a temporary directory and renamed into place; a
+runtime that is missing is detected before anything is written. A parity failure is recorded
+in the manifest and raised; :func:`load_bundle` refuses such a bundle unless told otherwise.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ._parity import ParityError, ParityResult, compare
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
+
+
+class BundleError(Exception):
+    """A bundle is missing files, was tampered with, or failed its parity check."""
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    targets: tuple[str, ...] = ("onnx", "openvino")
+    precision: str = "fp32"
+    batch_sizes: tuple[int, ...] = (1, 8)  # parity is checked at each
+    device: str = "cpu"  # for onnxruntime/openvino; TensorRT always runs on CUDA
+    threads: int | None = None
+    min_batch: int = 1  # TensorRT optimisation profile
+    opt_batch: int = 8
+    max_batch: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in TARGET_RUNTIME]
+        if unknown or not self.targets:
+            raise ValueError(f"unknown export targets {unknown or '(none)'}; choose from {sorted(TARGET_RUNTIME)}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ValueError(f"batch_sizes must be positive, got {self.batch_sizes}")
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {self.min_batch}, "
+                             f"{self.opt_batch}, {self.max_batch}")
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    parity: list[dict[str, Any]] = field(default_factory=list)
+
+    def artifact(self, target: str) -> Path:
+        try:
+            return self.path / self.manifest["artifacts"][target]
+        except KeyError:
+            raise BundleError(f"bundle {self.path} has no {target!r} artifact; it has "
+                              f"{sorted(self.manifest.get('artifacts', {}))}") from None
+
+
+def package_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], np.ndarray],
+                 input_shape: tuple[int, ...], config: BundleConfig = BundleConfig(),
+                 extra: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> Bundle:
+    """Build every target's artifact from ``onnx_file``, verify parity, and write the bundle.
+
+    Args:
+        onnx_file: the exported model (dynamic batch axis).
+        out_dir: bundle directory, replaced atomically.
+        reference: the PyTorch model as a function of a float32 numpy batch.
+        input_shape: one sample's shape (C, H, W).
+        config: targets, precision, parity batch sizes, TensorRT profile.
+        extra: more manifest entries (cost, pruning recipe, ONNX export facts ...).
+        progress: called with a short message before each long step.
+
+    Raises:
+        RuntimeUnavailable: a target's runtime (package or device) is missing; nothing written.
+        ArtifactError: a runtime could not build or load an artifact.
+        ParityError: an artifact's outputs differ; the bundle is written with the failure.
+    """
+    from compressor._serialize import atomic_directory
+
+    from . import get_runtime
+    from ._base import RuntimeUnavailable, SessionConfig
+
+    say = progress or (lambda message: None)
+    runtimes = {t: get_runtime(TARGET_RUNTIME[t]) for t in config.targets}
+    for target, runtime in runtimes.items():
+        device = "cuda" if target == "tensorrt" else config.device
+        reason = runtime.is_available(device=device)
+        if reason:
+            raise RuntimeUnavailable(f"cannot export to {target}: {reason}")
+    results: list[ParityResult] = []
+    manifest: dict[str, Any] = {}
+
+    def write(tmp: Path) -> None:
+        onnx_path = tmp / "model.onnx"
+        shutil.copyfile(onnx_file, onnx_path)
+        artifacts = {}
+        for target, runtime in runtimes.items():
+            say(f"building {target}")
+            built = runtime.build(onnx_path, tmp / target if target != "onnx" else tmp, precision=config.precision,
+                                  min_batch=config.min_batch, opt_batch=config.opt_batch, max_batch=config.max_batch)
+            artifacts[target] = str(Path(built).relative_to(tmp))
+        rng = np.random.default_rng(config.seed)
+        batches = {bs: rng.standard_normal((bs, *input_shape)).astype(np.float32) for bs in config.batch_sizes}
+        expected = {bs: reference(x) for bs, x in batches.items()}
+        for target, runtime in runtimes.items():
+            device = "cuda" if target == "tensorrt" else config.device
+            say(f"checking {target} parity")
+            session = runtime.load(tmp / artifacts[target], SessionConfig(device=device, threads=config.threads,
+                                                                          precision=config.precision))
+            try:
+                for bs, x in batches.items():
+                    results.append(compare(expected[bs], session.run(x), runtime=TARGET_RUNTIME[target],
+                                           device=device, precision=config.precision))
+            finally:
+                session.close()
+        output = next(iter(expected.values()))
+        manifest.update({
+            "schema_version": SCHEMA_VERSION,
+            "created_unix": time.time(),
+            "input": {"shape": ["batch", *input_shape], "dtype": "float32"},
+            "num_classes": int(output.shape[-1]) if output.ndim == 2 else None,
+            "output_shape": ["batch", *output.shape[1:]],
+            "precision": config.precision,
+            "artifacts": artifacts,
+            "versions": package_versions(),
+            "parity": [r.to_dict() for r in results],
+            "parity_passed": all(r.passed for r in results),
+            **(extra or {}),
+        })
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
+
+    path = atomic_directory(out_dir, write)
+    if not manifest["parity_passed"]:
+        raise ParityError(results)
+    return Bundle(Path(path), manifest, manifest["parity"])
+
+
+def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: bool = False) -> Bundle:
+    """Read a bundle's manifest and check every file's sha256.
+
+    Raises:
+        BundleError: the manifest is missing or invalid, a file is missing, extra or altered,
+            or the bundle failed its parity check (unless ``allow_failed_parity``).
+    """
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    if not manifest_path.is_file():
+        raise BundleError(f"{root} is not a bundle: {manifest_path} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{manifest_path} has schema_version {manifest.get('schema_version')!r}; "
+                          f"this version reads {SCHEMA_VERSION}")
+    if verify:
+        for rel, digest in manifest.get("files", {}).items():
+            file = root / rel
+            if not file.is_file():
+                raise BundleError(f"bundle file {file} is missing")
+            if _sha256(file) != digest:
+                raise BundleError(f"bundle file {file} does not match its sha256 in {MANIFEST} (tampered or corrupt)")
+    if not manifest.get("parity_passed", False) and not allow_failed_parity:
+        failed = [r for r in manifest.get("parity", []) if not r.get("passed")]
+        raise BundleError(f"bundle {root} failed its parity check ({len(failed)} failing runs); "
+                          "pass allow_failed_parity=True to load it anyway")
+    return Bundle(root, manifest, manifest.get("parity", []))
