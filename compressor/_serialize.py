@@ -139,20 +139,27 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str | dict[st
     return atomic_directory(path, write, overwrite=overwrite)
 
 
+def read_versioned_json(path: Path, *, kind: str, schema_version: int, error: type[Exception]) -> dict[str, Any]:
+    """Load a JSON document with a ``schema_version``; every failure raises ``error`` naming the file."""
+    if not path.is_file():
+        raise error(f"{path.parent} is not a {kind}: {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != schema_version:
+        raise error(f"{path} has schema_version {version!r}; this version reads {schema_version}")
+    return data
+
+
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate ``model.json`` of a saved model directory."""
     spec_path = Path(path) / SPEC_FILE
-    if not spec_path.is_file():
-        raise ModelFormatError(f"{path} is not a saved model: {spec_path} is missing")
-    try:
-        spec = json.loads(spec_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFormatError(f"{spec_path} is not valid JSON: {exc}") from exc
-    for key in ("schema_version", "format", "modules"):
+    spec = read_versioned_json(spec_path, kind="saved model", schema_version=SCHEMA_VERSION, error=ModelFormatError)
+    for key in ("format", "modules"):
         if key not in spec:
             raise ModelFormatError(f"{spec_path} lacks the key {key!r}")
-    if spec["schema_version"] != SCHEMA_VERSION:
-        raise ModelFormatError(f"{spec_path} has schema_version {spec['schema_version']}; this version reads {SCHEMA_VERSION}")
     if spec["format"] not in ("state_dict", "pickle"):
         raise ModelFormatError(f"{spec_path}: unknown format {spec['format']!r}")
     return spec

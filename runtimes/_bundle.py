@@ -177,17 +177,10 @@ def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: b
         BundleError: the manifest is missing or invalid, a file is missing, extra or altered,
             or the bundle failed its parity check (unless ``allow_failed_parity``).
     """
+    from compressor._serialize import read_versioned_json
+
     root = Path(path)
-    manifest_path = root / MANIFEST
-    if not manifest_path.is_file():
-        raise BundleError(f"{root} is not a bundle: {manifest_path} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{manifest_path} is not valid JSON: {exc}") from exc
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise BundleError(f"{manifest_path} has schema_version {manifest.get('schema_version')!r}; "
-                          f"this version reads {SCHEMA_VERSION}")
+    manifest = read_versioned_json(root / MANIFEST, kind="bundle", schema_version=SCHEMA_VERSION, error=BundleError)
     if verify:
         for rel, digest in manifest.get("files", {}).items():
             file = root / rel
