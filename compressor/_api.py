@@ -13,6 +13,7 @@ from torch import nn
 from ._config import PruneConfig
 from ._criteria import get_criterion
 from ._graph import DependencyGraph, build_dependency_graph
+from ._modes import evaluating
 from ._select import select_removal
 from ._surgery import prune_channels_, pruned_copy
 
@@ -164,14 +165,11 @@ def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) 
             seen.append(args)
 
     handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             model(*_as_tuple(example_inputs))
     finally:
         handle.remove()
-        model.train(was_training)
     if not seen:
         raise ValueError(f"{type(submodule).__name__} was not called when running the model on the example input")
     return seen[0]
@@ -215,12 +213,8 @@ def _verify_runs(model: nn.Module, example_inputs: Any) -> None:
     from ._graph import _as_tuple
     from .errors import CompressorError
 
-    was_training = model.training
-    model.eval()
     try:  # shapes are what surgery can get wrong; fake tensors check them without arithmetic
-        with torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+        with evaluating(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             model(*_as_tuple(example_inputs))
     except Exception as exc:
         raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc
-    finally:
-        model.train(was_training)

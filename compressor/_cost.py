@@ -59,6 +59,7 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
     The model's train/eval mode is restored afterwards.
     """
     from ._graph import _as_tuple
+    from ._modes import evaluating
 
     inputs = _as_tuple(example_inputs)
     first = _first_tensor(inputs)
@@ -73,13 +74,10 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
             model(*inputs)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     per_module = counter.get_flop_counts()

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._modes import evaluating
 from .errors import CompressorError
 
 DEFAULT_OPSET = 18
@@ -91,11 +92,10 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    was_training = model.training
-    model.eval()
     caught: list[str] = []
     try:
-        with warnings.catch_warnings(record=True) as records, contextlib.redirect_stdout(io.StringIO()):
+        with evaluating(model), warnings.catch_warnings(record=True) as records, \
+                contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("always")
             _run_exporter(model, example_input, tmp, config)
         caught = sorted({str(r.message).splitlines()[0][:200] for r in records
@@ -109,7 +109,6 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         raise CompressorError(f"ONNX export of {type(model).__name__} with the {config.exporter} exporter "
                               f"failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
     finally:
-        model.train(was_training)
         tmp.unlink(missing_ok=True)
         for leftover in target.parent.glob(f".{target.name}.*.tmp.data"):
             leftover.unlink(missing_ok=True)

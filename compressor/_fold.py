@@ -21,6 +21,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from ._cost import count_cost
 from ._graph import _as_tuple, symbolic_trace
+from ._modes import evaluating, module_modes, restore_modes_
 from .errors import CompressorError
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -105,13 +106,13 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
         CompressorError: the folded model does not match the original (carries the numbers).
     """
     target = model if inplace else copy.deepcopy(model)
-    was_training = model.training
+    modes = module_modes(target)
     target.eval()
     pairs, kept = _candidates(target)
     modules = dict(target.named_modules())
     before = count_cost(model, example_inputs)
-    with torch.no_grad():
-        reference = _first_output(model.eval()(*_as_tuple(example_inputs)))
+    with evaluating(model), torch.no_grad():
+        reference = _first_output(model(*_as_tuple(example_inputs)))
     folded = []
     for producer_name, bn_name in pairs:
         producer, bn = modules[producer_name], modules[bn_name]
@@ -129,8 +130,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
         got = _first_output(target(*_as_tuple(example_inputs)))
     error = float((got - reference).abs().max()) if got.numel() else 0.0
     scale = float(reference.abs().max()) if reference.numel() else 1.0
-    model.train(was_training)
-    target.train(was_training)
+    restore_modes_(target, modes)  # fused layers take the mode of the conv they replace
     after = count_cost(target, example_inputs)
     report = FoldReport(folded, kept, before.params, after.params, before.macs, after.macs, error,
                         error / max(scale, 1e-12))

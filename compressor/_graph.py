@@ -31,6 +31,7 @@ from torch.fx import GraphModule, Node, Tracer
 from torch.utils.flop_counter import FlopCounterMode
 
 from ._labels import Coupling, has_labels, unlabelled
+from ._modes import evaluating
 from .errors import TraceError
 
 PRODUCER_KINDS = ("conv_out", "linear_out")
@@ -340,10 +341,8 @@ def build_dependency_graph(
     inputs = _as_tuple(example_inputs)
     names = [n for n, _ in model.named_modules() if n]
     patterns = _compile_excludes(exclude, names)
-    was_training = model.training
-    gm = symbolic_trace(model)
-    model.eval()
-    try:
+    with evaluating(model):  # trace the deployed (eval) behaviour; per-module modes come back after
+        gm = symbolic_trace(model)
         try:  # shapes are all the labels need: run on fake tensors, no arithmetic
             run, flops = _execute_graph(model, gm, inputs, fake=True)
         except _ExecutionFailed:  # data-dependent ops (item(), nonzero ...) need real values
@@ -352,8 +351,6 @@ def build_dependency_graph(
             except _ExecutionFailed as failed:
                 raise TraceError(f"running the traced {type(model).__name__} failed at {failed.where}: "
                                  f"{type(failed.__cause__).__name__}: {failed.__cause__}") from failed.__cause__
-    finally:
-        model.train(was_training)
     for pattern in patterns:
         for member in run.members:
             if pattern.fullmatch(member.module):

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from ._modes import restore_modes_
 from .errors import ModelFormatError
 
 SCHEMA_VERSION = 1
@@ -122,6 +123,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str | dict[st
         "format": format,
         "arch": spec_arch,
         "training": model.training,
+        "modes": {n: m.training for n, m in model.named_modules() if m.training != model.training},
         "modules": _module_spec(model),
         "metadata": getattr(model, "compressor_metadata", {}) or {},
     }
@@ -209,6 +211,7 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         raise ModelFormatError(f"{weights} does not fit the architecture in {SPEC_FILE}: {exc}") from exc
     model.to(map_location)
     model.train(bool(spec.get("training", False)))
+    restore_modes_(model, spec.get("modes", {}))
     model.compressor_metadata = spec.get("metadata", {})
     if spec.get("arch"):
         model.zoo_spec = spec["arch"]

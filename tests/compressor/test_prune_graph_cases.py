@@ -344,11 +344,7 @@ def test_build_restores_train_and_eval_mode(training):
     assert all(m.training is training for m in model.modules())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine bug: build_dependency_graph restores only the top-level flag (model.train(was_training)), "
-    "so submodules whose mode differed from the root (BatchNorm frozen with .eval() inside a training "
-    "model) come back in the root's mode"))
-def test_build_restores_per_module_modes_of_a_frozen_bn_model():
+def test_build_restores_per_module_modes_of_a_frozen_bn_model(tmp_path):
     model = TwoBlocks().train()
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -356,6 +352,11 @@ def test_build_restores_per_module_modes_of_a_frozen_bn_model():
     before = {n: m.training for n, m in model.named_modules()}
     C.build_dependency_graph(model, X)
     assert {n: m.training for n, m in model.named_modules()} == before
+    pruned = C.prune(model, X, "l2", ratio=0.5)
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert {n: m.training for n, m in pruned.named_modules()} == before
+    folded, _ = C.fold_batchnorm(pruned, X)
+    assert {n: m.training for n, m in folded.named_modules()} == before  # Identity takes its BN's mode
 
 
 def test_tracing_in_train_mode_does_not_update_batchnorm_statistics():

@@ -42,6 +42,14 @@ def test_dtype_and_mode_survive(tmp_path):
     assert again.conv1.out_channels == pruned.conv1.out_channels < 6
 
 
+def test_per_module_modes_survive(tmp_path):
+    model = create_model("resnet20").train()
+    model.bn1.eval()  # a frozen BatchNorm inside a training model
+    C.save_model(model, tmp_path / "m")
+    again = C.load_model(tmp_path / "m")
+    assert again.training and not again.bn1.training and again.layer1[0].bn1.training
+
+
 def test_pickle_needs_explicit_opt_in(pruned, tmp_path):
     C.save_model(pruned, tmp_path / "p", format="pickle")
     with pytest.raises(C.ModelFormatError, match="allow_pickle=True"):
