@@ -115,9 +115,13 @@ def test_min_seconds_keeps_running_past_min_runs():
 
 
 def test_samples_are_milliseconds():
-    # a unit check (ms, not s or ns): time.sleep never returns early, so each sample is >= 2 ms
-    samples = time_callable(lambda: time.sleep(0.002), TimingConfig(**FAST, min_runs=3, max_runs=3))
-    assert min(samples) >= 2.0
+    """Unit check without asserting any absolute time: the per-call samples add up to the wall
+    time measured around the loop, in milliseconds (seconds or nanoseconds would be off by 1e3)."""
+    config = TimingConfig(warmup=0, min_runs=5, max_runs=5, min_seconds=0.0, max_seconds=30.0)
+    start = time.perf_counter()
+    samples = time_callable(lambda: time.sleep(0.002), config)
+    wall_ms = (time.perf_counter() - start) * 1000
+    assert 0.5 * wall_ms <= sum(samples) <= wall_ms
 
 
 def test_more_work_takes_longer_relative():
