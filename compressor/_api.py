@@ -193,10 +193,8 @@ def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]
     for layer in graph.layers:
         out_after = layer.out_size if layer.out_member is None else int(kept[layer.out_member])
         in_after = layer.in_size if layer.in_member is None else int(kept[layer.in_member])
-        in_pg_before = layer.in_size // layer.groups
-        in_pg_after = in_pg_before if layer.group_mode == "group" else in_after // layer.groups
-        before = layer.macs_per_unit * layer.out_size * in_pg_before
-        after = layer.macs_per_unit * out_after * in_pg_after
+        before = layer.macs(layer.out_size, layer.in_size)
+        after = layer.macs(out_after, in_after)
         row = rows.get(layer.module)
         if row is None:
             rows[layer.module] = LayerChange(layer.module, layer.kind, layer.in_size, in_after, layer.out_size,

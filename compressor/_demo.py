@@ -42,7 +42,7 @@ def run_demo(output: Path) -> int:
                    check=True)
     reloaded = torch.load(output / "reloaded.pt", weights_only=True)
     same = torch.allclose(expected, reloaded, rtol=1e-5, atol=1e-6)
-    print(f"resnet56 (random weights), l2, target_flops=0.5 at 3x32x32:")
+    print("resnet56 (random weights), l2, target_flops=0.5 at 3x32x32:")
     print(f"  params {before.params:,} -> {after.params:,} ({after.params / before.params:.1%})")
     print(f"  FLOPs  {before.flops / 1e6:.1f}M -> {after.flops / 1e6:.1f}M ({after.macs / before.macs:.1%})")
     print(f"  TRM at batch 64: {before.trm_bytes(64) / 2**20:.1f} MiB -> {after.trm_bytes(64) / 2**20:.1f} MiB (theoretical)")

@@ -30,7 +30,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import GraphModule, Node, Tracer
 from torch.utils.flop_counter import FlopCounterMode
 
-from ._labels import Coupling, has_labels, unlabelled
+from ._labels import Coupling
 from ._modes import evaluating
 from .errors import TraceError
 
@@ -73,6 +73,20 @@ class LayerCost:
     params_per_unit: int  # weight elements per (out x in-per-group); 0 for a repeated call
     bias: bool
 
+    def _in_per_group(self, inp: int) -> int:
+        # removing whole groups ("group" mode) keeps each group's width
+        return self.in_size // self.groups if self.group_mode == "group" else inp // self.groups
+
+    def macs(self, out: int, inp: int) -> float:
+        """MACs per sample with ``out`` output and ``inp`` input channels kept."""
+        return self.macs_per_unit * out * self._in_per_group(inp)
+
+    def params(self, out: int, inp: int) -> int:
+        """Weight (and bias) elements; 0 for a repeated call of a shared layer."""
+        if not self.params_per_unit:
+            return 0
+        return self.params_per_unit * out * self._in_per_group(inp) + (out if self.bias else 0)
+
 
 @dataclass
 class ChannelGroup:
@@ -106,16 +120,22 @@ class DependencyGraph:
     other_macs: float  # MACs not modelled by ``layers`` (attention matmuls ...); constant
     other_params: int
     batch_size: int
+    param_per_index: list[int]  # parameters per index of each bn/norm/param member (0 for others)
     unsupported: dict[str, int] = field(default_factory=dict)  # reason -> blocked atoms
+
+    def __post_init__(self) -> None:
+        self._member_atoms = []
+        for member in self.members:
+            ids = member.ids.numpy()
+            atoms = np.full(ids.shape, -1, dtype=np.int64)
+            ok = ids >= 0
+            atoms[ok] = self.atom_of_id[ids[ok]]
+            self._member_atoms.append(atoms)
 
     # ---- atoms ---------------------------------------------------------------------------
     def member_atoms(self, m: int) -> np.ndarray:
         """Atom of each index of member ``m`` (-1 for indices that are never removed)."""
-        ids = self.members[m].ids.numpy()
-        out = np.full(ids.shape, -1, dtype=np.int64)
-        ok = ids >= 0
-        out[ok] = self.atom_of_id[ids[ok]]
-        return out
+        return self._member_atoms[m]
 
     @property
     def removable(self) -> np.ndarray:
@@ -123,20 +143,15 @@ class DependencyGraph:
 
     def kept_counts(self, removed: np.ndarray) -> np.ndarray:
         """Kept index count of every member, given a bool-per-atom removal mask."""
-        return np.array([self._kept(m, removed).sum() for m in range(len(self.members))], dtype=np.int64)
+        return np.array([self.kept_mask(m, removed).sum() for m in range(len(self.members))], dtype=np.int64)
 
-    def _kept(self, m: int, removed: np.ndarray) -> np.ndarray:
-        atoms = self._member_atoms_cache[m]
+    def kept_mask(self, m: int, removed: np.ndarray) -> np.ndarray:
+        """Which indices of member ``m`` survive a bool-per-atom removal mask."""
+        atoms = self._member_atoms[m]
         kept = np.ones(atoms.shape, dtype=bool)
         ok = atoms >= 0
         kept[ok] = ~removed[atoms[ok]]
         return kept
-
-    def kept_mask(self, m: int, removed: np.ndarray) -> np.ndarray:
-        return self._kept(m, removed)
-
-    def __post_init__(self) -> None:
-        self._member_atoms_cache = [self.member_atoms(m) for m in range(len(self.members))]
 
     # ---- cost ----------------------------------------------------------------------------
     def cost(self, kept: np.ndarray | None = None) -> tuple[float, float]:
@@ -147,16 +162,10 @@ class DependencyGraph:
         for layer in self.layers:
             out = size(layer.out_member, layer.out_size)
             inp = size(layer.in_member, layer.in_size)
-            if layer.group_mode == "group":
-                in_pg = layer.in_size // layer.groups
-            else:
-                in_pg = inp // layer.groups
-            macs += layer.macs_per_unit * out * in_pg
-            params += layer.params_per_unit * out * in_pg + (out if layer.bias and layer.params_per_unit else 0)
+            macs += layer.macs(out, inp)
+            params += layer.params(out, inp)
         for m, member in enumerate(self.members):
-            if member.kind in ("bn", "norm", "param"):
-                n = kept[m] if kept is not None else member.size
-                params += self._param_per_index[m] * n
+            params += self.param_per_index[m] * (kept[m] if kept is not None else member.size)
         return macs, params
 
     def describe(self) -> str:
@@ -439,25 +448,21 @@ def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: boo
     for atom, why in reason.items():
         if producer[atom]:
             unsupported[why] = unsupported.get(why, 0) + 1
-    modelled_macs = sum(l.macs_per_unit * l.out_size * (l.in_size // l.groups) for l in run.layers)
+    modelled_macs = sum(layer.macs(layer.out_size, layer.in_size) for layer in run.layers)
     total_params = sum(p.numel() for p in model.parameters())
     graph = DependencyGraph(
         members=run.members, atom_of_id=atom_of_id, num_atoms=num_atoms, blocked=blocked,
         block_reason=reason, renormalized=renorm, producer=producer, groups=groups, layers=run.layers,
         macs=macs, params=total_params, other_macs=max(macs - modelled_macs, 0.0),
-        other_params=total_params - modelled_params, batch_size=run.batch, unsupported=unsupported,
+        other_params=total_params - modelled_params, batch_size=run.batch, param_per_index=per_index,
+        unsupported=unsupported,
     )
-    graph._param_per_index = per_index
     return graph
 
 
 def _modelled_params(run: _Run) -> tuple[int, list[int]]:
     """Parameters the cost model tracks, and the per-index parameter count of 1-D members."""
-    total = 0
-    for layer in run.layers:
-        if layer.params_per_unit:
-            total += layer.params_per_unit * layer.out_size * (layer.in_size // layer.groups)
-            total += layer.out_size if layer.bias else 0
+    total = sum(layer.params(layer.out_size, layer.in_size) for layer in run.layers)
     per_index = []
     for member in run.members:
         count = 0

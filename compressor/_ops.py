@@ -7,11 +7,9 @@ graph never guesses "element-wise".
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.fx import Node
 
@@ -372,14 +370,14 @@ def _reshape_fail(run, lab, value):
     return unlabelled(value.shape)
 
 
-def _spatial_module(run, node, module, args, kwargs, labels, value):
-    x = _lab(labels, _node_arg(node, 0, "input"))
-    return _passthrough(run, x, value, set(range(2, value.dim())) if isinstance(value, torch.Tensor) else set())
-
-
 def _spatial_fn(run, node, args, kwargs, labels, value):
+    """Pooling, interpolation: dims 2.. are resized or mixed, the channel dim passes through."""
     x = _lab(labels, _node_arg(node, 0, "input"))
     return _passthrough(run, x, value, set(range(2, value.dim())) if isinstance(value, torch.Tensor) else set())
+
+
+def _spatial_module(run, node, module, args, kwargs, labels, value):
+    return _spatial_fn(run, node, args, kwargs, labels, value)
 
 
 def _pad(run, node, args, kwargs, labels, value):

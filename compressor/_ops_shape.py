@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch.fx import Node
 
-from ._labels import Labels, binary_union, core, has_labels, normalize, unlabelled, varying_dims
+from ._labels import Labels, binary_union, has_labels, normalize, unlabelled, varying_dims
 from ._ops import _arg, _lab, _node_arg, fresh_labels
 
 

@@ -91,7 +91,7 @@ def _rounded(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, re
     if round_to == 1:
         return removed
     widths = _group_widths(graph)
-    counts = np.bincount(group_of[removed], minlength=len(graph.groups)) if removed.any() else np.zeros(len(widths), int)
+    counts = np.bincount(group_of[removed], minlength=len(graph.groups))
     out = np.zeros_like(removed)
     for g in graph.groups:
         in_group = order[group_of[order] == g.index]
@@ -141,8 +141,9 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
 
     if cost(0) <= budget:
         return removal(0)
-    if cost(order.size) > budget:
-        reachable = cost(order.size) / base
+    smallest = cost(order.size)
+    if smallest > budget:
+        reachable = smallest / base
         what = "FLOPs" if which == 0 else "parameters"
         raise UnreachableTargetError(
             f"{key}={value:g} is unreachable: the closest reachable is {reachable:.4f} of the original {what} "
