@@ -5,6 +5,7 @@ Only relative comparisons (batch 64 vs batch 1, child vs parent); never absolute
 from __future__ import annotations
 
 import json
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._memory import MemoryResult, measure_memory, read_proc_status_bytes
+from benchmarks import _memory
+from benchmarks._memory import (
+    MemoryOOM,
+    MemoryResult,
+    is_out_of_memory,
+    measure_memory,
+    read_proc_status_bytes,
+)
 from models import create_model
 from runtimes import get_runtime
 
@@ -58,7 +66,15 @@ def test_result_fields(by_batch: dict[int, MemoryResult], resnet20_onnx: Path):
     assert r.baseline_rss_bytes < r.loaded_rss_bytes <= r.peak_rss_bytes
     assert r.peak_reset
     assert r.settings["runtime"] == "onnxruntime" and r.settings["threads"] == 1
+    assert r.device_method is None and r.device_peak_bytes is None and r.engine_device_memory_bytes is None
     assert MemoryResult.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
+def test_results_saved_before_the_device_fields_still_load(by_batch: dict[int, MemoryResult]):
+    old = {k: v for k, v in by_batch[1].to_dict().items() if not k.startswith(("device_", "engine_"))}
+    assert MemoryResult.from_dict(old) == by_batch[1]
+    with pytest.raises(ValueError, match=r"unknown MemoryResult keys \['vram'\]"):
+        MemoryResult.from_dict({**old, "vram": 1})
 
 
 def test_child_process_is_isolated_from_parent(resnet20_onnx: Path):
@@ -80,8 +96,63 @@ def test_child_failure_carries_stderr_and_names_the_artifact(tmp_path: Path):
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"this is not an onnx model")
     with pytest.raises(RuntimeError, match=r"(?s)corrupt\.onnx .*exit status 1.: ArtifactError: .*corrupt\.onnx.*"
-                                           r"child stderr \(tail\):\n.*ArtifactError"):
+                                           r"child stderr \(tail\):\n.*ArtifactError") as info:
         measure_memory("onnxruntime", corrupt, SHAPE, 1)
+    assert not isinstance(info.value, MemoryOOM)
+
+
+def _fake_child(monkeypatch: pytest.MonkeyPatch, returncode: int, stderr: str) -> None:
+    def run(cmd, **kwargs):
+        return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
+
+    monkeypatch.setattr(_memory.subprocess, "run", run)
+
+
+@pytest.mark.parametrize("returncode", [-9, 137])
+def test_child_killed_by_the_oom_killer_raises_memory_oom(monkeypatch, resnet20_onnx: Path, returncode: int):
+    _fake_child(monkeypatch, returncode, "")
+    with pytest.raises(MemoryOOM, match=rf"resnet20\.onnx \(batch 64\) ran out of memory: .*SIGKILL "
+                                        rf"\(exit status {returncode}\).*out-of-memory killer") as info:
+        measure_memory("onnxruntime", resnet20_onnx, SHAPE, 64)
+    assert (info.value.runtime, info.value.device, info.value.batch_size) == ("onnxruntime", "cpu", 64)
+
+
+@pytest.mark.parametrize("stderr", [
+    "Traceback ...\n@@benchmarks._memory error@@ _ArrayMemoryError: Unable to allocate 96.0 GiB for an array\n",
+    "terminate called after throwing an instance of 'std::bad_alloc'\n  what():  std::bad_alloc\n",  # no error line
+])
+def test_out_of_memory_error_in_the_child_raises_memory_oom(monkeypatch, resnet20_onnx: Path, stderr: str):
+    _fake_child(monkeypatch, 1 if "@@" in stderr else -6, stderr)
+    with pytest.raises(MemoryOOM, match=r"(?s)ran out of memory \(exit status -?\d\).*child stderr \(tail\)"):
+        measure_memory("onnxruntime", resnet20_onnx, SHAPE, 1)
+
+
+@pytest.mark.parametrize("line", [
+    "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total capacity)",
+    "_ArrayMemoryError: Unable to allocate 12.0 GiB for an array with shape (1000000, 3, 32, 32)",
+    "MemoryError: std::bad_alloc",
+    ("RuntimeException: [ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while running "
+     "Conv node. Status Message: BFCArena::AllocateRawInternal Failed to allocate memory for requested buffer"),
+    "Fail: [ONNXRuntimeError] : 1 : FAIL : CUDA failure 2: out of memory ; GPU=0",
+    "RuntimeError: CUDA driver error: CUDA_ERROR_OUT_OF_MEMORY",
+    "RuntimeError: cudaErrorMemoryAllocation",
+    "RuntimeError: cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "RuntimeError: TensorRT execution failed: Error Code 2: OutOfMemory (Requested size was 4294967296 bytes.)",
+    "RuntimeError: Requested amount of GPU memory (4294967296 bytes) could not be allocated.",
+    "OSError: [Errno 12] Cannot allocate memory",
+])
+def test_out_of_memory_lines_are_recognised(line: str):
+    assert is_out_of_memory(line)
+
+
+@pytest.mark.parametrize("line", [
+    "ArtifactError: /tmp/corrupt.onnx: onnxruntime cannot load this model; the file may be truncated",
+    "RuntimeUnavailable: onnxruntime runtime cannot use device 'cuda': no CUDA device",
+    "ValueError: batch 128 is outside the engine's profile [1, 64]",
+    "RuntimeError: TensorRT execution failed: Error Code 1: Cuda Runtime (invalid argument)",
+])
+def test_other_errors_are_not_out_of_memory(line: str):
+    assert not is_out_of_memory(line)
 
 
 def test_timeout_names_the_artifact(resnet20_onnx: Path):
@@ -100,17 +171,18 @@ def test_other_runtimes_measure_too(resnet20_onnx: Path):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(runtime="no-such-runtime"), ValueError, "unknown runtime 'no-such-runtime'; known runtimes: .*onnxruntime"),
-    (dict(device="cuda"), ValueError, "only CPU memory measurement is implemented"),
-    (dict(input_shape=(3, 0, 32)), ValueError, "input_shape"),
-    (dict(input_shape=("batch",)), ValueError, "input_shape"),
-    (dict(batch_size=0), ValueError, "batch_size"),
-    (dict(threads=1.5), ValueError, "threads"),
-    (dict(runs=0), ValueError, "runs"),
-    (dict(timeout_s=0), ValueError, "timeout_s"),
+    ({"runtime": "no-such-runtime"}, ValueError, "unknown runtime 'no-such-runtime'; known runtimes: .*onnxruntime"),
+    ({"device": "gpu"}, ValueError, "device must be one of 'cpu', 'cuda', got 'gpu': OpenVINO's GPU plugin"),
+    ({"device": "tpu"}, ValueError, "device must be one of 'cpu', 'cuda', got 'tpu'$"),
+    ({"input_shape": (3, 0, 32)}, ValueError, "input_shape"),
+    ({"input_shape": ("batch",)}, ValueError, "input_shape"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"threads": 1.5}, ValueError, "threads"),
+    ({"runs": 0}, ValueError, "runs"),
+    ({"timeout_s": 0}, ValueError, "timeout_s"),
 ])
 def test_argument_validation(resnet20_onnx: Path, kwargs, error, message):
-    args = dict(runtime="onnxruntime", artifact=resnet20_onnx, input_shape=SHAPE, batch_size=1) | kwargs
+    args = {"runtime": "onnxruntime", "artifact": resnet20_onnx, "input_shape": SHAPE, "batch_size": 1} | kwargs
     with pytest.raises(error, match=message):
         measure_memory(**args)
 
