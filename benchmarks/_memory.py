@@ -413,6 +413,8 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
 
     rt = get_runtime(runtime)
     rt.require(device)  # import the SDK before the baseline: its import is not the model's memory
+    if runtime == "torch":
+        import compressor  # noqa: F401 - the saved-model loader (fx, the zoo) is code, not the model's memory
     probe = _DeviceMemoryProbe(runtime) if device == "cuda" else None
     rng = np.random.default_rng(seed)
     try:

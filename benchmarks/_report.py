@@ -236,7 +236,7 @@ def _environment(results: dict[str, Any]) -> list[tuple[str, str]]:
         ("Run", f"{run}; created {results['created_utc']}"),
         ("CPU", f"{env['cpu_model'] or 'unknown'} ({cores} logical cores available)"),
         ("GPU", env["gpu"] or "none"),
-        ("Device, threads", f"{config['device']}, {threads} threads"),
+        ("Devices, threads", f"{', '.join(config['devices'])}, {threads} threads"),
         ("Runtimes, batch sizes", f"{', '.join(config['runtimes']) or _DASH}; {batch_sizes}"),
         ("Weights trained", trained),
         ("Host", f"{env['hostname']}, {env['os']}, Python {env['python']}"),

@@ -54,6 +54,24 @@ def _load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     return model, name
 
 
+def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
+    """Where the weights came from and whether they were trained (``None``: not known).
+
+    Benchmarks record it: random-weight models give honest latencies only with denormals flushed,
+    and accuracy figures mean nothing for them.
+    """
+    declared = getattr(args, "trained", None)
+    if args.weights:
+        return {"origin": f"file:{args.weights}", "trained": declared}
+    inherited = (getattr(model, "compressor_metadata", None) or {}).get("weights")
+    if (Path(args.model) / SPEC_FILE).is_file():
+        base = dict(inherited) if isinstance(inherited, dict) else {"origin": f"saved model {args.model}", "trained": None}
+        return {**base, "trained": declared if declared is not None else base.get("trained")}
+    if declared:
+        raise ValueError(f"--trained was given, but {args.model} is built with random weights (no --weights file)")
+    return {"origin": "random-init", "trained": False}
+
+
 def _config(args: argparse.Namespace) -> PruneConfig:
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
                        target_flops=args.target_flops, target_params=args.target_params, round_to=args.round_to,
@@ -115,6 +133,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not args.quiet:
         _print_table([r for r in summary["layers"] if r["in_before"] != r["in_after"] or r["out_before"] != r["out_after"]]
                      if args.changed_only else summary["layers"], f"{name}: {config.criterion}, {config.target[0]}={config.target[1]:g}")
+    result.model.compressor_metadata = {**(getattr(result.model, "compressor_metadata", None) or {}),
+                                        "weights": _weights_provenance(args, model)}
     out = save_model(result.model, args.output, arch=getattr(model, "zoo_spec", None), extra_files={SUMMARY_FILE: summary})
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
@@ -164,11 +184,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         with torch.no_grad():
             return model(torch.from_numpy(batch)).numpy()
 
+    weights = _weights_provenance(args, model)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             info = export_onnx(model, example, Path(tmp) / "model.onnx", export_config)
+            torch_dir = None
+            if "torch" in targets:  # the folded model itself, for the eager reference runtime
+                torch_dir = save_model(model, Path(tmp) / "torch", arch=getattr(model, "zoo_spec", None))
             extra = {
                 "source": name,
+                "weights": weights,
                 "onnx": {k: v for k, v in info.to_dict().items() if k != "path"},
                 "cost": {**{k: v for k, v in cost.to_dict().items() if k != "layers"},
                          "trm_bytes": {bs: cost.trm_bytes(bs) for bs in (1, 8, 32, 64)},
@@ -177,7 +202,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                 "recipe": getattr(model, "compressor_metadata", None),
             }
             bundle = write_bundle(info.path, args.output, reference, tuple(size), bundle_config, extra,
-                                  progress=lambda m: print(f"... {m}", file=sys.stderr))
+                                  progress=lambda m: print(f"... {m}", file=sys.stderr), torch_model_dir=torch_dir)
     except RuntimeUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -259,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(torchvision detection models); implied for torchvision detection names")
     p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
     p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None,
+                   help="declare whether the --weights were trained (recorded in model.json)")
     p.add_argument("--output", required=True, help="output directory (replaced atomically)")
     p.add_argument("--json", help="also write the summary JSON here")
     p.add_argument("--changed-only", action="store_true", help="table shows only resized layers")
@@ -274,7 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("model", help="saved model directory or a zoo/torchvision name")
     e.add_argument("--weights", help="state_dict file to load into the model (weights_only)")
     e.add_argument("--input-size", help="input C,H,W (default: the model's natural size)")
-    e.add_argument("--to", default="onnx,openvino", help="comma-separated targets: onnx, openvino, tensorrt")
+    e.add_argument("--to", default="onnx,openvino,torch",
+                   help="comma-separated targets: onnx, openvino, tensorrt, torch (the folded PyTorch model)")
+    e.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None,
+                   help="declare whether the --weights were trained (recorded in the manifest; default: unknown "
+                        "for a weights file, no for random initialisation)")
     e.add_argument("--output", required=True, help="bundle directory (replaced atomically)")
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     e.add_argument("--opset", type=int, default=18)

@@ -1,7 +1,8 @@
 """Deployable bundles: ONNX + runtime artifacts + a manifest, each artifact verified for parity.
 
-A bundle directory holds ``model.onnx``, ``openvino/model.xml`` + ``.bin`` and
-``tensorrt/model.engine`` (when requested), and ``manifest.json`` with the input spec, the
+A bundle directory holds ``model.onnx``, ``openvino/model.xml`` + ``.bin``,
+``tensorrt/model.engine`` and ``torch/`` (the folded PyTorch model as saved by
+``compressor.save_model``, for the eager reference runtime) when requested, and ``manifest.json`` with the input spec, the
 package versions, the caller's extra facts (cost, pruning recipe ...), the parity report and
 the sha256 of every file. It is written to a temporary directory and renamed into place; a
 runtime that is missing is detected before anything is written. A parity failure is recorded
@@ -24,7 +25,7 @@ from ._parity import ParityError, ParityResult, compare
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
 
 
@@ -91,7 +92,8 @@ def _sha256(path: Path) -> str:
 
 def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], np.ndarray],
                  input_shape: tuple[int, ...], config: BundleConfig = BundleConfig(),
-                 extra: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> Bundle:
+                 extra: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+                 torch_model_dir: str | Path | None = None) -> Bundle:
     """Build every target's artifact from ``onnx_file``, verify parity, and write the bundle.
 
     Args:
@@ -102,6 +104,8 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         config: targets, precision, parity batch sizes, TensorRT profile.
         extra: more manifest entries (cost, pruning recipe, ONNX export facts ...).
         progress: called with a short message before each long step.
+        torch_model_dir: a directory written by ``compressor.save_model`` (the same model as
+            ``reference``); needed for the ``"torch"`` target, copied to ``torch/``.
 
     Raises:
         RuntimeUnavailable: a target's runtime (package or device) is missing; nothing written.
@@ -114,6 +118,10 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
     from ._base import RuntimeUnavailable, SessionConfig
 
     say = progress or (lambda message: None)
+    if "torch" in config.targets:
+        if torch_model_dir is None or not (Path(torch_model_dir) / "model.json").is_file():
+            raise ValueError(f"the 'torch' target needs torch_model_dir, a directory saved by compressor.save_model; "
+                             f"got {torch_model_dir!r}")
     runtimes = {t: get_runtime(TARGET_RUNTIME[t]) for t in config.targets}
     for target, runtime in runtimes.items():
         device = "cuda" if target == "tensorrt" else config.device
@@ -129,6 +137,10 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         artifacts = {}
         for target, runtime in runtimes.items():
             say(f"building {target}")
+            if target == "torch":
+                shutil.copytree(torch_model_dir, tmp / "torch")
+                artifacts[target] = "torch"
+                continue
             built = runtime.build(onnx_path, tmp / target if target != "onnx" else tmp, precision=config.precision,
                                   min_batch=config.min_batch, opt_batch=config.opt_batch, max_batch=config.max_batch)
             artifacts[target] = str(Path(built).relative_to(tmp))

@@ -47,6 +47,7 @@ class OpenVinoSession(Session):
                 "device": config.device, "plugin": plugin,
                 "device_name": core.get_property(plugin, "FULL_DEVICE_NAME"),
                 "threads": _property(compiled, "INFERENCE_NUM_THREADS") if plugin == "CPU" else None,
+                "flush_denormal": _property(compiled, "CPU_DENORMALS_OPTIMIZATION") if plugin == "CPU" else None,
                 "hint": str(hint).lower() if hint is not None else None,
                 "precision": config.precision,
                 # what the plugin actually computes in, e.g. "f32", "f16" or "bf16"
@@ -138,5 +139,7 @@ class OpenVinoRuntime(Runtime):
             if plugin != "CPU":
                 raise ValueError(f"threads={config.threads} applies to OpenVINO's CPU plugin, not {plugin}")
             properties["INFERENCE_NUM_THREADS"] = config.threads
+        if plugin == "CPU":  # flush subnormal floats (random-weight models produce them; they are slow)
+            properties["CPU_DENORMALS_OPTIMIZATION"] = True
         compiled = core.compile_model(model, plugin, properties)
         return OpenVinoSession(core, compiled, artifact, config, sdk.get_version(), plugin)

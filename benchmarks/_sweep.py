@@ -1,0 +1,564 @@
+"""The benchmark sweep: bundles x runtimes x devices x batch sizes -> a results dict.
+
+For each device and runtime, one session per bundle (the baseline and each candidate) is opened
+once; then, for each batch size, every session is warmed up at that shape and all of them are
+timed in interleaved rounds (AB, BA, AB, ... see :func:`benchmarks._timing.interleaved`). Each
+round gives one latency per bundle, so the same samples serve as every bundle's latency
+distribution and as the pairs of the practical speedup (median of per-round ratios). Memory is
+measured afterwards, one fresh subprocess per runtime x batch size x bundle
+(:func:`benchmarks._memory.measure_memory`), next to the theoretical TRM = MPS + FM * 4 * BS.
+
+The latency of one call is what a deployed numpy-in, numpy-out call costs: on a GPU it includes
+copying the input to the device and the output back.
+
+The results dict follows ``benchmarks/results.schema.json``; :func:`benchmarks._report.write_report`
+turns it into the report directory. Ctrl-C stops the sweep between measurements and returns what
+was measured so far, marked ``"interrupted": true``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ._env import collect_environment
+from ._stats import efficiency, paired_speedup, summarize
+from ._timing import TimingConfig, has_subnormals, interleaved
+
+__all__ = ["BenchBundle", "BenchConfig", "DEFAULT_BATCH_SIZES", "SCHEMA_VERSION", "load_bench_bundles",
+           "run_benchmark"]
+
+SCHEMA_VERSION = 1
+BENCH_DEVICES = ("cpu", "cuda")
+DEFAULT_BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16, 32, 64), "cuda": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
+DEFAULT_TIMING = TimingConfig(warmup=3, min_runs=10, max_runs=500, min_seconds=2.0, max_seconds=20.0)
+_OOM_MARKERS = ("out of memory", "outofmemory", "failed to allocate", "cuda_error_out_of_memory", "bad_alloc",
+                "cannot allocate memory")
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _runtime_target(runtime: str) -> str:
+    """The bundle artifact a runtime loads (``onnxruntime`` -> ``onnx``, ...)."""
+    from runtimes._bundle import TARGET_RUNTIME
+
+    return {rt: target for target, rt in TARGET_RUNTIME.items()}[runtime]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how.
+
+    Attributes:
+        runtimes: runtime names (``runtimes.list_runtimes()``); ``None`` takes every runtime that
+            every bundle has an artifact for.
+        devices: ``"cpu"`` and/or ``"cuda"``. A runtime that cannot use a device is skipped with
+            the reason (TensorRT on the CPU, OpenVINO on CUDA, a missing package).
+        batch_sizes: ``None`` means 1..64 on the CPU and 1..512 on CUDA (stopping at the first
+            out-of-memory, which is recorded).
+        threads: intra-op CPU threads of every session; ``None`` uses the cores available to this
+            process. Always recorded.
+        hint: OpenVINO's performance hint, ``"latency"`` or ``"throughput"``.
+        precision: ``"fp32"`` or ``"fp16"`` (the bundles must have been built for it).
+        timing: warm-up and the bounds of the interleaved timed rounds at each batch size.
+        memory: measure runtime memory in fresh subprocesses (one per runtime x batch x bundle).
+        memory_runs: batches run in each memory subprocess.
+        memory_timeout_s: seconds before a memory subprocess is killed.
+        inputs: a ``.npy`` file of real samples ``(N, C, H, W)``, cycled to fill each batch;
+            ``None`` draws random-normal batches (seeded).
+        seed: seed of the random inputs and of the bootstrap confidence intervals.
+    """
+
+    runtimes: tuple[str, ...] | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] | None = None
+    threads: int | None = None
+    hint: str = "latency"
+    precision: str = "fp32"
+    timing: TimingConfig = DEFAULT_TIMING
+    memory: bool = True
+    memory_runs: int = 2
+    memory_timeout_s: float = 600.0
+    inputs: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from runtimes import list_runtimes
+
+        if self.runtimes is not None:
+            if not self.runtimes:
+                raise ValueError("runtimes is empty; name at least one, or pass None for every runtime")
+            known = list_runtimes()
+            for name in self.runtimes:
+                if name not in known:
+                    raise ValueError(f"unknown runtime {name!r}; known runtimes: {', '.join(known)}")
+            if len(set(self.runtimes)) != len(self.runtimes):
+                raise ValueError(f"runtimes has duplicates: {list(self.runtimes)}")
+        if not self.devices or any(d not in BENCH_DEVICES for d in self.devices):
+            raise ValueError(f"devices must be among {', '.join(map(repr, BENCH_DEVICES))}, got {list(self.devices)}")
+        if self.batch_sizes is not None:
+            if not self.batch_sizes:
+                raise ValueError("batch_sizes is empty; pass None for the device's default sweep")
+            for bs in self.batch_sizes:
+                _check_positive_int(f"batch size {bs!r} in batch_sizes", bs)
+            if len(set(self.batch_sizes)) != len(self.batch_sizes):
+                raise ValueError(f"batch_sizes has duplicates: {list(self.batch_sizes)}")
+        if self.threads is not None:
+            _check_positive_int("threads", self.threads)
+        if self.hint not in ("latency", "throughput"):
+            raise ValueError(f"hint must be 'latency' or 'throughput', got {self.hint!r}")
+        if self.precision not in ("fp32", "fp16"):
+            raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if not isinstance(self.timing, TimingConfig):
+            raise TypeError(f"timing must be a TimingConfig, got {type(self.timing).__name__}")
+        _check_positive_int("memory_runs", self.memory_runs)
+        if not isinstance(self.memory_timeout_s, (int, float)) or not self.memory_timeout_s > 0:
+            raise ValueError(f"memory_timeout_s must be positive, got {self.memory_timeout_s!r}")
+
+    def batch_sizes_for(self, device: str) -> tuple[int, ...]:
+        return tuple(self.batch_sizes) if self.batch_sizes is not None else DEFAULT_BATCH_SIZES[device]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("runtimes", "devices", "batch_sizes"):
+            out[key] = list(out[key]) if out[key] is not None else None
+        out["timing"] = self.timing.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
+        """Inverse of :meth:`to_dict`. Raises ValueError on unknown keys or bad values."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown BenchConfig keys {unknown}; known: {sorted(names)}")
+        kwargs = dict(data)
+        for key in ("runtimes", "devices", "batch_sizes"):
+            if kwargs.get(key) is not None:
+                kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("timing"), dict):
+            kwargs["timing"] = TimingConfig.from_dict(kwargs["timing"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class BenchBundle:
+    """A loaded, verified bundle and the facts the sweep needs from its manifest."""
+
+    name: str
+    role: str  # "baseline" | "candidate"
+    path: Path
+    input_shape: tuple[int, ...]
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        return self.manifest.get("cost") or {}
+
+    def artifact(self, runtime: str) -> Path | None:
+        rel = (self.manifest.get("artifacts") or {}).get(_runtime_target(runtime))
+        return self.path / rel if rel is not None else None
+
+    def theoretical_trm_bytes(self, batch_size: int) -> int | None:
+        mps, fm = self.cost.get("mps_bytes"), self.cost.get("fm_elements")
+        return int(mps + fm * 4 * batch_size) if mps is not None and fm is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        weights = self.manifest.get("weights") or {}
+        return {
+            "name": self.name, "role": self.role, "path": str(self.path), "input_shape": list(self.input_shape),
+            **{key: _as_int(self.cost.get(key)) for key in ("flops", "params", "mps_bytes", "fm_elements")},
+            "weights_trained": weights.get("trained"),
+            "source": self.manifest.get("source"),
+            "artifacts": dict(self.manifest.get("artifacts") or {}),
+        }
+
+
+def _as_int(value: Any) -> int | None:
+    return int(round(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def load_bench_bundles(candidates: Sequence[str | Path], baseline: str | Path | None = None) -> list[BenchBundle]:
+    """Load and verify the bundles: the baseline first (if any), then the candidates.
+
+    Raises:
+        ValueError: no candidates, the same directory twice, or bundles whose inputs differ
+            (a paired comparison needs the same input).
+        runtimes.BundleError: a bundle is missing, incomplete, tampered with or failed parity;
+            the message names the directory.
+    """
+    from runtimes import BundleError, load_bundle
+
+    if not candidates:
+        raise ValueError("give at least one bundle to benchmark")
+    paths = ([("baseline", baseline)] if baseline is not None else []) + [("candidate", c) for c in candidates]
+    resolved = [Path(p).resolve() for _, p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"a bundle is given twice: {[str(p) for p in resolved]}")
+    out: list[BenchBundle] = []
+    names: set[str] = set()
+    for (role, raw), path in zip(paths, resolved):
+        if not path.exists():
+            raise BundleError(f"{role} bundle {raw} does not exist")
+        if not path.is_dir():
+            raise BundleError(f"{role} bundle {raw} is not a directory (export one with `compressor export`)")
+        manifest = load_bundle(path).manifest
+        shape = manifest.get("input", {}).get("shape")
+        if not isinstance(shape, list) or len(shape) < 2:
+            raise BundleError(f"{path}/manifest.json has no input shape (input.shape)")
+        name, k = path.name, 2
+        while name in names:
+            name, k = f"{path.name}-{k}", k + 1
+        names.add(name)
+        out.append(BenchBundle(name, role, path, tuple(int(d) for d in shape[1:]), manifest))
+    first = out[0]
+    for other in out[1:]:
+        if other.input_shape != first.input_shape:
+            raise ValueError(f"{other.role} bundle {other.path} takes input {list(other.input_shape)} but {first.role} "
+                             f"bundle {first.path} takes {list(first.input_shape)}; a paired comparison needs the "
+                             "same input shape")
+    return out
+
+
+class _Inputs:
+    """One float32 batch per batch size: random normal (seeded) or real samples cycled."""
+
+    def __init__(self, shape: tuple[int, ...], path: str | None, seed: int):
+        self.shape, self.seed = shape, seed
+        self.samples: np.ndarray | None = None
+        if path is not None:
+            file = Path(path)
+            if not file.is_file():
+                raise FileNotFoundError(f"inputs file {file} does not exist")
+            try:
+                arr = np.load(file, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise ValueError(f"inputs file {file} is not a readable .npy array: {err}") from err
+            if arr.ndim != len(shape) + 1 or tuple(arr.shape[1:]) != shape or arr.shape[0] < 1:
+                raise ValueError(f"inputs file {file} holds shape {list(arr.shape)}; the bundles take "
+                                 f"[N, {', '.join(map(str, shape))}]")
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"inputs file {file} holds {arr.dtype}; need numbers")
+            self.samples = arr.astype(np.float32)
+
+    @property
+    def description(self) -> str:
+        return "random-normal" if self.samples is None else f"samples from file ({len(self.samples)} samples)"
+
+    def batch(self, batch_size: int) -> np.ndarray:
+        if self.samples is None:
+            rng = np.random.default_rng([self.seed, batch_size])
+            return rng.standard_normal((batch_size, *self.shape), dtype=np.float32)
+        return np.ascontiguousarray(self.samples[np.arange(batch_size) % len(self.samples)])
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an exception says the device or host ran out of memory."""
+    if isinstance(err, MemoryError) or "OutOfMemory" in type(err).__name__:
+        return True
+    text = str(err).lower()
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"
+
+
+class _Progress:
+    """A rich progress bar with an ETA (or nothing, when disabled)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                       TimeRemainingColumn)
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
+            self._task = self._bar.add_task("benchmark", total=total)
+
+    def __enter__(self) -> _Progress:
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def describe(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, steps)
+
+
+class _Sweep:
+    """Holds the results dict while it is being filled, so an interrupt keeps what was measured."""
+
+    def __init__(self, bundles: list[BenchBundle], config: BenchConfig, threads: int):
+        self.bundles, self.config, self.threads = bundles, config, threads
+        self.baseline = bundles[0] if bundles[0].role == "baseline" else None
+        self.inputs = _Inputs(bundles[0].input_shape, config.inputs, config.seed)
+        self.results: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "cnn-compressor-benchmark",
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "complete": False,
+            "interrupted": False,
+            "environment": collect_environment(config.devices),
+            "config": {**config.to_dict(), "threads": threads, "inputs_description": self.inputs.description,
+                       "runtimes": list(config.runtimes or ()),
+                       "batch_sizes": sorted({bs for d in config.devices for bs in config.batch_sizes_for(d)})},
+            "bundles": [b.to_dict() for b in bundles],
+            "latency": [], "speedup": [], "memory": [], "skipped": [], "warnings": [],
+        }
+
+    def warn(self, message: str) -> None:
+        if message not in self.results["warnings"]:
+            self.results["warnings"].append(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    # --- planning ------------------------------------------------------------------------------
+    def plan(self) -> list[tuple[str, str]]:
+        """The (device, runtime) pairs to measure; the others are recorded as skipped."""
+        from runtimes import get_runtime
+
+        explicit = self.config.runtimes is not None
+        names = list(self.config.runtimes) if explicit else [
+            name for name in ("torch", "onnxruntime", "openvino", "tensorrt")
+            if all(b.artifact(name) is not None for b in self.bundles)]
+        if explicit:
+            for name in names:
+                lacking = [str(b.path) for b in self.bundles if b.artifact(name) is None]
+                if lacking:
+                    raise ValueError(f"runtime {name!r} needs the {_runtime_target(name)!r} artifact, which bundle(s) "
+                                     f"{', '.join(lacking)} lack; re-export with `compressor export ... --to "
+                                     f"{_runtime_target(name)},...` or drop {name!r} from the runtimes")
+        elif not names:
+            raise ValueError("the bundles share no artifact a runtime can load")
+        self.results["config"]["runtimes"] = names
+        pairs = []
+        for device in self.config.devices:
+            for name in names:
+                reason = get_runtime(name).is_available(device=device)
+                if reason is None and name == "tensorrt" and device == "cpu":
+                    reason = "TensorRT runs on CUDA devices only"
+                if reason is None:
+                    pairs.append((device, name))
+                else:
+                    self.results["skipped"].append({"runtime": name, "device": device, "reason": reason})
+                    self.warn(f"skipping {name} on {device}: {reason}")
+        if not pairs:
+            raise ValueError("none of the requested runtimes can run here: "
+                             + "; ".join(f"{s['runtime']} on {s['device']}: {s['reason']}"
+                                         for s in self.results["skipped"]))
+        return pairs
+
+    def steps(self, pairs: list[tuple[str, str]]) -> int:
+        per_pair = {device: len(self.config.batch_sizes_for(device)) for device in self.config.devices}
+        memory = len(self.bundles) if self.config.memory else 0
+        return sum(per_pair[device] * (1 + memory) for device, _ in pairs)
+
+    # --- latency -------------------------------------------------------------------------------
+    def _open(self, device: str, runtime: str) -> dict[str, Any]:
+        from runtimes import SessionConfig, get_runtime
+
+        rt = get_runtime(runtime)
+        session_config = SessionConfig(device=device, threads=self.threads if device == "cpu" else None,
+                                       hint=self.config.hint, precision=self.config.precision)
+        sessions: dict[str, Any] = {}
+        try:
+            for bundle in self.bundles:
+                sessions[bundle.name] = rt.load(bundle.artifact(runtime), session_config)
+        except BaseException:
+            for session in sessions.values():
+                session.close()
+            raise
+        for name, session in sessions.items():
+            if device == "cpu" and session.settings.get("flush_denormal") is False:
+                self.warn(f"{runtime} does not flush subnormal floats for {name}; CPU timings of random-weight "
+                          "models may be distorted")
+        return sessions
+
+    def _row(self, device: str, runtime: str, batch_size: int, bundle: str, **fields: Any) -> dict[str, Any]:
+        return {"runtime": runtime, "device": device, "batch_size": batch_size, "bundle": bundle, **fields}
+
+    def latency(self, device: str, runtime: str, progress: _Progress) -> set[int]:
+        """Time every batch size; returns the batch sizes that ran out of memory or failed."""
+        batch_sizes = self.config.batch_sizes_for(device)
+        failed: set[int] = set()
+        try:
+            sessions = self._open(device, runtime)
+        except Exception as err:  # noqa: BLE001 - recorded per row, the sweep goes on
+            for bs in batch_sizes:
+                for b in self.bundles:
+                    self.results["latency"].append(self._row(device, runtime, bs, b.name, status="error",
+                                                             error=f"loading failed: {_describe(err)}", stats=None,
+                                                             settings=None))
+                progress.advance()
+            self.warn(f"{runtime} on {device} could not load the bundles: {_describe(err)}")
+            return set(batch_sizes)
+        oom_at: int | None = None
+        try:
+            for bs in batch_sizes:
+                progress.describe(f"{runtime}/{device} latency, batch {bs}")
+                if oom_at is not None and bs > oom_at:
+                    self._record_failure(device, runtime, bs, "oom", f"skipped: batch {oom_at} already ran out "
+                                                                     "of memory")
+                    failed.add(bs)
+                else:
+                    status = self._time_batch(device, runtime, bs, sessions)
+                    if status != "ok":
+                        failed.add(bs)
+                        if status == "oom":
+                            oom_at = bs if oom_at is None else min(oom_at, bs)
+                progress.advance()
+        finally:
+            for session in sessions.values():
+                session.close()
+        return failed
+
+    def _record_failure(self, device: str, runtime: str, bs: int, status: str, error: str) -> None:
+        for b in self.bundles:
+            self.results["latency"].append(self._row(device, runtime, bs, b.name, status=status, error=error,
+                                                     stats=None, settings=None))
+
+    def _time_batch(self, device: str, runtime: str, bs: int, sessions: dict[str, Any]) -> str:
+        x = self.inputs.batch(bs)
+        fns: dict[str, Callable[[], Any]] = {name: (lambda s=s: s.run(x)) for name, s in sessions.items()}
+        try:
+            for name, fn in fns.items():
+                if device == "cpu" and has_subnormals(fn()):
+                    self.warn(f"{name} produces subnormal outputs on {runtime}; CPU timings may be distorted "
+                              "(random weights?)")
+            samples = interleaved(fns, self.config.timing, device="cuda" if device == "cuda" else "cpu")
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - an OOM or a failure at one batch is a result
+            status = "oom" if is_out_of_memory(err) else "error"
+            self._record_failure(device, runtime, bs, status, _describe(err))
+            if device == "cuda" and runtime == "torch":
+                import torch
+
+                torch.cuda.empty_cache()
+            return status
+        for name, session in sessions.items():
+            stats = summarize(samples[name], bs, seed=self.config.seed)
+            self.results["latency"].append(self._row(device, runtime, bs, name, status="ok", error=None,
+                                                     stats=stats.to_dict(), settings=session.settings))
+        if self.baseline is not None:
+            base_flops = self.baseline.cost.get("flops")
+            for cand in self.bundles[1:]:
+                speed = paired_speedup(samples[self.baseline.name], samples[cand.name], seed=self.config.seed)
+                flops = cand.cost.get("flops")
+                theoretical = base_flops / flops if base_flops and flops else None
+                self.results["speedup"].append(self._row(
+                    device, runtime, bs, cand.name, baseline=self.baseline.name, practical=speed.to_dict(),
+                    theoretical=theoretical,
+                    efficiency=efficiency(speed.speedup_median, theoretical) if theoretical else None))
+        return "ok"
+
+    # --- memory --------------------------------------------------------------------------------
+    def memory(self, device: str, runtime: str, failed: set[int], progress: _Progress) -> None:
+        from ._memory import measure_memory
+
+        for bs in self.config.batch_sizes_for(device):
+            for bundle in self.bundles:
+                progress.describe(f"{runtime}/{device} memory, batch {bs}, {bundle.name}")
+                row = self._row(device, runtime, bs, bundle.name, theoretical_bytes=bundle.theoretical_trm_bytes(bs))
+                if bs in failed:
+                    row.update(status="oom" if self._latency_status(device, runtime, bs) == "oom" else "error",
+                               error="not measured: the latency run at this batch size failed",
+                               measured_bytes=None, peak_bytes=None, detail=None)
+                else:
+                    row.update(self._measure(measure_memory, device, runtime, bs, bundle))
+                self.results["memory"].append(row)
+                progress.advance()
+
+    def _latency_status(self, device: str, runtime: str, bs: int) -> str | None:
+        for row in self.results["latency"]:
+            if (row["device"], row["runtime"], row["batch_size"]) == (device, runtime, bs):
+                return row["status"]
+        return None
+
+    def _measure(self, measure: Callable[..., Any], device: str, runtime: str, bs: int,
+                 bundle: BenchBundle) -> dict[str, Any]:
+        try:
+            result = measure(runtime, bundle.artifact(runtime), bundle.input_shape, bs, threads=self.threads,
+                             runs=self.config.memory_runs, timeout_s=self.config.memory_timeout_s, device=device,
+                             seed=self.config.seed)
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:  # noqa: BLE001 - recorded, the sweep goes on
+            return {"status": "oom" if is_out_of_memory(err) or "OOM" in type(err).__name__ else "error",
+                    "error": _describe(err), "measured_bytes": None, "peak_bytes": None, "detail": None}
+        detail = result.to_dict()
+        peak = detail.get("device_peak_bytes") if device == "cuda" else detail.get("peak_rss_bytes")
+        return {"status": "ok", "error": None, "measured_bytes": int(result.increase_bytes),
+                "peak_bytes": int(peak) if peak is not None else None, "detail": detail}
+
+
+def _default_threads() -> int:
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def run_benchmark(candidates: Sequence[str | Path], baseline: str | Path | None = None,
+                  config: BenchConfig | None = None, *, progress: bool = True) -> dict[str, Any]:
+    """Measure the bundles and return the results dict (``benchmarks/results.schema.json``).
+
+    Args:
+        candidates: bundle directories written by ``compressor export`` (pruned models, say).
+        baseline: the bundle they are compared with (the unpruned model); without it there are
+            no speedup rows.
+        config: runtimes, devices, batch sizes, threads, timing, memory; default ``BenchConfig()``.
+        progress: show a progress bar with an ETA.
+
+    Returns:
+        The results. ``complete`` is False and ``interrupted`` True when Ctrl-C stopped the
+        sweep; what was measured until then is kept. Failures at one batch size (out of memory,
+        a runtime error) are rows with their status, not exceptions.
+
+    Raises:
+        ValueError: bad config, bundles with different input shapes, a requested runtime whose
+            artifact a bundle lacks, or no runtime that can run.
+        runtimes.BundleError: a bundle is missing or invalid (the message names it).
+        FileNotFoundError: the inputs file is missing.
+    """
+    config = BenchConfig() if config is None else config
+    if not isinstance(config, BenchConfig):
+        raise TypeError(f"config must be a BenchConfig, got {type(config).__name__}")
+    bundles = load_bench_bundles(candidates, baseline)
+    threads = config.threads if config.threads is not None else _default_threads()
+    sweep = _Sweep(bundles, config, threads)
+    pairs = sweep.plan()
+    if any(b.to_dict()["weights_trained"] is False for b in bundles):
+        sweep.warn("some bundles have random (untrained) weights: their latencies are honest only because "
+                   "denormals are flushed, and any accuracy figure would be meaningless")
+    try:
+        with _Progress(sweep.steps(pairs), progress) as bar:
+            for device, runtime in pairs:
+                failed = sweep.latency(device, runtime, bar)
+                if config.memory:
+                    sweep.memory(device, runtime, failed, bar)
+    except KeyboardInterrupt:
+        sweep.results["interrupted"] = True
+        return sweep.results
+    sweep.results["complete"] = True
+    return sweep.results
+
