@@ -1,1 +1,24 @@
-"""Benchmarks: sessions -> numbers, reports and gate verdicts (see the README for results)."""
+"""Benchmarks: sessions -> numbers, reports and gate verdicts (see the README for results).
+
+Public API::
+
+    results = run_benchmark(["bundle_pruned"], baseline="bundle_base",
+                            config=BenchConfig(runtimes=("onnxruntime", "openvino"), batch_sizes=(1, 8, 32)))
+    write_report(results, "report/")   # results.json/.csv, summary.md, PNG plots, report.html
+
+The building blocks: :func:`summarize` and :func:`paired_speedup` (statistics of raw samples),
+:func:`time_callable` and :func:`interleaved` (timing loops), :func:`measure_memory` (runtime
+memory in a fresh subprocess). Importing this package imports neither torch nor any runtime SDK.
+"""
+from ._memory import MemoryOOM, MemoryResult, measure_memory
+from ._report import validate_results, write_report
+from ._stats import LatencyStats, SpeedupStats, bootstrap_median_ci, efficiency, paired_speedup, summarize
+from ._sweep import BenchConfig, load_bench_bundles, run_benchmark
+from ._timing import TimingConfig, flush_denormals, has_subnormals, interleaved, time_callable
+
+__all__ = [
+    "BenchConfig", "LatencyStats", "MemoryOOM", "MemoryResult", "SpeedupStats", "TimingConfig",
+    "bootstrap_median_ci", "efficiency", "flush_denormals", "has_subnormals", "interleaved", "load_bench_bundles",
+    "measure_memory", "paired_speedup", "run_benchmark", "summarize", "time_callable", "validate_results",
+    "write_report",
+]

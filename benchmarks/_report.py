@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from compressor._serialize import atomic_directory
 
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 
@@ -526,6 +525,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
         ValueError: ``results`` are invalid (see :func:`validate_results`); nothing is written.
         FileExistsError: ``out_dir`` exists and is not a directory.
     """
+    from compressor._serialize import atomic_directory  # lazily: it imports torch
+
     plain = _plain(results)
 
     def write(tmp: Path) -> None:

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -224,6 +225,74 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, e.g. 1,8,32; got {text!r}") from None
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure bundles across runtimes and batch sizes; write the report directory."""
+    from benchmarks import BenchConfig, TimingConfig, run_benchmark, write_report
+    from runtimes import BundleError
+
+    config = BenchConfig(
+        runtimes=_names(args.runtimes), devices=_names(args.devices) or (),
+        batch_sizes=_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes is not None else None,
+        threads=args.threads, hint=args.hint, precision=args.precision,
+        timing=TimingConfig(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
+                            min_seconds=args.min_seconds, max_seconds=args.max_seconds),
+        memory=not args.no_memory, memory_runs=args.memory_runs, inputs=args.inputs, seed=args.seed)
+    try:
+        with warnings.catch_warnings():  # printed once, below, from the results
+            warnings.simplefilter("ignore", RuntimeWarning)
+            results = run_benchmark(args.bundles, args.baseline, config, progress=not args.quiet)
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = write_report(results, args.output)
+    _print_speedups(results)
+    for message in results["warnings"]:
+        print(f"warning: {message}", file=sys.stderr)
+    if results["interrupted"]:
+        print(f"interrupted: the results measured so far are in {out}/", file=sys.stderr)
+        return 130
+    print(f"report written to {out}/ (summary.md, report.html, results.json, results.csv, plots)")
+    return 0
+
+
+def _print_speedups(results: dict[str, Any]) -> None:
+    """The practical vs theoretical speedups (or, without a baseline, the median latencies)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if results["speedup"]:
+        table = Table(title="practical vs theoretical speedup (median of interleaved per-round ratios)")
+        for col in ("runtime", "device", "batch", "candidate", "practical", "theoretical", "efficiency"):
+            table.add_column(col, justify="left" if col in ("runtime", "device", "candidate") else "right")
+        for r in results["speedup"]:
+            practical = r["practical"]
+            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"],
+                          f"{practical['speedup_median']:.2f}x" if practical else "-",
+                          f"{r['theoretical']:.2f}x" if r["theoretical"] else "-",
+                          f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-")
+    else:
+        table = Table(title="median latency per batch")
+        for col in ("runtime", "device", "batch", "bundle", "median ms", "samples/s"):
+            table.add_column(col, justify="left" if col in ("runtime", "device", "bundle") else "right")
+        for r in results["latency"]:
+            stats = r["stats"]
+            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"],
+                          f"{stats['latency_ms_median']:.3f}" if stats else r["status"],
+                          f"{stats['throughput_sps']:.1f}" if stats else "-")
+    Console().print(table)
+
+
 def cmd_graph(args: argparse.Namespace) -> int:
     from ._graph import build_dependency_graph
 
@@ -315,6 +384,33 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, help="runtime threads for the parity check")
     e.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
     e.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="measure bundles: latency, throughput, memory, speedup over a baseline",
+                       description="Benchmark exported bundles on each runtime and batch size. With --baseline, "
+                                   "the baseline and the candidates are timed in interleaved rounds and the "
+                                   "practical speedup is set against the theoretical (FLOPs) one.")
+    b.add_argument("bundles", nargs="+", help="bundle directories written by `compressor export`")
+    b.add_argument("--baseline", help="the bundle to compare against (e.g. the unpruned model)")
+    b.add_argument("--runtimes", help="comma-separated: torch, onnxruntime, openvino, tensorrt (default: every "
+                                      "runtime the bundles have an artifact for)")
+    b.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
+    b.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,...,64 on CPU; up to 512 on CUDA)")
+    b.add_argument("--threads", type=int, help="intra-op CPU threads of every session (default: the cores "
+                                               "available to this process)")
+    b.add_argument("--hint", default="latency", choices=["latency", "throughput"], help="OpenVINO performance hint")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    b.add_argument("--warmup", type=int, default=3, help="untimed calls per bundle at each batch size")
+    b.add_argument("--min-runs", type=int, default=10, help="timed rounds per batch size, at least")
+    b.add_argument("--max-runs", type=int, default=500, help="timed rounds per batch size, at most")
+    b.add_argument("--min-seconds", type=float, default=2.0, help="time each batch size for at least this long")
+    b.add_argument("--max-seconds", type=float, default=20.0, help="and at most this long")
+    b.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    b.add_argument("--memory-runs", type=int, default=2, help="batches run in each memory subprocess")
+    b.add_argument("--inputs", help=".npy file of real samples (N,C,H,W); default: random-normal batches")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--output", required=True, help="report directory (replaced atomically)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="describe a saved model")
     i.add_argument("path")
