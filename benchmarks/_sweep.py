@@ -37,9 +37,6 @@ SCHEMA_VERSION = 1
 BENCH_DEVICES = ("cpu", "cuda")
 DEFAULT_BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16, 32, 64), "cuda": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
 DEFAULT_TIMING = TimingConfig(warmup=3, min_runs=10, max_runs=500, min_seconds=2.0, max_seconds=20.0)
-_OOM_MARKERS = ("out of memory", "outofmemory", "failed to allocate", "cuda_error_out_of_memory", "bad_alloc",
-                "cannot allocate memory")
-
 
 def _check_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -260,12 +257,11 @@ class _Inputs:
         return np.ascontiguousarray(self.samples[np.arange(batch_size) % len(self.samples)])
 
 
-def is_out_of_memory(err: BaseException) -> bool:
-    """Whether an exception says the device or host ran out of memory."""
-    if isinstance(err, MemoryError) or "OutOfMemory" in type(err).__name__:
-        return True
-    text = str(err).lower()
-    return any(marker in text for marker in _OOM_MARKERS)
+def _is_out_of_memory(err: BaseException) -> bool:
+    """Whether an exception says the device or the host ran out of memory."""
+    from ._memory import MemoryOOM, is_out_of_memory
+
+    return isinstance(err, (MemoryError, MemoryOOM)) or is_out_of_memory(f"{type(err).__name__}: {err}")
 
 
 def _describe(err: BaseException) -> str:
@@ -446,7 +442,7 @@ class _Sweep:
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - an OOM or a failure at one batch is a result
-            status = "oom" if is_out_of_memory(err) else "error"
+            status = "oom" if _is_out_of_memory(err) else "error"
             self._record_failure(device, runtime, bs, status, _describe(err))
             if device == "cuda" and runtime == "torch":
                 import torch
@@ -501,7 +497,7 @@ class _Sweep:
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - recorded, the sweep goes on
-            return {"status": "oom" if is_out_of_memory(err) or "OOM" in type(err).__name__ else "error",
+            return {"status": "oom" if _is_out_of_memory(err) else "error",
                     "error": _describe(err), "measured_bytes": None, "peak_bytes": None, "detail": None}
         detail = result.to_dict()
         peak = detail.get("device_peak_bytes") if device == "cuda" else detail.get("peak_rss_bytes")
