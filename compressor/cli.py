@@ -290,7 +290,7 @@ def _print_speedups(results: dict[str, Any]) -> None:
             table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"],
                           f"{stats['latency_ms_median']:.3f}" if stats else r["status"],
                           f"{stats['throughput_sps']:.1f}" if stats else "-")
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs do not wrap: never truncate names
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
