@@ -5,7 +5,6 @@ software agree. Nothing here imports torch unless a CUDA device was benchmarked.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import shutil
@@ -56,13 +55,9 @@ def git_revision(root: Path = _PROJECT_ROOT) -> tuple[str | None, bool | None]:
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    from runtimes import package_versions
+
+    return {"python": platform.python_version(), **package_versions(_PACKAGES)}
 
 
 def _gpu_name(devices: Sequence[str]) -> str | None:

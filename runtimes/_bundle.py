@@ -72,9 +72,10 @@ class Bundle:
                               f"{sorted(self.manifest.get('artifacts', {}))}") from None
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | None]:
+    """The installed version of each distribution, None where it is not installed."""
     out: dict[str, str | None] = {}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
