@@ -72,6 +72,11 @@ class BenchConfig:
         inputs: a ``.npy`` file of real samples ``(N, C, H, W)``, cycled to fill each batch;
             ``None`` draws random-normal batches (seeded).
         seed: seed of the random inputs and of the bootstrap confidence intervals.
+        runtime_options: constructor options per runtime, e.g. ``{"onnxruntime":
+            {"allow_spinning": True}}`` (see ``runtimes.get_runtime``). Unless set here,
+            onnxruntime's spinning is turned off on the CPU when several bundles take turns: each
+            session's private thread pool would otherwise spin after its run on the cores the
+            next session needs, and slow it down.
     """
 
     runtimes: tuple[str, ...] | None = None
@@ -86,9 +91,20 @@ class BenchConfig:
     memory_timeout_s: float = 600.0
     inputs: str | None = None
     seed: int = 0
+    runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from runtimes import list_runtimes
+        from runtimes import get_runtime, list_runtimes
+
+        if not isinstance(self.runtime_options, dict):
+            raise TypeError(f"runtime_options must be a dict, got {type(self.runtime_options).__name__}")
+        for name, options in self.runtime_options.items():
+            if not isinstance(options, dict):
+                raise ValueError(f"runtime_options[{name!r}] must be a dict of constructor options, got {options!r}")
+            try:
+                get_runtime(name, **options)  # an unknown runtime or option fails here, named
+            except TypeError as err:
+                raise ValueError(f"runtime_options[{name!r}]: {err}") from None
 
         if self.runtimes is not None:
             if not self.runtimes:
@@ -370,7 +386,14 @@ class _Sweep:
     def _open(self, device: str, runtime: str) -> dict[str, Any]:
         from runtimes import SessionConfig, get_runtime
 
-        rt = get_runtime(runtime)
+        options = dict(self.config.runtime_options.get(runtime, {}))
+        if runtime == "onnxruntime" and device == "cpu" and len(self.bundles) > 1 \
+                and "allow_spinning" not in options:
+            options["allow_spinning"] = False
+            self.warn("onnxruntime: intra-op spinning is off because several sessions take turns on the CPU "
+                      "(each one's spinning pool would slow the next); a lone deployed session may be faster at "
+                      "small batches with it on (runtime_options={'onnxruntime': {'allow_spinning': True}})")
+        rt = get_runtime(runtime, **options)
         session_config = SessionConfig(device=device, threads=self.threads if device == "cpu" else None,
                                        hint=self.config.hint, precision=self.config.precision)
         sessions: dict[str, Any] = {}

@@ -236,6 +236,23 @@ def _names(text: str | None) -> tuple[str, ...] | None:
     return None if text is None else tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["onnxruntime.allow_spinning=true"]`` -> ``{"onnxruntime": {"allow_spinning": True}}``
+    (values are JSON: true, 3, "text"; anything else is taken as a string)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        runtime, dot, option = key.partition(".")
+        if not sep or not dot or not runtime or not option:
+            raise ValueError(f"--runtime-option must look like RUNTIME.OPTION=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(runtime.strip(), {})[option.strip()] = value
+    return out
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure bundles across runtimes and batch sizes; write the report directory."""
     from benchmarks import BenchConfig, TimingConfig, run_benchmark, write_report
@@ -247,7 +264,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads, hint=args.hint, precision=args.precision,
         timing=TimingConfig(warmup=args.warmup, min_runs=args.min_runs, max_runs=args.max_runs,
                             min_seconds=args.min_seconds, max_seconds=args.max_seconds),
-        memory=not args.no_memory, memory_runs=args.memory_runs, inputs=args.inputs, seed=args.seed)
+        memory=not args.no_memory, memory_runs=args.memory_runs, inputs=args.inputs, seed=args.seed,
+        runtime_options=_runtime_options(args.runtime_option or []))
     try:
         with warnings.catch_warnings():  # printed once, below, from the results
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -408,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--memory-runs", type=int, default=2, help="batches run in each memory subprocess")
     b.add_argument("--inputs", help=".npy file of real samples (N,C,H,W); default: random-normal batches")
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--runtime-option", action="append", metavar="RUNTIME.OPTION=VALUE",
+                   help="a runtime constructor option, e.g. onnxruntime.allow_spinning=true (repeatable)")
     b.add_argument("--output", required=True, help="report directory (replaced atomically)")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)

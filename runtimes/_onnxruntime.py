@@ -43,6 +43,7 @@ class OnnxRuntimeSession(Session):
                 "provider_options": session.get_provider_options(),
                 "graph_optimization_level": str(options.graph_optimization_level).rsplit(".", 1)[-1],
                 "flush_denormal": options.get_session_config_entry("session.set_denormal_as_zero") == "1",
+                "allow_spinning": _config_entry(options, "session.intra_op.allow_spinning", "1") == "1",
                 "artifact": str(path),
             })
         self._session = session
@@ -59,13 +60,34 @@ class OnnxRuntimeSession(Session):
         del self._session
 
 
+def _config_entry(options: Any, key: str, default: str) -> str:
+    """A session config entry, or onnxruntime's default where it was not set."""
+    try:
+        return options.get_session_config_entry(key)
+    except Exception:  # onnxruntime raises when the key was never set
+        return default
+
+
 @register_runtime("onnxruntime")
 class OnnxRuntime(Runtime):
     """onnxruntime with explicit threads (``intra_op_num_threads``; ``inter_op_num_threads=1``)
     and all graph optimisations. ``build`` returns the ONNX file itself for fp32, and writes
-    ``model.fp16.onnx`` (FP16 weights and compute, float32 IO) for fp16."""
+    ``model.fp16.onnx`` (FP16 weights and compute, float32 IO) for fp16.
+
+    Args:
+        allow_spinning: whether the intra-op worker threads busy-wait for work between ops
+            (``session.intra_op.allow_spinning``); None keeps onnxruntime's default (they do).
+            Spinning lowers one session's latency, but several sessions in one process each have
+            a private pool, and a pool spinning after its run steals the cores another session is
+            running on: turn it off when sessions take turns (interleaved benchmarks do).
+    """
 
     install = "pip install onnxruntime"
+
+    def __init__(self, allow_spinning: bool | None = None):
+        if allow_spinning is not None and not isinstance(allow_spinning, bool):
+            raise TypeError(f"allow_spinning must be a bool or None, got {allow_spinning!r}")
+        self.allow_spinning = allow_spinning
 
     def _sdk(self) -> Any:
         return import_sdk("onnxruntime", "onnxruntime", self.install)
@@ -104,6 +126,8 @@ class OnnxRuntime(Runtime):
         options.graph_optimization_level = sdk.GraphOptimizationLevel.ORT_ENABLE_ALL
         # random-weight models decay into subnormal floats, which make CPU kernels 10-100x slower
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        if self.allow_spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.allow_spinning else "0")
         cuda = config.device in ("cuda", "gpu")
         # the CUDA provider computes FP32 convs/matmuls in TF32 unless told not to (breaks FP32 parity)
         cuda_options = {"use_tf32": "0"} if config.precision == "fp32" else {}

@@ -96,6 +96,9 @@ def test_every_combination_is_measured_with_raw_samples(sweep):
         assert stats["throughput_sps"] == pytest.approx(bs / stats["latency_ms_median"] * 1000)
         assert row["settings"]["runtime"] == runtime and row["settings"]["threads"] == 2
         assert row["settings"]["flush_denormal"] is True
+        if runtime == "onnxruntime":  # two sessions take turns: a spinning pool would slow the other
+            assert row["settings"]["allow_spinning"] is False
+    assert any("spinning is off" in w for w in results["warnings"])
 
 
 def test_speedup_is_paired_and_set_against_the_flops_ratio(sweep, bundles):
@@ -275,6 +278,25 @@ def test_config_round_trip_and_defaults():
         BenchConfig.from_dict({"batchsize": [1]})
     with pytest.raises(ValueError, match="devices"):
         BenchConfig(devices=("tpu",))
+
+
+def test_runtime_options_reach_the_runtime(bundles):
+    config = BenchConfig(runtimes=("onnxruntime",), batch_sizes=(1,), memory=False, timing=QUICK,
+                         runtime_options={"onnxruntime": {"allow_spinning": True}})
+    results = run_benchmark([bundles["pruned"]], bundles["base"], config, progress=False)
+    assert all(r["settings"]["allow_spinning"] is True for r in results["latency"])
+    assert not any("spinning" in w for w in results["warnings"])
+    with pytest.raises(ValueError, match=r"runtime_options\['onnxruntime'\].*spin"):
+        BenchConfig(runtime_options={"onnxruntime": {"spin": True}})
+
+
+def test_cli_runtime_option_parsing():
+    from compressor.cli import _runtime_options
+
+    assert _runtime_options(["onnxruntime.allow_spinning=true", "tensorrt.workspace_bytes=1024"]) == {
+        "onnxruntime": {"allow_spinning": True}, "tensorrt": {"workspace_bytes": 1024}}
+    with pytest.raises(ValueError, match="RUNTIME.OPTION=VALUE"):
+        _runtime_options(["allow_spinning=true"])
 
 
 def test_cli_bench_done_when_command(bundles, tmp_path, capsys):

@@ -33,6 +33,19 @@ def test_session_options_are_explicit_and_read_back(ort_rt, exported):
     assert settings["graph_optimization_level"] == "ORT_ENABLE_ALL"
 
 
+def test_denormals_are_flushed_and_spinning_is_configurable(ort_rt, exported):
+    for allow, expected in ((None, "default"), (False, "0"), (True, "1")):
+        with get_runtime("onnxruntime", allow_spinning=allow).load(exported["tiny"].onnx) as session:
+            options = session.native.get_session_options()
+            assert options.get_session_config_entry("session.set_denormal_as_zero") == "1"
+            assert session.settings["flush_denormal"] is True
+            if expected != "default":
+                assert options.get_session_config_entry("session.intra_op.allow_spinning") == expected
+            assert session.settings["allow_spinning"] is (allow is not False)  # onnxruntime spins by default
+    with pytest.raises(TypeError, match="allow_spinning must be a bool"):
+        get_runtime("onnxruntime", allow_spinning="no")
+
+
 def test_default_threads_are_left_to_onnxruntime(ort_rt, exported):
     with ort_rt.load(exported["tiny"].onnx) as session:
         assert session.native.get_session_options().intra_op_num_threads == 0
