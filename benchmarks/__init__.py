@@ -12,9 +12,22 @@ memory in a fresh subprocess). Importing this package imports neither torch nor 
 """
 from ._memory import MemoryOOM, MemoryResult, measure_memory
 from ._report import validate_results, write_report
-from ._stats import LatencyStats, SpeedupStats, bootstrap_median_ci, efficiency, paired_speedup, summarize
+from ._stats import (
+    LatencyStats,
+    SpeedupStats,
+    bootstrap_median_ci,
+    efficiency,
+    paired_speedup,
+    summarize,
+)
 from ._sweep import BenchConfig, load_bench_bundles, run_benchmark
-from ._timing import TimingConfig, flush_denormals, has_subnormals, interleaved, time_callable
+from ._timing import (
+    TimingConfig,
+    flush_denormals,
+    has_subnormals,
+    interleaved,
+    time_callable,
+)
 
 __all__ = [
     "BenchConfig", "LatencyStats", "MemoryOOM", "MemoryResult", "SpeedupStats", "TimingConfig",

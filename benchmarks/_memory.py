@@ -48,6 +48,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from ._records import check_known_keys
+
 __all__ = ["MemoryOOM", "MemoryResult", "is_out_of_memory", "measure_memory", "nvml_process_memory_bytes",
            "read_proc_status_bytes"]
 
@@ -139,10 +141,7 @@ class MemoryResult:
     def from_dict(cls, data: dict[str, Any]) -> MemoryResult:
         """Inverse of :meth:`to_dict`; dicts without the device fields (CPU-only results) load
         with them None. Raises ValueError on unknown keys."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown MemoryResult keys {unknown}; known: {sorted(names)}")
+        check_known_keys(cls, data)
         return cls(**{**data, "input_shape": tuple(data["input_shape"])})
 
 

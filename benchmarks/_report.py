@@ -28,7 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 
 SCHEMA_VERSION = 1

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ._records import check_known_keys
+
 __all__ = ["LatencyStats", "SpeedupStats", "bootstrap_median_ci", "efficiency", "paired_speedup", "summarize"]
 
 DEFAULT_RESAMPLES = 2000
@@ -108,10 +110,8 @@ class _DictResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
+        check_known_keys(cls, data)
         fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(fields)}")
         kwargs = {k: tuple(v) if isinstance(v, list) and "tuple" in str(fields[k].type) else v
                   for k, v in data.items()}
         return cls(**kwargs)

@@ -27,6 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ._env import collect_environment
+from ._records import check_known_keys
 from ._stats import efficiency, paired_speedup, summarize
 from ._timing import TimingConfig, has_subnormals, interleaved
 
@@ -149,10 +150,7 @@ class BenchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BenchConfig:
         """Inverse of :meth:`to_dict`. Raises ValueError on unknown keys or bad values."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown BenchConfig keys {unknown}; known: {sorted(names)}")
+        check_known_keys(cls, data)
         kwargs = dict(data)
         for key in ("runtimes", "devices", "batch_sizes"):
             if kwargs.get(key) is not None:
@@ -290,8 +288,14 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self._bar = None
         if enabled:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())

@@ -22,6 +22,8 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
+from ._records import check_known_keys
+
 __all__ = ["TIMING_DEVICES", "TimingConfig", "flush_denormals", "has_subnormals", "interleaved", "rotation",
            "time_callable"]
 
@@ -84,10 +86,7 @@ class TimingConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TimingConfig:
         """Inverse of :meth:`to_dict`. Raises ValueError on unknown keys or bad values."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown TimingConfig keys {unknown}; known: {sorted(names)}")
+        check_known_keys(cls, data)
         return cls(**data)
 
 

@@ -64,6 +64,7 @@ from benchmarks._benchmark_app import (
     parse_benchmark_app_stdout,
     run_benchmark_app,
 )
+from benchmarks._records import check_known_keys
 from benchmarks._stats import summarize
 from benchmarks._timing import TimingConfig, rotation, time_callable
 
@@ -128,10 +129,7 @@ class AgreementConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AgreementConfig:
         """Inverse of :meth:`to_dict`. Raises ValueError on unknown keys or bad values."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown AgreementConfig keys {unknown}; known: {sorted(names)}")
+        check_known_keys(cls, data)
         kwargs = dict(data)
         if kwargs.get("input_shape") is not None:
             kwargs["input_shape"] = tuple(kwargs["input_shape"])

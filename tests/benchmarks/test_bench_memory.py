@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from benchmarks import _memory
 from benchmarks._memory import (
@@ -33,16 +31,11 @@ SHAPE = (3, 32, 32)
 
 
 @pytest.fixture(scope="module")
-def resnet20_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def resnet20_onnx(tmp_path_factory: pytest.TempPathFactory, export_dynamic_batch) -> Path:
     """resnet20 from the zoo, exported with a dynamic batch dim."""
     path = tmp_path_factory.mktemp("memory") / "resnet20.onnx"
     model = create_model("resnet20").eval()
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(2, *SHAPE),), str(path), dynamo=False, opset_version=18,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return path
+    return export_dynamic_batch(model, path, SHAPE)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,14 +89,9 @@ def saved_dir(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="module")
-def onnx_path(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def onnx_path(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory, export_dynamic_batch) -> Path:
     path = tmp_path_factory.mktemp("memory-gpu") / "resnet20.onnx"
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notices
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(model, (torch.zeros(2, *SHAPE),), str(path), dynamo=False, opset_version=18,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return path
+    return export_dynamic_batch(model, path, SHAPE)
 
 
 def _require_cuda(runtime: str) -> None:

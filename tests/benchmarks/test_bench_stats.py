@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from benchmarks._stats import (LatencyStats, SpeedupStats, bootstrap_median_ci, efficiency, paired_speedup,
-                               summarize)
+from benchmarks._stats import (
+    LatencyStats,
+    SpeedupStats,
+    bootstrap_median_ci,
+    efficiency,
+    paired_speedup,
+    summarize,
+)
 
 
 def test_summarize_1_to_100_linear_interpolation():

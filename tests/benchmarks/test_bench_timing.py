@@ -17,8 +17,14 @@ import numpy as np
 import pytest
 
 from benchmarks._stats import paired_speedup
-from benchmarks._timing import (TimingConfig, flush_denormals, has_subnormals, interleaved, rotation,
-                                time_callable)
+from benchmarks._timing import (
+    TimingConfig,
+    flush_denormals,
+    has_subnormals,
+    interleaved,
+    rotation,
+    time_callable,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = dict(warmup=0, min_seconds=0.0, max_seconds=30.0)  # count-bounded configs for the fake callables
