@@ -432,6 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
+    from ._cli_train import add_parsers as add_train_eval_parsers
+
+    add_train_eval_parsers(sub)
+
     i = sub.add_parser("info", help="describe a saved model")
     i.add_argument("path")
     i.set_defaults(func=cmd_info)

@@ -1,0 +1,193 @@
+"""``compressor train`` and ``compressor eval``: build configs, call the library, print the figures."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["add_parsers"]
+
+
+def _size(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        size = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError(f"--input-size must look like 3,32,32, got {text!r}") from None
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"--input-size must be C,H,W with positive values, got {text!r}")
+    return size
+
+
+def _model_args(items: list[str]) -> dict[str, Any]:
+    """``["width=8", "pcb_parts=6"]`` -> ``{"width": 8, "pcb_parts": 6}`` (values are JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def _build_model(name: str, spec: Any, num_outputs: int,
+                 extra: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """A zoo model sized for the data, or a saved (e.g. pruned) model to fine-tune."""
+    from ._serialize import SPEC_FILE, load_model
+
+    if (Path(name) / SPEC_FILE).is_file():
+        if extra:
+            raise ValueError("--model-arg applies to zoo models, not to a saved model directory")
+        return load_model(name), None
+    from models import create_model
+
+    kwargs: dict[str, Any] = {"num_ids": num_outputs} if spec.task == "reid" else {"num_classes": num_outputs}
+    kwargs.update(extra)
+    attempts = [kwargs]
+    if spec.task == "classification":  # zoo CNNs take in_chans; torchvision's models are RGB only
+        attempts.insert(0, {**kwargs, "in_chans": spec.input_size[0]})
+    for attempt in attempts:
+        try:
+            model = create_model(name, **attempt)
+            break
+        except TypeError as err:
+            error = err
+    else:
+        raise ValueError(f"model {name!r} does not take {sorted(kwargs)} ({error}); pick a zoo model that does")
+    return model, getattr(model, "zoo_spec", None)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train or fine-tune a model; write checkpoints, history.json and the final model."""
+    from ._datasets import parse_data_spec
+    from ._evaluate import evaluate_classification, evaluate_reid_model
+    from ._losses import ReIDLoss
+    from ._serialize import save_model
+    from ._train import TrainConfig, train
+
+    spec = parse_data_spec(args.data, _size(args.input_size))
+    train_set = spec.train_set()
+    eval_sets = spec.eval_sets()
+    reid = spec.task == "reid"
+    outputs = train_set.num_ids if reid else train_set.num_classes
+    model, arch = _build_model(args.model, spec, outputs, _model_args(args.model_arg or []))
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.p * args.k if reid else args.batch_size, lr=args.lr,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, ema_decay=args.ema_decay,
+        seed=args.seed, threads=args.threads, frozen=tuple(args.freeze or ()))
+    sampler, loss_fn = None, None
+    if reid:
+        from ._data import PKSampler
+
+        sampler = PKSampler(train_set.pids, args.p, args.k, seed=args.seed)
+        loss_fn = ReIDLoss(label_smoothing=args.label_smoothing, triplet_weight=0.0 if _is_pcb(model) else 1.0)
+
+        def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+            result = evaluate_reid_model(m, *eval_sets, metric=args.metric, threads=args.threads)
+            return {"rank1": result.rank1, "mAP": result.mAP}
+    else:
+        def eval_fn(m: torch.nn.Module) -> dict[str, float]:
+            result = evaluate_classification(m, eval_sets[0], threads=args.threads)
+            return {"top1": result.top1, "top5": result.top5}
+
+    output = Path(args.output)
+    start = time.perf_counter()
+    result = train(model, train_set, config, loss_fn=loss_fn, eval_fn=eval_fn, output=output, resume=args.resume,
+                   sampler=sampler, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+    model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
+                                 "weights": {"origin": f"compressor train on {args.data}", "trained": True},
+                                 "training": {"data": args.data, "epochs": result.epochs_completed,
+                                              "final_metrics": result.final_metrics}}
+    saved = save_model(model.eval(), output / "model", arch=arch)
+    metrics = ", ".join(f"{k} {v:.2%}" for k, v in (result.final_metrics or {}).items())
+    print(f"trained {args.model} on {args.data} for {result.epochs_completed} epochs in {seconds:.1f}s: {metrics}")
+    print(f"model saved to {saved}/; checkpoints and history.json in {output}/")
+    return 0
+
+
+def _is_pcb(model: torch.nn.Module) -> bool:
+    return getattr(model, "parts", 0) > 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Accuracy of a saved model, a `compressor train` output or a bundle on a runtime."""
+    from runtimes import BundleError
+
+    from ._datasets import parse_data_spec
+    from ._evaluate import evaluate_classification, evaluate_reid_model
+
+    spec = parse_data_spec(args.data, _size(args.input_size))
+    sets = spec.eval_sets()
+    try:
+        if spec.task == "reid":
+            result = evaluate_reid_model(args.path, *sets, metric=args.metric, runtime=args.runtime,
+                                         batch_size=args.batch_size, threads=args.threads)
+            summary: dict[str, Any] = {"task": "reid", **result.to_dict()}
+            summary.pop("ap_per_query", None)
+            line = (f"rank-1 {result.rank1:.2%}, rank-5 {result.rank5:.2%}, rank-10 {result.rank10:.2%}, "
+                    f"mAP {result.mAP:.2%} ({result.num_valid_queries} queries)")
+        else:
+            result = evaluate_classification(args.path, sets[0], runtime=args.runtime, batch_size=args.batch_size,
+                                             threads=args.threads)
+            summary = {"task": "classification", **result.to_dict()}
+            line = (f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.samples} samples "
+                    f"({result.runtime}, {result.seconds:.2f}s)")
+    except BundleError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary.update({"schema_version": 1, "path": str(args.path), "data": args.data})
+    print(f"{args.path} on {args.data}: {line}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    data_help = "digits (bundled, no download), folder:PATH (ImageFolder with train/ and val/), or market:PATH"
+    t = sub.add_parser("train", help="train or fine-tune a model (digits, ImageFolder or Market-1501 data)")
+    t.add_argument("--model", required=True, help="zoo name (e.g. resnet20) or a saved (pruned) model directory")
+    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="zoo model argument, e.g. width=8 (repeatable)")
+    t.add_argument("--data", default="digits", help=data_help)
+    t.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=64, help="per process (classification)")
+    t.add_argument("--p", type=int, default=8, help="ReID: identities per batch")
+    t.add_argument("--k", type=int, default=4, help="ReID: images per identity")
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    t.add_argument("--warmup-epochs", type=float, default=0.0)
+    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
+    t.add_argument("--freeze", action="append", help="parameter name prefix or regex to freeze (repeatable)")
+    t.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="ReID distance")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, help="torch intra-op threads")
+    t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    t.add_argument("--output", required=True, help="checkpoints, history.json and the final model (OUTPUT/model)")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy of a saved model, a train output or a bundle on a runtime")
+    e.add_argument("path", help="saved model directory, `compressor train` output, or bundle directory")
+    e.add_argument("--data", default="digits", help=data_help)
+    e.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
+    e.add_argument("--runtime", help="for a bundle: onnxruntime (default), openvino, tensorrt, torch")
+    e.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="ReID distance")
+    e.add_argument("--batch-size", type=int, default=256)
+    e.add_argument("--threads", type=int)
+    e.add_argument("--json", help="also write the figures here")
+    e.set_defaults(func=cmd_eval)
