@@ -4,11 +4,18 @@ Public API::
 
     pruned = compressor.prune(model, example_inputs, "l2", target_flops=0.5)
     compressor.save_model(pruned, "out_dir"); model = compressor.load_model("out_dir")
+    compressor.train(model, compressor.digits_dataset("train"), compressor.TrainConfig(epochs=10))
+    compressor.evaluate_classification("bundle/", compressor.digits_dataset("test"), runtime="openvino")
 """
 from ._api import LayerChange, PruneReport, PruneResult, prune, prune_model
 from ._config import PruneConfig
 from ._cost import CostReport, LayerCostRow, count_cost
 from ._criteria import aggregate_member_scores, get_criterion, list_criteria, register_criterion
+from ._data import DatasetError, MarketDataset, PKSampler, digits_dataset, image_folder_dataset, make_synthetic_market
+from ._evaluate import ClassificationResult, evaluate_classification, evaluate_reid_model
+from ._losses import ReIDLoss, batch_hard_triplet_loss
+from ._metrics import ReIDResult, evaluate_reid, topk_accuracy
+from ._train import CheckpointError, TrainCallbacks, TrainConfig, TrainResult, load_checkpoint_weights_, train
 from ._export import ExportConfig, OnnxInfo, export_onnx
 from ._fold import FoldReport, fold_batchnorm
 from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
@@ -22,4 +29,8 @@ __all__ = [
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
     "prune_model", "register_criterion", "select_removal", "zero_channels_",
+    "CheckpointError", "ClassificationResult", "DatasetError", "MarketDataset", "PKSampler", "ReIDLoss", "ReIDResult",
+    "TrainCallbacks", "TrainConfig", "TrainResult", "batch_hard_triplet_loss", "digits_dataset", "evaluate_classification",
+    "evaluate_reid", "evaluate_reid_model", "image_folder_dataset", "load_checkpoint_weights_", "make_synthetic_market",
+    "topk_accuracy", "train",
 ]
