@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
                                  "weights": {"origin": f"compressor train on {args.data}", "trained": True},
+                                 "input_size": list(spec.input_size),
                                  "training": {"data": args.data, "epochs": result.epochs_completed,
                                               "final_metrics": result.final_metrics}}
     saved = save_model(model.eval(), output / "model", arch=arch)

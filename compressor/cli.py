@@ -21,7 +21,8 @@ from .errors import CompressorError
 SUMMARY_FILE = "summary.json"
 
 
-def _input_size(text: str | None, model_name: str) -> tuple[int, ...]:
+def _input_size(text: str | None, model_name: str, model: torch.nn.Module | None = None) -> tuple[int, ...]:
+    """--input-size, else the size the model was trained or pruned at (its metadata), else the zoo default."""
     if text:
         try:
             size = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -30,6 +31,9 @@ def _input_size(text: str | None, model_name: str) -> tuple[int, ...]:
         if len(size) != 3 or min(size) < 1:
             raise ValueError(f"--input-size must be C,H,W with positive values, got {text!r}")
         return size
+    recorded = (getattr(model, "compressor_metadata", None) or {}).get("input_size")
+    if recorded:
+        return tuple(int(v) for v in recorded)
     from models import default_input_size
 
     return tuple(default_input_size(model_name))
@@ -105,7 +109,7 @@ def _is_detection(name: str) -> bool:
 def cmd_prune(args: argparse.Namespace) -> int:
     config = _config(args)
     model, name = _load_source(args)
-    size = _input_size(args.input_size, name)
+    size = _input_size(args.input_size, name, model)
     example: Any = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
     if args.image_list or _is_detection(name):
         example = (list(example),)
@@ -135,7 +139,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         _print_table([r for r in summary["layers"] if r["in_before"] != r["in_after"] or r["out_before"] != r["out_after"]]
                      if args.changed_only else summary["layers"], f"{name}: {config.criterion}, {config.target[0]}={config.target[1]:g}")
     result.model.compressor_metadata = {**(getattr(result.model, "compressor_metadata", None) or {}),
-                                        "weights": _weights_provenance(args, model)}
+                                        "weights": _weights_provenance(args, model), "input_size": list(size)}
     out = save_model(result.model, args.output, arch=getattr(model, "zoo_spec", None), extra_files={SUMMARY_FILE: summary})
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
@@ -174,7 +178,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             return 2
     model, name = _load_source(args)
     model.eval()
-    size = _input_size(args.input_size, name)
+    size = _input_size(args.input_size, name, model)
     example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     fold_report = None
     if not args.no_fold:

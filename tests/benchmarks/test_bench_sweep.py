@@ -337,8 +337,11 @@ def test_ctrl_c_writes_the_partial_report(bundles, tmp_path):
     cmd = [sys.executable, "-m", "compressor.cli", "bench", str(bundles["base"]), "--runtimes", "onnxruntime",
            "--batch-sizes", "1,2,4,8,16,32,64", "--min-seconds", "2", "--max-seconds", "2", "--no-memory",
            "--quiet", "--output", str(out)]
+    # a shell's background jobs (CI under nohup, say) start with SIGINT ignored, and Python keeps an
+    # ignored SIGINT ignored: give the child the default disposition, as a terminal would
     proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT)})
+                            env={**os.environ, "PYTHONPATH": str(PROJECT)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(10)  # imports, loading, then a few batch sizes of 2 s each
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)

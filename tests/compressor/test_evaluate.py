@@ -114,7 +114,7 @@ def test_eval_errors_name_the_cause(trained_lenet, tmp_path, capsys):
     saved = save_model(model, tmp_path / "saved", arch={"name": "lenet5", "kwargs": {"num_classes": 10, "in_chans": 3}})
     with pytest.raises(ValueError, match="saved PyTorch model.*openvino"):
         evaluate_classification(saved, digits_dataset("test"), runtime="openvino")
-    assert cli(["export", str(saved), "--output", str(tmp_path / "b"), "--to", "onnx"]) == 0
+    assert cli(["export", str(saved), "--output", str(tmp_path / "b"), "--to", "onnx", "--input-size", "3,32,32"]) == 0
     with pytest.raises(ValueError, match="no 'openvino' artifact"):
         evaluate_classification(tmp_path / "b", digits_dataset("test"), runtime="openvino")
     assert cli(["eval", str(tmp_path / "missing"), "--data", "digits"]) == 2
