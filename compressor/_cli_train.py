@@ -72,13 +72,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ._evaluate import evaluate_classification, evaluate_reid_model
     from ._losses import ReIDLoss
     from ._serialize import save_model
-    from ._train import TrainConfig, train
+    from ._train import TrainConfig, is_main_process, train
 
     spec = parse_data_spec(args.data, _size(args.input_size))
     train_set = spec.train_set()
     eval_sets = spec.eval_sets()
     reid = spec.task == "reid"
     outputs = train_set.num_ids if reid else train_set.num_classes
+    torch.manual_seed(args.seed)  # the initial weights too: same seed, same run
     model, arch = _build_model(args.model, spec, outputs, _model_args(args.model_arg or []))
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.p * args.k if reid else args.batch_size, lr=args.lr,
@@ -105,6 +106,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(model, train_set, config, loss_fn=loss_fn, eval_fn=eval_fn, output=output, resume=args.resume,
                    sampler=sampler, progress=not args.quiet)
     seconds = time.perf_counter() - start
+    if not is_main_process():  # under torchrun, rank 0 writes the model and reports
+        return 0
     model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
                                  "weights": {"origin": f"compressor train on {args.data}", "trained": True},
                                  "input_size": list(spec.input_size),

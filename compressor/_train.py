@@ -274,8 +274,11 @@ def _rank_world() -> tuple[int, int]:
 
 
 def is_main_process() -> bool:
-    """True on rank 0, or when not running distributed."""
-    return _rank_world()[0] == 0
+    """True on rank 0, or when not running distributed. Before the process group exists and after
+    ``train`` has destroyed it, the launcher's ``RANK`` variable (torchrun sets it) decides."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 # ---------------------------------------------------------------------------- learning rate

@@ -151,3 +151,28 @@ def test_reid_train_and_eval_on_synthetic_market(tmp_path, capsys):
     assert cli(["eval", str(out), "--data", f"market:{root}", "--input-size", "3,64,32"]) == 0
     assert "mAP" in capsys.readouterr().out
     assert np.isfinite(result.rank5)
+
+
+def test_cli_train_is_seeded_from_the_initial_weights(tmp_path):
+    losses = []
+    for run in ("a", "b"):
+        assert cli(["train", "--model", "lenet5", "--data", "digits", "--epochs", "1", "--output", str(tmp_path / run),
+                    "--threads", "1", "--quiet"]) == 0
+        losses.append(json.loads((tmp_path / run / "history.json").read_text())["history"][0]["train_loss"])
+    assert losses[0] == losses[1]
+
+
+def test_cli_train_under_torchrun_writes_once(tmp_path):
+    """Two gloo ranks: rank 0 alone saves the model and reports."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "compressor.cli", "train", "--model", "lenet5", "--data", "digits", "--epochs", "1",
+                           "--batch-size", "16", "--threads", "1", "--output", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("trained lenet5") == 1
+    history = json.loads((out / "history.json").read_text())
+    assert history["world_size"] == 2 and (out / "model" / "model.json").is_file()
