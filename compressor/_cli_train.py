@@ -10,19 +10,22 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "parse_input_size"]
 
 
-def _size(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """``"3,224,224"`` (or ``3x224x224``) -> ``(3, 224, 224)``; ValueError naming --input-size."""
     try:
         size = tuple(int(v) for v in text.replace("x", ",").split(","))
     except ValueError:
-        raise ValueError(f"--input-size must look like 3,32,32, got {text!r}") from None
+        raise ValueError(f"--input-size must look like 3,224,224, got {text!r}") from None
     if len(size) != 3 or min(size) < 1:
         raise ValueError(f"--input-size must be C,H,W with positive values, got {text!r}")
     return size
+
+
+def _size(text: str | None) -> tuple[int, ...] | None:
+    return None if text is None else parse_input_size(text)
 
 
 def _model_args(items: list[str]) -> dict[str, Any]:

@@ -24,13 +24,9 @@ SUMMARY_FILE = "summary.json"
 def _input_size(text: str | None, model_name: str, model: torch.nn.Module | None = None) -> tuple[int, ...]:
     """--input-size, else the size the model was trained or pruned at (its metadata), else the zoo default."""
     if text:
-        try:
-            size = tuple(int(v) for v in text.replace("x", ",").split(","))
-        except ValueError:
-            raise ValueError(f"--input-size must look like 3,224,224, got {text!r}") from None
-        if len(size) != 3 or min(size) < 1:
-            raise ValueError(f"--input-size must be C,H,W with positive values, got {text!r}")
-        return size
+        from ._cli_train import parse_input_size
+
+        return parse_input_size(text)
     recorded = (getattr(model, "compressor_metadata", None) or {}).get("input_size")
     if recorded:
         return tuple(int(v) for v in recorded)
