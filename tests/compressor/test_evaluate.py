@@ -173,7 +173,8 @@ def test_cli_train_under_torchrun_writes_once(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
                            "compressor.cli", "train", "--model", "lenet5", "--data", "digits", "--epochs", "1",
                            "--batch-size", "16", "--threads", "1", "--output", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
+                          start_new_session=True)  # no signal to torchrun's process group can reach pytest
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("trained lenet5") == 1
     history = json.loads((out / "history.json").read_text())

@@ -40,7 +40,9 @@ def test_two_ranks_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
            "--master_addr", env["MASTER_ADDR"], "--master_port", env["MASTER_PORT"],
            str(WORKER), str(tmp_path), str(batch)]
-    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    # its own session: no signal torchrun sends to its process group can reach pytest
+    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          start_new_session=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     worker = _worker_module()
