@@ -337,11 +337,15 @@ def test_ctrl_c_writes_the_partial_report(bundles, tmp_path):
     cmd = [sys.executable, "-m", "compressor.cli", "bench", str(bundles["base"]), "--runtimes", "onnxruntime",
            "--batch-sizes", "1,2,4,8,16,32,64", "--min-seconds", "2", "--max-seconds", "2", "--no-memory",
            "--quiet", "--output", str(out)]
-    # a shell's background jobs (CI under nohup, say) start with SIGINT ignored, and Python keeps an
-    # ignored SIGINT ignored: give the child the default disposition, as a terminal would
-    proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT)},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    # a shell's background jobs (CI under nohup, say) start with SIGINT ignored, and an ignored signal
+    # stays ignored across exec; a handled one is reset to the default. So handle it while starting
+    # the child (a preexec_fn would run Python in a forked copy of this threaded process: unsafe)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    finally:
+        signal.signal(signal.SIGINT, previous)
     time.sleep(10)  # imports, loading, then a few batch sizes of 2 s each
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
