@@ -166,15 +166,20 @@ def test_cli_train_is_seeded_from_the_initial_weights(tmp_path):
 
 def test_cli_train_under_torchrun_writes_once(tmp_path):
     """Two gloo ranks: rank 0 alone saves the model and reports."""
+    import signal
     import subprocess
     import sys
 
     out = tmp_path / "ddp"
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # see test_train_ddp.py: DataLoader's handler
+    try:
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
                            "compressor.cli", "train", "--model", "lenet5", "--data", "digits", "--epochs", "1",
                            "--batch-size", "16", "--threads", "1", "--output", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
-                          start_new_session=True)  # no signal to torchrun's process group can reach pytest
+                              start_new_session=True)  # no signal to torchrun's process group reaches pytest
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("trained lenet5") == 1
     history = json.loads((out / "history.json").read_text())

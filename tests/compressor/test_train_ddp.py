@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,8 +38,14 @@ def _torchrun(out: Path, nproc: int, batch: int) -> None:
            "--master_addr", env["MASTER_ADDR"], "--master_port", env["MASTER_PORT"], str(WORKER), str(out), str(batch)]
     # its own session, and the reference run out of process too: after the whole suite, training in the
     # pytest process itself right after a torchrun launch crashed it (SIGSEGV) in CI
-    proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
-                          start_new_session=True)
+    # torch's DataLoader leaves a SIGCHLD handler behind once worker processes were used (test_train.py
+    # does): run the launch with the default disposition, so the handler does not fire for torchrun
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        proc = subprocess.run(cmd, check=False, env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
+                              start_new_session=True)
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
