@@ -28,6 +28,8 @@ import json
 import math
 import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -273,6 +275,10 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _can_set_signals() -> bool:
+    return hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread()
+
+
 def is_main_process() -> bool:
     """True on rank 0, or when not running distributed. Before the process group exists and after
     ``train`` has destroyed it, the launcher's ``RANK`` variable (torchrun sets it) decides."""
@@ -429,6 +435,9 @@ def train(model: nn.Module, train_data: Dataset, config: TrainConfig, *,
     old_threads = torch.get_num_threads()
     modes = module_modes(model)
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
+    # DataLoader worker processes make torch install a SIGCHLD handler that stays after the workers are
+    # gone and then fires for any later child process; the full test suite crashed (SIGSEGV) in it
+    sigchld = signal.getsignal(signal.SIGCHLD) if _can_set_signals() else None
     try:
         if config.threads is not None:
             torch.set_num_threads(config.threads)
@@ -440,6 +449,8 @@ def train(model: nn.Module, train_data: Dataset, config: TrainConfig, *,
             model.get_parameter(name).requires_grad_(flag)
         restore_modes_(model, modes)
         torch.set_num_threads(old_threads)
+        if sigchld is not None:
+            signal.signal(signal.SIGCHLD, sigchld)
         if created_group:
             dist.destroy_process_group()
 
