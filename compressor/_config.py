@@ -5,13 +5,48 @@ import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 TARGET_KEYS = ("ratio", "global_ratio", "target_flops", "target_params")
 
 
+class JsonConfig:
+    """JSON round trip of a frozen dataclass config: ``Config.from_dict(config.to_dict()) == config``.
+
+    Fields named in ``_TUPLE_FIELDS`` are tuples in the config and lists in JSON; an unknown key is
+    a ValueError that lists the allowed ones.
+    """
+
+    _TUPLE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # type: ignore[call-overload]
+        for name in self._TUPLE_FIELDS:
+            out[name] = list(out[name])
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}")
+        data = dict(data)
+        for name in cls._TUPLE_FIELDS:
+            if name in data:
+                data[name] = tuple(data[name])
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str):  # noqa: ANN206 - returns cls
+        return cls.from_dict(json.loads(text))
+
+
 @dataclass(frozen=True)
-class PruneConfig:
+class PruneConfig(JsonConfig):
     """What to prune and how much.
 
     Exactly one target is given:
@@ -31,6 +66,8 @@ class PruneConfig:
     cannot be traced as a whole); its outputs are protected, so the rest of the model is
     unaffected, and the example inputs are still those of the whole model.
     """
+
+    _TUPLE_FIELDS = ("exclude",)
 
     criterion: str = "l2"
     ratio: float | None = None
@@ -81,28 +118,6 @@ class PruneConfig:
         key = next(k for k in TARGET_KEYS if getattr(self, k) is not None)
         return key, float(getattr(self, key))
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["exclude"] = list(self.exclude)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PruneConfig keys {unknown}; allowed: {sorted(known)}")
-        data = dict(data)
-        if "exclude" in data:
-            data["exclude"] = tuple(data["exclude"])
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "PruneConfig":
-        return cls.from_dict(json.loads(text))
 
 
 def _compile(pattern: str, key: str) -> re.Pattern[str]:

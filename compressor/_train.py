@@ -56,6 +56,7 @@ from ._checkpoint import (
     architecture_fingerprint,
     load_checkpoint_weights_,
 )
+from ._config import JsonConfig
 from ._modes import module_modes, restore_modes_
 
 # the checkpoint names are re-exported: `from compressor._train import CheckpointError` keeps working
@@ -71,7 +72,7 @@ SCHEDULES = ("cosine", "step", "constant")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """How to train. Epoch counts are in epochs, ``lr`` is the peak learning rate.
 
     * ``schedule``: ``"cosine"`` decays to 0 over the steps after warm-up; ``"step"``
@@ -88,6 +89,8 @@ class TrainConfig:
       returns), maximised or minimised per ``monitor_mode``.
     * ``shuffle``: reshuffle every epoch with a seed of ``seed + epoch`` (as DistributedSampler).
     """
+
+    _TUPLE_FIELDS = ("frozen",)
 
     epochs: int = 10
     batch_size: int = 64
@@ -129,28 +132,6 @@ class TrainConfig:
             except re.error as exc:
                 raise ValueError(f"frozen entry {pattern!r} is not a valid regular expression: {exc}") from exc
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["frozen"] = list(self.frozen)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig keys {unknown}; allowed: {sorted(known)}")
-        data = dict(data)
-        if "frozen" in data:
-            data["frozen"] = tuple(data["frozen"])
-        return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))
 
 
 def _is_int(value: Any) -> bool:
