@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["collect_environment", "cpu_model", "git_revision"]
+__all__ = ["available_cores", "collect_environment", "cpu_model", "git_revision"]
 
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _PACKAGES = ("cnn-compressor", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "openvino",
@@ -32,7 +32,8 @@ def cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask), else the machine's count."""
     try:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
@@ -78,7 +79,7 @@ def collect_environment(devices: Sequence[str] = ("cpu",)) -> dict[str, Any]:
     return {
         "cpu_model": cpu_model(),
         "cpu_cores_logical": os.cpu_count() or 1,
-        "cpu_cores_available": _available_cores(),
+        "cpu_cores_available": available_cores(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "hostname": socket.gethostname(),

@@ -405,6 +405,7 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
            seed: int, device: str = "cpu") -> dict[str, Any]:
     """The measurement itself; runs in the fresh subprocess."""
     import gc
+    import importlib
 
     import numpy as np
 
@@ -412,8 +413,8 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
 
     rt = get_runtime(runtime)
     rt.require(device)  # import the SDK before the baseline: its import is not the model's memory
-    if runtime == "torch":
-        import compressor  # noqa: F401 - the saved-model loader (fx, the zoo) is code, not the model's memory
+    for module in rt.loader_modules:  # the loader's own code (the torch runtime's saved-model reader) too
+        importlib.import_module(module)
     probe = _DeviceMemoryProbe(runtime) if device == "cuda" else None
     rng = np.random.default_rng(seed)
     try:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._env import collect_environment
+from ._env import available_cores, collect_environment
 from ._records import check_known_keys
 from ._stats import efficiency, paired_speedup, summarize
 from ._timing import TimingConfig, has_subnormals, interleaved
@@ -46,9 +46,9 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 def _runtime_target(runtime: str) -> str:
     """The bundle artifact a runtime loads (``onnxruntime`` -> ``onnx``, ...)."""
-    from runtimes._bundle import TARGET_RUNTIME
+    from runtimes._bundle import RUNTIME_TARGET
 
-    return {rt: target for target, rt in TARGET_RUNTIME.items()}[runtime]
+    return RUNTIME_TARGET[runtime]
 
 
 @dataclass(frozen=True)
@@ -417,21 +417,19 @@ class _Sweep:
     def _row(self, device: str, runtime: str, batch_size: int, bundle: str, **fields: Any) -> dict[str, Any]:
         return {"runtime": runtime, "device": device, "batch_size": batch_size, "bundle": bundle, **fields}
 
-    def latency(self, device: str, runtime: str, progress: _Progress) -> set[int]:
-        """Time every batch size; returns the batch sizes that ran out of memory or failed."""
+    def latency(self, device: str, runtime: str, progress: _Progress) -> dict[int, str]:
+        """Time every batch size; returns ``{batch size: "oom" | "error"}`` for those that failed."""
         batch_sizes = self.config.batch_sizes_for(device)
-        failed: set[int] = set()
+        failed: dict[int, str] = {}
         try:
             sessions = self._open(device, runtime)
         except Exception as err:  # noqa: BLE001 - recorded per row, the sweep goes on
             for bs in batch_sizes:
-                for b in self.bundles:
-                    self.results["latency"].append(self._row(device, runtime, bs, b.name, status="error",
-                                                             error=f"loading failed: {_describe(err)}", stats=None,
-                                                             settings=None))
+                self._record_failure(device, runtime, bs, "error", f"loading failed: {_describe(err)}")
+                failed[bs] = "error"
                 progress.advance()
             self.warn(f"{runtime} on {device} could not load the bundles: {_describe(err)}")
-            return set(batch_sizes)
+            return failed
         oom_at: int | None = None
         try:
             for bs in batch_sizes:
@@ -439,11 +437,11 @@ class _Sweep:
                 if oom_at is not None and bs > oom_at:
                     self._record_failure(device, runtime, bs, "oom", f"skipped: batch {oom_at} already ran out "
                                                                      "of memory")
-                    failed.add(bs)
+                    failed[bs] = "oom"
                 else:
                     status = self._time_batch(device, runtime, bs, sessions)
                     if status != "ok":
-                        failed.add(bs)
+                        failed[bs] = status
                         if status == "oom":
                             oom_at = bs if oom_at is None else min(oom_at, bs)
                 progress.advance()
@@ -493,7 +491,7 @@ class _Sweep:
         return "ok"
 
     # --- memory --------------------------------------------------------------------------------
-    def memory(self, device: str, runtime: str, failed: set[int], progress: _Progress) -> None:
+    def memory(self, device: str, runtime: str, failed: dict[int, str], progress: _Progress) -> None:
         from ._memory import measure_memory
 
         for bs in self.config.batch_sizes_for(device):
@@ -501,19 +499,13 @@ class _Sweep:
                 progress.describe(f"{runtime}/{device} memory, batch {bs}, {bundle.name}")
                 row = self._row(device, runtime, bs, bundle.name, theoretical_bytes=bundle.theoretical_trm_bytes(bs))
                 if bs in failed:
-                    row.update(status="oom" if self._latency_status(device, runtime, bs) == "oom" else "error",
+                    row.update(status=failed[bs],
                                error="not measured: the latency run at this batch size failed",
                                measured_bytes=None, peak_bytes=None, detail=None)
                 else:
                     row.update(self._measure(measure_memory, device, runtime, bs, bundle))
                 self.results["memory"].append(row)
                 progress.advance()
-
-    def _latency_status(self, device: str, runtime: str, bs: int) -> str | None:
-        for row in self.results["latency"]:
-            if (row["device"], row["runtime"], row["batch_size"]) == (device, runtime, bs):
-                return row["status"]
-        return None
 
     def _measure(self, measure: Callable[..., Any], device: str, runtime: str, bs: int,
                  bundle: BenchBundle) -> dict[str, Any]:
@@ -530,15 +522,6 @@ class _Sweep:
         peak = detail.get("device_peak_bytes") if device == "cuda" else detail.get("peak_rss_bytes")
         return {"status": "ok", "error": None, "measured_bytes": int(result.increase_bytes),
                 "peak_bytes": int(peak) if peak is not None else None, "detail": detail}
-
-
-def _default_threads() -> int:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def run_benchmark(candidates: Sequence[str | Path], baseline: str | Path | None = None,
@@ -567,7 +550,7 @@ def run_benchmark(candidates: Sequence[str | Path], baseline: str | Path | None 
     if not isinstance(config, BenchConfig):
         raise TypeError(f"config must be a BenchConfig, got {type(config).__name__}")
     bundles = load_bench_bundles(candidates, baseline)
-    threads = config.threads if config.threads is not None else _default_threads()
+    threads = config.threads if config.threads is not None else available_cores()
     sweep = _Sweep(bundles, config, threads)
     pairs = sweep.plan()
     if any(b.to_dict()["weights_trained"] is False for b in bundles):

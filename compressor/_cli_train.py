@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["add_parsers", "parse_input_size"]
+__all__ = ["add_parsers", "parse_assignments", "parse_input_size"]
 
 
 def parse_input_size(text: str) -> tuple[int, ...]:
@@ -28,13 +28,14 @@ def _size(text: str | None) -> tuple[int, ...] | None:
     return None if text is None else parse_input_size(text)
 
 
-def _model_args(items: list[str]) -> dict[str, Any]:
-    """``["width=8", "pcb_parts=6"]`` -> ``{"width": 8, "pcb_parts": 6}`` (values are JSON, else strings)."""
+def parse_assignments(items: list[str], flag: str, form: str = "KEY=VALUE") -> dict[str, Any]:
+    """``["width=8", "name=x"]`` -> ``{"width": 8, "name": "x"}``: values are JSON (true, 3, "text"),
+    anything else is a string. ValueError naming ``flag`` and the expected ``form``."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--model-arg must look like KEY=VALUE, got {item!r}")
+            raise ValueError(f"{flag} must look like {form}, got {item!r}")
         try:
             out[key.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reid = spec.task == "reid"
     outputs = train_set.num_ids if reid else train_set.num_classes
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same run
-    model, arch = _build_model(args.model, spec, outputs, _model_args(args.model_arg or []))
+    model, arch = _build_model(args.model, spec, outputs, parse_assignments(args.model_arg or [], "--model-arg"))
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.p * args.k if reid else args.batch_size, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,

@@ -92,7 +92,7 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
         runtimes.BundleError: the bundle is damaged or failed its parity check.
     """
     from runtimes import SessionConfig, get_runtime, load_bundle
-    from runtimes._bundle import TARGET_RUNTIME
+    from runtimes._bundle import RUNTIME_TARGET
 
     if isinstance(source, nn.Module):
         if runtime not in (None, "torch"):
@@ -112,7 +112,7 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
         else:
             name = runtime or "onnxruntime"
             bundle = load_bundle(path)
-            target = {rt: t for t, rt in TARGET_RUNTIME.items()}.get(name)
+            target = RUNTIME_TARGET.get(name)
             if target is None:
                 get_runtime(name)  # an unknown name fails here, listing the known ones
             if target not in bundle.manifest.get("artifacts", {}):

@@ -237,18 +237,17 @@ def _names(text: str | None) -> tuple[str, ...] | None:
 
 
 def _runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
-    """``["onnxruntime.allow_spinning=true"]`` -> ``{"onnxruntime": {"allow_spinning": True}}``
-    (values are JSON: true, 3, "text"; anything else is taken as a string)."""
-    out: dict[str, dict[str, Any]] = {}
+    """``["onnxruntime.allow_spinning=true"]`` -> ``{"onnxruntime": {"allow_spinning": True}}``."""
+    from ._cli_train import parse_assignments
+
+    form = "RUNTIME.OPTION=VALUE"
     for item in items:
-        key, sep, raw = item.partition("=")
-        runtime, dot, option = key.partition(".")
-        if not sep or not dot or not runtime or not option:
-            raise ValueError(f"--runtime-option must look like RUNTIME.OPTION=VALUE, got {item!r}")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+        runtime, dot, option = item.partition("=")[0].partition(".")
+        if not dot or not runtime.strip() or not option.strip():
+            raise ValueError(f"--runtime-option must look like {form}, got {item!r}")
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_assignments(items, "--runtime-option", form).items():
+        runtime, _, option = key.partition(".")
         out.setdefault(runtime.strip(), {})[option.strip()] = value
     return out
 

@@ -226,6 +226,8 @@ class Runtime(abc.ABC):
         precisions: the precisions ``build`` can produce.
         default_device: the device ``is_available()`` checks when none is given.
         build_device: a device that ``build`` itself needs (TensorRT builds on the GPU).
+        loader_modules: modules ``load`` imports besides the SDK (code, not model memory: the
+            memory probe imports them before its baseline).
     """
 
     name: ClassVar[str] = ""
@@ -234,6 +236,7 @@ class Runtime(abc.ABC):
     precisions: ClassVar[tuple[str, ...]] = PRECISIONS
     default_device: ClassVar[str] = "cpu"
     build_device: ClassVar[str | None] = None  # a device that build() needs (TensorRT: "cuda")
+    loader_modules: ClassVar[tuple[str, ...]] = ()  # modules load() imports besides the SDK
 
     # --- hooks -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -26,6 +26,7 @@ from ._parity import ParityError, ParityResult, compare
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+RUNTIME_TARGET = {runtime: target for target, runtime in TARGET_RUNTIME.items()}  # the artifact each runtime loads
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
 
 

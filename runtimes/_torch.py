@@ -126,6 +126,7 @@ class TorchRuntime(Runtime):
 
     install = "pip install torch"
     source_format = "torch"
+    loader_modules = ("compressor",)  # compressor.load_model reads the saved-model format
 
     def __init__(self, allow_pickle: bool = False):
         self.allow_pickle = allow_pickle

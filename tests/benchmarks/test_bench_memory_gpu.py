@@ -164,7 +164,7 @@ class _FakeDevice:
             self.grow(100 << 20)
             return SimpleNamespace(settings=settings, native=None, run=run, close=lambda: None)
 
-        return SimpleNamespace(require=lambda device: None, load=load)
+        return SimpleNamespace(require=lambda device: None, load=load, loader_modules=())
 
 
 @pytest.fixture
