@@ -10,7 +10,9 @@ Public API::
 from ._api import LayerChange, PruneReport, PruneResult, prune, prune_model
 from ._config import PruneConfig
 from ._cost import CostReport, LayerCostRow, count_cost
-from ._criteria import aggregate_member_scores, get_criterion, list_criteria, register_criterion
+from ._criteria import (CriterionContext, CriterionSpec, aggregate_member_scores, get_criterion, list_criteria,
+                        register_criterion)
+from . import _criteria_data, _criteria_weight, _reconstruct  # noqa: F401  (register the built-in criteria)
 from ._data import DatasetError, MarketDataset, PKSampler, digits_dataset, image_folder_dataset, make_synthetic_market
 from ._evaluate import ClassificationResult, evaluate_classification, evaluate_reid_model
 from ._losses import ReIDLoss, batch_hard_triplet_loss
@@ -25,7 +27,7 @@ from ._surgery import prune_channels_, zero_channels_
 from .errors import CompressorError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
 
 __all__ = [
-    "ChannelGroup", "CompressorError", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
+    "ChannelGroup", "CompressorError", "CriterionContext", "CriterionSpec", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
     "prune_model", "register_criterion", "select_removal", "zero_channels_",

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ._config import PruneConfig
-from ._criteria import get_criterion
-from ._graph import DependencyGraph, build_dependency_graph
+from ._criteria import CriterionContext, get_criterion
+from ._graph import DependencyGraph, _as_tuple, build_dependency_graph
 from ._modes import evaluating
 from ._select import select_removal
 from ._surgery import prune_channels_, pruned_copy
@@ -82,7 +82,7 @@ class PruneResult:
 
 
 def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool = False,
-                verify: bool = True) -> PruneResult:
+                verify: bool = True, data: Any = None, loss_fn: Any = None) -> PruneResult:
     """Prune ``model`` physically according to ``config``.
 
     Args:
@@ -92,24 +92,37 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         config: criterion and target.
         inplace: slice ``model`` itself instead of a deep copy.
         verify: run the pruned model once on ``example_inputs`` to check that it executes.
+        data: map-style dataset of ``(x, y)`` items for data-based criteria (calibration).
+        loss_fn: ``loss_fn(output, y) -> scalar`` for data-based criteria; default cross entropy.
 
     Raises:
-        TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages).
+        TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages);
+        ValueError when a data-based criterion gets no ``data``.
     """
+    spec = get_criterion(config.criterion)
+    if spec.needs_data and data is None:
+        raise ValueError(f"criterion {config.criterion!r} is data-based and needs calibration data "
+                         "(prune_model(..., data=dataset); CLI: --data digits)")
     if config.submodule:
-        return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify)
+        return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
+                                loss_fn=loss_fn)
     t0 = time.perf_counter()
     graph = build_dependency_graph(model, example_inputs, exclude=config.exclude,
-                                   allow_renormalization=config.allow_renormalization)
+                                   allow_renormalization=config.allow_renormalization, residual=config.residual)
     t1 = time.perf_counter()
-    scores = get_criterion(config.criterion)(model, graph, seed=config.seed)
+    ctx = CriterionContext(example_inputs=_as_tuple(example_inputs), data=data, loss_fn=loss_fn,
+                           batch_size=config.calib_batch_size, num_batches=config.calib_batches,
+                           options=spec.resolve_options(config.criterion_options), seed=config.seed)
+    scores = spec(model, graph, ctx)
     removed = select_removal(graph, scores, config)
     t2 = time.perf_counter()
+    original = copy.deepcopy(model) if inplace and spec.after_removal else model
     if inplace:
         target = model
         prune_channels_(target, graph, removed)
     else:
         target = pruned_copy(model, graph, removed)
+    after = spec.after_removal(original, target, graph, removed, ctx) if spec.after_removal else None
     t3 = time.perf_counter()
     if verify:
         _verify_runs(target, example_inputs)
@@ -122,6 +135,8 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
         seconds={"graph": t1 - t0, "select": t2 - t1, "surgery": t3 - t2},
     )
+    if after:
+        report.config["after_removal"] = after
     metadata = dict(getattr(model, "compressor_metadata", {}) or {})
     metadata.setdefault("history", []).append({"step": "prune", "config": config.to_dict(),
                                                "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio})
@@ -130,7 +145,7 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
 
 
 def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool,
-                     verify: bool) -> PruneResult:
+                     verify: bool, data: Any = None, loss_fn: Any = None) -> PruneResult:
     """Prune ``model.get_submodule(config.submodule)`` with the inputs it sees in a real forward."""
     name = config.submodule
     try:
@@ -141,6 +156,9 @@ def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig,
                          f"its children are {children}") from None
     captured = capture_inputs(model, sub, example_inputs)
     inner = PruneConfig.from_dict({**config.to_dict(), "submodule": None})
+    if data is not None:
+        raise ValueError("data-based criteria cannot prune a submodule yet: the calibration data feeds the "
+                         "whole model; use a weight-based criterion with submodule")
     result = prune_model(sub, captured, inner, inplace=inplace, verify=verify)
     target = model if inplace else copy.deepcopy(model)
     if not inplace:

@@ -65,6 +65,12 @@ class PruneConfig(JsonConfig):
     ``submodule`` prunes only that submodule (e.g. ``"backbone"`` of a detection model that
     cannot be traced as a whole); its outputs are protected, so the rest of the model is
     unaffected, and the example inputs are still those of the whole model.
+
+    ``criterion_options`` are the criterion's own options (``{"tau": 0.9}`` for simc; see
+    ``compressor.get_criterion(name).defaults``). ``residual`` is the ResNet policy:
+    ``"coupled"`` also prunes residual-stream channels, ``"internal"`` keeps the stream at full
+    width and prunes inside the blocks. Data-based criteria read ``calib_batches`` batches of
+    ``calib_batch_size`` samples from the data given to ``prune_model``.
     """
 
     _TUPLE_FIELDS = ("exclude",)
@@ -81,6 +87,10 @@ class PruneConfig(JsonConfig):
     allow_renormalization: bool = True
     seed: int = 0
     submodule: str | None = None
+    criterion_options: dict[str, Any] = field(default_factory=dict)
+    residual: str = "coupled"
+    calib_batches: int = 8
+    calib_batch_size: int = 64
 
     def __post_init__(self) -> None:
         given = [k for k in TARGET_KEYS if getattr(self, k) is not None]
@@ -110,8 +120,15 @@ class PruneConfig(JsonConfig):
         for pattern in self.exclude:
             _compile(pattern, "exclude")
         from ._criteria import get_criterion
+        from ._graph import RESIDUAL_POLICIES
 
-        get_criterion(self.criterion)
+        get_criterion(self.criterion).resolve_options(self.criterion_options)
+        if self.residual not in RESIDUAL_POLICIES:
+            raise ValueError(f"residual must be one of {RESIDUAL_POLICIES}, got {self.residual!r}")
+        for key in ("calib_batches", "calib_batch_size"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 
     @property
     def target(self) -> tuple[str, float]:

@@ -35,6 +35,7 @@ from ._modes import evaluating
 from .errors import TraceError
 
 PRODUCER_KINDS = ("conv_out", "linear_out")
+RESIDUAL_POLICIES = ("coupled", "internal")
 
 
 @dataclass
@@ -122,6 +123,7 @@ class DependencyGraph:
     batch_size: int
     param_per_index: list[int]  # parameters per index of each bn/norm/param member (0 for others)
     unsupported: dict[str, int] = field(default_factory=dict)  # reason -> blocked atoms
+    residual: np.ndarray | None = None  # bool per atom: a channel where feature maps are added (residual stream)
 
     def __post_init__(self) -> None:
         self._member_atoms = []
@@ -331,6 +333,7 @@ def build_dependency_graph(
     example_inputs: Any,
     exclude: Iterable[str] = (),
     allow_renormalization: bool = True,
+    residual: str = "coupled",
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and find its channel groups.
 
@@ -342,11 +345,16 @@ def build_dependency_graph(
             every channel of a matching layer is kept.
         allow_renormalization: allow removing channels normalised together by a LayerNorm
             (ConvNeXt); the result is then not identical to zeroing those channels.
+        residual: ``"coupled"`` prunes residual-stream channels together with every conv that
+            writes or reads them; ``"internal"`` keeps the residual stream at full width and
+            prunes only the convs inside the blocks (seed 002 Fig. 4, ThiNet).
 
     Raises:
         TraceError: the model cannot be traced by torch.fx or fails on the example input.
-        ValueError: an ``exclude`` entry matches no layer.
+        ValueError: an ``exclude`` entry matches no layer, or ``residual`` is unknown.
     """
+    if residual not in RESIDUAL_POLICIES:
+        raise ValueError(f"residual must be one of {RESIDUAL_POLICIES}, got {residual!r}")
     inputs = _as_tuple(example_inputs)
     names = [n for n, _ in model.named_modules() if n]
     patterns = _compile_excludes(exclude, names)
@@ -364,7 +372,7 @@ def build_dependency_graph(
         for member in run.members:
             if pattern.fullmatch(member.module):
                 run.coupling.block(member.ids, f"excluded by user ({pattern.pattern})")
-    return _finish(model, run, flops / 2 / max(run.batch, 1), allow_renormalization)
+    return _finish(model, run, flops / 2 / max(run.batch, 1), allow_renormalization, residual)
 
 
 class _ExecutionFailed(Exception):
@@ -411,7 +419,8 @@ def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Patte
     return patterns
 
 
-def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: bool) -> DependencyGraph:
+def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: bool,
+            residual_policy: str = "coupled") -> DependencyGraph:
     coupling = run.coupling
     n = max(coupling.next_id, 1)
     if coupling.edges:
@@ -436,6 +445,14 @@ def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: boo
         for atom in np.flatnonzero(renorm & ~blocked):
             blocked[atom] = True
             reason[int(atom)] = "normalised by a LayerNorm over channels (allow_renormalization=False)"
+    residual = np.zeros(num_atoms, dtype=bool)
+    for ids in coupling.merged:
+        ids = ids.numpy()
+        residual[atom_of_id[ids[ids >= 0]]] = True
+    if residual_policy == "internal":
+        for atom in np.flatnonzero(residual & ~blocked):
+            blocked[atom] = True
+            reason[int(atom)] = "residual stream (residual='internal' keeps its width)"
     producer = np.zeros(num_atoms, dtype=bool)
     for member in run.members:
         if member.kind in PRODUCER_KINDS:
@@ -455,7 +472,7 @@ def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: boo
         block_reason=reason, renormalized=renorm, producer=producer, groups=groups, layers=run.layers,
         macs=macs, params=total_params, other_macs=max(macs - modelled_macs, 0.0),
         other_params=total_params - modelled_params, batch_size=run.batch, param_per_index=per_index,
-        unsupported=unsupported,
+        unsupported=unsupported, residual=residual,
     )
     return graph
 

@@ -79,6 +79,7 @@ class Coupling:
     edges: list[torch.Tensor] = field(default_factory=list)  # each (2, E) int64
     blocks: list[tuple[torch.Tensor, str]] = field(default_factory=list)
     renormalized: list[torch.Tensor] = field(default_factory=list)  # ids behind a LayerNorm
+    merged: list[torch.Tensor] = field(default_factory=list)  # ids where two tensors meet (residual adds)
 
     def allocate(self, n: int) -> torch.Tensor:
         ids = torch.arange(self.next_id, self.next_id + n, dtype=torch.long)
@@ -161,6 +162,8 @@ def binary_union(coupling: Coupling, labs: list[Labels | None], shape: torch.Siz
                 c = c.narrow(d, 0, 1)
         cores.append(c)
     out = cores[0]
+    if len(cores) > 1:  # two feature maps meet element by element: a residual stream (or a gate)
+        coupling.merged.extend(c.reshape(-1) for c in cores)
     for other in cores[1:]:
         coupling.union(out, other)
         mismatch = ((out >= 0) & (other < 0)) | ((out < 0) & (other >= 0))

@@ -1,0 +1,1 @@
+"""Placeholder: filled in by the criteria work of issue 6."""
