@@ -107,8 +107,7 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
                                 loss_fn=loss_fn)
     t0 = time.perf_counter()
-    graph = build_dependency_graph(model, example_inputs, exclude=config.exclude,
-                                   allow_renormalization=config.allow_renormalization, residual=config.residual)
+    graph = graph_for(model, example_inputs, config)
     t1 = time.perf_counter()
     ctx = CriterionContext(example_inputs=_as_tuple(example_inputs), data=data, loss_fn=loss_fn,
                            batch_size=config.calib_batch_size, num_batches=config.calib_batches,
@@ -117,29 +116,52 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
     removed = select_removal(graph, scores, config)
     t2 = time.perf_counter()
     original = copy.deepcopy(model) if inplace and spec.after_removal else model
+    result = apply_removal(model, example_inputs, graph, removed, config, inplace=inplace, verify=verify)
+    if spec.after_removal:
+        after = spec.after_removal(original, result.model, graph, removed, ctx)
+        if after:
+            result.report.config["after_removal"] = after
+    result.report.seconds = {"graph": t1 - t0, "select": t2 - t1, **result.report.seconds}
+    return result
+
+
+def graph_for(model: nn.Module, example_inputs: Any, config: PruneConfig) -> DependencyGraph:
+    """The dependency graph ``config`` prunes (its exclusions, LayerNorm and residual policies)."""
+    return build_dependency_graph(model, example_inputs, exclude=config.exclude,
+                                  allow_renormalization=config.allow_renormalization, residual=config.residual)
+
+
+def apply_removal(model: nn.Module, example_inputs: Any, graph: DependencyGraph, removed: np.ndarray,
+                  config: PruneConfig, *, inplace: bool = False, verify: bool = True,
+                  record: dict[str, Any] | None = None) -> PruneResult:
+    """Physically remove the atoms flagged in ``removed`` (bool per atom of ``graph``).
+
+    This is the last step of :func:`prune_model`, and of the strategies that choose their
+    channels themselves (PSFP, Auto-Balance, Play-and-Prune). ``record`` replaces the history
+    entry written into the model's metadata (default: the prune config and cost ratios).
+    """
+    t0 = time.perf_counter()
     if inplace:
         target = model
         prune_channels_(target, graph, removed)
     else:
         target = pruned_copy(model, graph, removed)
-    after = spec.after_removal(original, target, graph, removed, ctx) if spec.after_removal else None
-    t3 = time.perf_counter()
+    t1 = time.perf_counter()
     if verify:
         _verify_runs(target, example_inputs)
     kept = graph.kept_counts(removed)
-    macs_after, params_after = graph.cost(kept)
+    macs_after, _ = graph.cost(kept)
     report = PruneReport(
         config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after,
         params_before=graph.params, params_after=sum(p.numel() for p in target.parameters()),
         channels_removed=int(removed.sum()), channels_removable=int(graph.removable.size),
         layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
-        seconds={"graph": t1 - t0, "select": t2 - t1, "surgery": t3 - t2},
+        seconds={"surgery": t1 - t0},
     )
-    if after:
-        report.config["after_removal"] = after
     metadata = dict(getattr(model, "compressor_metadata", {}) or {})
-    metadata.setdefault("history", []).append({"step": "prune", "config": config.to_dict(),
-                                               "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio})
+    entry = record if record is not None else {"step": "prune", "config": config.to_dict()}
+    metadata["history"] = [*metadata.get("history", []),
+                           {**entry, "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio}]
     target.compressor_metadata = metadata
     return PruneResult(target, report, graph, removed)
 
