@@ -57,7 +57,7 @@ class PruneConfig(JsonConfig):
     * ``target_params``: keep this fraction of the parameters (global ranking).
 
     ``layer_ratios`` maps regexes of layer names to a ratio that overrides ``ratio`` for the
-    groups containing a matching layer. ``round_to=N`` makes kept channel counts multiples of
+    channel groups a matching conv/Linear layer produces (its output channels). ``round_to=N`` makes kept channel counts multiples of
     N, rounded to the nearest multiple that still meets the target. At least
     ``max(min_channels, round_to)`` channels are kept in every layer. ``exclude`` lists layer
     names or regexes whose channels are all kept. ``allow_renormalization=False`` keeps the

@@ -13,7 +13,7 @@ import numpy as np
 from scipy.sparse import csr_matrix
 
 from ._config import PruneConfig
-from ._graph import DependencyGraph
+from ._graph import PRODUCER_KINDS, DependencyGraph
 from .errors import UnprunableModelError, UnreachableTargetError
 
 
@@ -113,7 +113,8 @@ def _layerwise(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, 
         if in_group.size == 0:
             continue
         ratio = config.ratio
-        names = {graph.members[m].module for m in g.members}
+        # a layer's ratio applies to the channels it produces, not to the group feeding it
+        names = {graph.members[m].module for m in g.members if graph.members[m].kind in PRODUCER_KINDS}
         for pattern, r in patterns:
             if any(pattern.fullmatch(n) for n in names):
                 ratio = r
