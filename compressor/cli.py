@@ -15,6 +15,7 @@ from . import _api
 from ._config import PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
+from ._strategies import list_strategies
 from ._serialize import SPEC_FILE, load_model, read_spec, save_model
 from .errors import CompressorError
 
@@ -74,10 +75,74 @@ def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dic
 
 
 def _config(args: argparse.Namespace) -> PruneConfig:
+    from ._cli_train import parse_assignments
+
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
                        target_flops=args.target_flops, target_params=args.target_params, round_to=args.round_to,
                        min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
-                       allow_renormalization=not args.no_renormalization, submodule=args.submodule)
+                       allow_renormalization=not args.no_renormalization, submodule=args.submodule,
+                       criterion_options=parse_assignments(args.criterion_option or [], "--criterion-option"),
+                       residual=args.residual, calib_batches=args.calib_batches,
+                       calib_batch_size=args.calib_batch_size)
+
+
+def _strategy(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The StrategyConfig and the TrainConfig of its training phases."""
+    from ._cli_train import parse_assignments
+    from ._strategies import StrategyConfig
+    from ._train import TrainConfig
+
+    options = parse_assignments(args.strategy_option or [], "--strategy-option")
+    strategy = StrategyConfig.from_dict({"name": args.strategy, "finetune_epochs": args.finetune_epochs, **options})
+    train = TrainConfig(epochs=1, lr=args.lr, optimizer=args.optimizer, batch_size=args.train_batch_size,
+                        weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
+    return strategy, train
+
+
+def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module, example: Any,
+                 size: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """prune_model, or run_strategy when a strategy trains or the criterion needs data."""
+    from ._criteria import get_criterion
+
+    strategy, train = _strategy(args)
+    needs_data = get_criterion(config.criterion).needs_data
+    if args.strategy == "oneshot" and strategy.finetune_epochs == 0 and not needs_data and not args.data:
+        result = _api.prune_model(model, example, config)
+        return result.model, {"channels_removed": result.report.channels_removed,
+                              "channels_removable": result.report.channels_removable,
+                              "blocked": result.report.blocked, "seconds": result.report.seconds,
+                              "layers": [vars(r) for r in result.report.layers]}
+    if not args.data:
+        why = f"criterion {config.criterion!r} is data-based" if needs_data else f"strategy {args.strategy!r} trains"
+        raise ValueError(f"{why}: give --data (digits, folder:PATH)")
+    from ._datasets import parse_data_spec
+    from ._strategies import run_strategy
+
+    spec = parse_data_spec(args.data, size)
+    train_set, eval_sets = spec.train_set(), spec.eval_sets()
+    result = run_strategy(model, example[:1] if isinstance(example, torch.Tensor) else example, config, strategy,
+                          train_data=train_set, eval_data=eval_sets[0], train_config=train, progress=not args.quiet)
+    from ._evaluate import evaluate_classification
+
+    top1 = evaluate_classification(result.model, eval_sets[0], threads=args.threads).top1
+    return result.model, {"strategy": result.to_dict(), "eval_top1": top1, "seconds": {"strategy": result.seconds}}
+
+
+def _layer_rows(before: torch.nn.Module, after: torch.nn.Module, example: Any) -> list[dict[str, Any]]:
+    """Channels and MACs per conv/Linear layer of two models (the strategies' layer table)."""
+    def io(module: torch.nn.Module) -> tuple[int, int]:
+        if isinstance(module, torch.nn.Linear):
+            return module.in_features, module.out_features
+        return module.in_channels, module.out_channels
+
+    costs_after = {r.name: r for r in count_cost(after, example).layers}
+    modules_after = dict(after.named_modules())
+    rows = []
+    for row in count_cost(before, example).layers:
+        (in_b, out_b), (in_a, out_a) = io(before.get_submodule(row.name)), io(modules_after[row.name])
+        rows.append({"name": row.name, "kind": row.type, "in_before": in_b, "in_after": in_a, "out_before": out_b,
+                     "out_after": out_a, "macs_before": row.macs, "macs_after": costs_after[row.name].macs})
+    return rows
 
 
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
@@ -112,9 +177,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    result = _api.prune_model(model, example, config)
+    pruned, facts = _run_pruning(args, config, model, example, size)
     seconds = time.perf_counter() - t0
-    before, after = count_cost(model, example), count_cost(result.model, example)
+    before, after = count_cost(model, example), count_cost(pruned, example)
     summary = {
         "schema_version": _api.SCHEMA_VERSION,
         "model": name,
@@ -125,23 +190,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "after": {"params": after.params, "macs": after.macs, "flops": after.flops, "fm_elements": after.fm_elements},
         "flops_ratio": after.macs / before.macs,
         "params_ratio": after.params / before.params,
-        "channels_removed": result.report.channels_removed,
-        "channels_removable": result.report.channels_removable,
-        "blocked": result.report.blocked,
-        "seconds": {**result.report.seconds, "total": seconds},
-        "layers": [vars(r) for r in result.report.layers],
+        **facts,
+        "seconds": {**facts.get("seconds", {}), "total": seconds},
     }
+    if "layers" not in summary:
+        summary["layers"] = _layer_rows(model, pruned, example)
     if not args.quiet:
         _print_table([r for r in summary["layers"] if r["in_before"] != r["in_after"] or r["out_before"] != r["out_after"]]
                      if args.changed_only else summary["layers"], f"{name}: {config.criterion}, {config.target[0]}={config.target[1]:g}")
-    result.model.compressor_metadata = {**(getattr(result.model, "compressor_metadata", None) or {}),
-                                        "weights": _weights_provenance(args, model), "input_size": list(size)}
-    out = save_model(result.model, args.output, arch=getattr(model, "zoo_spec", None), extra_files={SUMMARY_FILE: summary})
+    weights = _weights_provenance(args, model)
+    if "strategy" in facts:  # trained on the data after pruning
+        weights = {**weights, "trained": True, "finetuned_on": args.data}
+    pruned.compressor_metadata = {**(getattr(pruned, "compressor_metadata", None) or {}),
+                                  "weights": weights, "input_size": list(size)}
+    out = save_model(pruned, args.output, arch=getattr(model, "zoo_spec", None), extra_files={SUMMARY_FILE: summary})
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1))
     print(f"params {before.params / 1e6:.3f}M -> {after.params / 1e6:.3f}M ({summary['params_ratio']:.1%}), "
           f"FLOPs {before.flops / 1e9:.3f}G -> {after.flops / 1e9:.3f}G ({summary['flops_ratio']:.1%}), "
-          f"{result.report.channels_removed} channels removed in {seconds:.2f}s")
+          + (f"{summary['channels_removed']} channels removed" if "channels_removed" in summary
+             else f"strategy {args.strategy}") + f" in {seconds:.2f}s"
+          + (f"; top-1 {summary['eval_top1']:.2%} on {args.data}" if "eval_top1" in summary else ""))
     print(f"saved to {out}/ ({SPEC_FILE}, weights.pt, {SUMMARY_FILE})")
     return 0
 
@@ -355,6 +424,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune a model physically and save it")
     model_args(p)
     p.add_argument("--criterion", default="l2", choices=list_criteria())
+    p.add_argument("--criterion-option", action="append", metavar="KEY=VALUE",
+                   help="criterion option, e.g. tau=0.9 for simc, bins=10 for entropy (repeatable)")
+    p.add_argument("--strategy", default="oneshot", choices=list_strategies(),
+                   help="how to reach the target (default: one-shot)")
+    p.add_argument("--strategy-option", action="append", metavar="KEY=VALUE",
+                   help="StrategyConfig field, e.g. step=0.05, retrain_epochs=4, epochs=10, tolerance=0.01")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after the final removal")
+    p.add_argument("--residual", default="coupled", choices=["coupled", "internal"],
+                   help="ResNets: also prune the residual stream (coupled) or only inside blocks (internal)")
+    p.add_argument("--data", help="data for data-based criteria and training: digits or folder:PATH")
+    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of data-based criteria")
+    p.add_argument("--calib-batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.01, help="learning rate of the training phases")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--train-batch-size", type=int, default=64)
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="fraction of channels removed from every group (layer-wise)")
     target.add_argument("--global-ratio", type=float, help="fraction of removable channels, ranked globally")
