@@ -22,13 +22,13 @@ from ._export import ExportConfig, OnnxInfo, export_onnx
 from ._fold import FoldReport, fold_batchnorm
 from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
 from ._select import select_removal
-from ._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, register_strategy, run_strategy
+from ._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, recalibrate_batchnorm_, register_strategy, run_strategy
 from ._serialize import load_model, save_model
 from ._surgery import prune_channels_, zero_channels_
 from .errors import CompressorError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
 
 __all__ = [
-    "StrategyConfig", "StrategyResult", "get_strategy", "list_strategies", "psfp_schedule", "register_strategy",
+    "StrategyConfig", "StrategyResult", "get_strategy", "list_strategies", "psfp_schedule", "recalibrate_batchnorm_", "register_strategy",
     "run_strategy", "ChannelGroup", "CompressorError", "CriterionContext", "CriterionSpec", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",

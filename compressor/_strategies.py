@@ -85,6 +85,7 @@ _RULES = {
     "pp_lambda": _num(lambda v: v >= 0, ">= 0"),
     "pp_delta": _num(lambda v: v > 1, "> 1"),
     "tolerance": _num(lambda v: v >= 0, ">= 0 (an accuracy drop, as a fraction)"),
+    "bn_recalibration": _int(0),
 }
 
 
@@ -105,6 +106,10 @@ class StrategyConfig(JsonConfig):
       under the L1 penalty), ``pp_lambda`` the initial penalty lambda of eq. 23, ``pp_delta``
       the threshold factor delta_w of eq. 21 and ``tolerance`` the accuracy tolerance epsilon
       (a fraction: 0.01 = one point).
+    * ``bn_recalibration``: after every physical removal, re-estimate the BatchNorm running
+      statistics on this many training batches (forward passes only, no weight update). The
+      layers after a removal see different inputs, and stale statistics alone can take a pruned
+      ResNet to chance accuracy; 0 turns it off.
     """
 
     name: str = "oneshot"
@@ -119,6 +124,7 @@ class StrategyConfig(JsonConfig):
     pp_lambda: float = 1e-3
     pp_delta: float = 1.5
     tolerance: float = 0.01
+    bn_recalibration: int = 8
 
     def __post_init__(self) -> None:
         get_strategy(self.name)
@@ -341,7 +347,45 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
 # ---- the strategies ----------------------------------------------------------------------------
 
 
+@torch.no_grad()
+def recalibrate_batchnorm_(model: nn.Module, data: Any, batches: int, batch_size: int = 64, seed: int = 0) -> int:
+    """Re-estimate every BatchNorm's running mean and variance on ``batches`` batches of ``data``.
+
+    The statistics are reset and averaged over the batches (cumulative average); weights are not
+    touched and the model's train/eval modes are restored. Returns the number of batches used.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches <= 0 or data is None:
+        return 0
+    from ._modes import module_modes, restore_modes_
+
+    modes, momenta = module_modes(model), [m.momentum for m in norms]
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(seed))
+    used = 0
+    try:
+        model.train()
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+        for x, *_ in loader:
+            if used >= batches:
+                break
+            model(x.to(device))
+            used += 1
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        restore_modes_(model, modes)
+    return used
+
+
 def _log_removal(run: _Run, phase: str, model: nn.Module, **extra: Any) -> None:
+    """Recalibrate BatchNorm after a physical removal, and log the cost reached."""
+    if run.strategy.bn_recalibration and run.train_data is not None:
+        extra["bn_recalibration_batches"] = recalibrate_batchnorm_(
+            model, run.train_data, run.strategy.bn_recalibration, run.train_config.batch_size, run.prune.seed)
     macs, params = run.cost(model)
     run.history.append({"phase": phase, "flops_ratio": macs / run.base_macs, "params_ratio": params / run.base_params,
                         **extra})

@@ -152,3 +152,16 @@ def test_config_round_trip():
     with pytest.raises(ValueError, match="allowed"):
         C.StrategyConfig.from_dict({"name": "oneshot", "stepp": 0.1})
     assert np.isfinite(C.psfp_schedule(3, 10, 0.5))
+
+
+def test_recalibrate_batchnorm_matches_hand_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3)).eval()
+    x = torch.randn(40, 2, 6, 6)
+    data = torch.utils.data.TensorDataset(x, torch.zeros(40, dtype=torch.long))
+    assert C.recalibrate_batchnorm_(model, data, batches=100, batch_size=40) == 1
+    with torch.no_grad():
+        h = model[0](x).transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(model[1].running_mean, h.mean(1))
+    torch.testing.assert_close(model[1].running_var, h.var(1, unbiased=True))
+    assert not model.training and model[1].momentum == 0.1  # modes and momentum restored
