@@ -433,16 +433,33 @@ def iterative(run: _Run) -> nn.Module:
     return model
 
 
+def _per_layer_shares(run: _Run, graph: DependencyGraph, final: np.ndarray, fraction: float) -> PruneConfig:
+    """A layer-wise config removing ``fraction`` of what ``final`` removes from each group.
+
+    PSFP zeroes "the lowest P'_t fraction in each layer": a FLOPs or global target is turned
+    into per-layer rates once, from the first ranking, so the layers do not trade channels
+    from one epoch to the next.
+    """
+    import re
+
+    ratios = {}
+    for group in graph.groups:
+        names = [graph.members[m].module for m in group.members if graph.members[m].kind in PRODUCER_KINDS]
+        if group.removable.size and names:
+            ratios[re.escape(names[0])] = fraction * float(final[group.atoms].sum()) / len(group.atoms)
+    return dataclasses.replace(run.prune, ratio=0.0, global_ratio=None, target_flops=None, target_params=None,
+                               layer_ratios=ratios)
+
+
 def _zeroing_callbacks(run: _Run, graph: DependencyGraph, fraction_at: Callable[[int], float],
                        masks: list[np.ndarray]) -> TrainCallbacks:
-    """on_epoch_end: rank the live weights and zero the ``fraction_at(epoch)`` share of the target."""
+    """on_epoch_end: rank the live weights and zero the ``fraction_at(epoch)`` share of each layer's target."""
+    final = select_removal(graph, run.weight_scores(run.model, graph), run.prune)
 
     def on_epoch_end(epoch: int, model: nn.Module) -> None:
-        config = run.share(fraction_at(epoch))
-        removed = np.zeros(graph.num_atoms, dtype=bool)
-        if config is not None:
-            removed = select_removal(graph, run.weight_scores(model, graph), config)
-            zero_channels_(model, graph, removed)
+        config = _per_layer_shares(run, graph, final, fraction_at(epoch))
+        removed = select_removal(graph, run.weight_scores(model, graph), config)
+        zero_channels_(model, graph, removed)
         masks.append(removed)
         run.history.append({"phase": f"epoch {epoch}: soft prune", "share_of_target": fraction_at(epoch),
                             "zeroed": int(removed.sum())})

@@ -143,7 +143,7 @@ def _fix_attributes(module: nn.Module, groups: int | None) -> dict[str, int]:
 def zero_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> None:
     """Zero, in place, the producers of the atoms flagged in ``removed`` (soft pruning).
 
-    Conv/Linear output rows and biases, BatchNorm shifts and running means, and channel-wise
+    Conv/Linear output rows and biases, BatchNorm scales, shifts and running means, and channel-wise
     parameters are zeroed, so the channels are exactly 0 downstream through any activation
     with f(0) = 0. This is the masked oracle that physical pruning must equal, and the
     "soft" step of PSFP.
@@ -156,7 +156,9 @@ def zero_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
                 continue
             module = modules[member.module]
             index = torch.from_numpy(np.flatnonzero(drop))
-            names = {"bn": ("bias", "running_mean")}.get(member.kind, tuple(n for n, _ in member.tensors))
+            # a BatchNorm's scale is zeroed too: in train mode BN would blow a small regrowing filter
+            # back up to unit variance (PSFP), so the channel is held at 0 by gamma = beta = 0
+            names = {"bn": ("weight", "bias", "running_mean")}.get(member.kind, tuple(n for n, _ in member.tensors))
             for name, axis in member.tensors:
                 tensor = getattr(module, name)
                 if name in names and tensor is not None:
