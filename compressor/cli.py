@@ -217,62 +217,27 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Fold BN, export ONNX, build the runtime artifacts and verify each one's parity."""
-    import tempfile
-
-    import numpy as np
-
     from runtimes import ArtifactError, RuntimeUnavailable
-    from runtimes._bundle import BundleConfig, BundleError, write_bundle
+    from runtimes._bundle import BundleConfig, BundleError
     from runtimes._parity import ParityError
 
-    from ._export import ExportConfig, export_onnx
-    from ._fold import fold_batchnorm
+    from ._deploy import export_bundle, missing_runtimes
+    from ._export import ExportConfig
 
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
     bundle_config = BundleConfig(targets=targets, precision=args.precision, threads=args.threads,
                                  batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
                                  max_batch=args.max_batch, opt_batch=min(8, args.max_batch))
     export_config = ExportConfig(opset=args.opset, exporter=args.exporter)
-    from runtimes import get_runtime
-    from runtimes._bundle import TARGET_RUNTIME
-
-    for target in targets:  # fail before any work when a runtime is missing
-        reason = get_runtime(TARGET_RUNTIME[target]).is_available(device="cuda" if target == "tensorrt" else "cpu")
-        if reason:
-            print(f"error: cannot export to {target}: {reason}", file=sys.stderr)
-            return 2
+    for target, reason in missing_runtimes(targets).items():  # fail before any work
+        print(f"error: cannot export to {target}: {reason}", file=sys.stderr)
+        return 2
     model, name = _load_source(args)
-    model.eval()
     size = _input_size(args.input_size, name, model)
-    example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
-    fold_report = None
-    if not args.no_fold:
-        model, fold_report = fold_batchnorm(model, example)
-    cost = count_cost(model, example)
-
-    def reference(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy()
-
-    weights = _weights_provenance(args, model)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            info = export_onnx(model, example, Path(tmp) / "model.onnx", export_config)
-            torch_dir = None
-            if "torch" in targets:  # the folded model itself, for the eager reference runtime
-                torch_dir = save_model(model, Path(tmp) / "torch", arch=getattr(model, "zoo_spec", None))
-            extra = {
-                "source": name,
-                "weights": weights,
-                "onnx": {k: v for k, v in info.to_dict().items() if k != "path"},
-                "cost": {**{k: v for k, v in cost.to_dict().items() if k != "layers"},
-                         "trm_bytes": {bs: cost.trm_bytes(bs) for bs in (1, 8, 32, 64)},
-                         "flops_convention": "FLOPs = 2 x MACs per sample; TRM = MPS + FM*4*BS (seed 002 eq. 10)"},
-                "fold": fold_report.to_dict() if fold_report else None,
-                "recipe": getattr(model, "compressor_metadata", None),
-            }
-            bundle = write_bundle(info.path, args.output, reference, tuple(size), bundle_config, extra,
-                                  progress=lambda m: print(f"... {m}", file=sys.stderr), torch_model_dir=torch_dir)
+        exported = export_bundle(model, args.output, tuple(size), bundle_config, export_config,
+                                 fold=not args.no_fold, source=name, weights=_weights_provenance(args, model),
+                                 progress=lambda m: print(f"... {m}", file=sys.stderr))
     except RuntimeUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -282,6 +247,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     except (ArtifactError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    bundle, fold_report = exported.bundle, exported.fold
     if fold_report:
         print(f"folded {len(fold_report.folded)} BatchNorms, kept {len(fold_report.kept)}"
               + "".join(f"\n  kept {bn}: {why}" for bn, why in list(fold_report.kept.items())[:10]))
