@@ -139,17 +139,20 @@ class DigitsDataset(TensorDataset):
     std = DIGITS_STD
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, indices: np.ndarray,
-                 split: str, seed: int) -> None:
+                 split: str, seed: int, digits: tuple[int, ...] | None = None) -> None:
         super().__init__(images, targets)
         self.images, self.targets, self.indices = images, targets, indices
         self.split, self.seed = split, seed
+        if digits is not None:  # a class subset: labels 0..k-1 stand for these digits
+            self.classes = tuple(str(d) for d in digits)
+            self.num_classes = len(digits)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.targets[index])
 
 
 def digits_dataset(split: str = "train", *, size: int = 32, channels: int = 3,
-                   seed: int = 0) -> DigitsDataset:
+                   seed: int = 0, digits: tuple[int, ...] | None = None) -> DigitsDataset:
     """scikit-learn's 1,797 real 8x8 digit images as a 10-class dataset (nothing is downloaded).
 
     Pixels (0..16) are scaled to [0, 1], upsampled to ``size`` x ``size`` pixels with bilinear
@@ -158,8 +161,17 @@ def digits_dataset(split: str = "train", *, size: int = 32, channels: int = 3,
     ``train_test_split`` with ``random_state=seed``; the default seed 0 is *the* fixed split
     (1,437 train, 360 test images). Deterministic.
 
-    Raises DatasetError for an unknown split, a non-positive size or channel count.
+    ``digits`` keeps only those digits, relabelled ``0..k-1`` in the order given (so that a
+    source task on 0-4 and a target task on 5-9 share a 5-way head, seed 000's scenarios); the
+    split is the same fixed split, restricted.
+
+    Raises DatasetError for an unknown split, a non-positive size or channel count, or a digit
+    outside 0-9 (or repeated).
     """
+    if digits is not None:
+        digits = tuple(digits)
+        if not digits or any(not isinstance(d, int) or not 0 <= d <= 9 for d in digits) or len(set(digits)) < len(digits):
+            raise DatasetError(f"digits must be distinct integers in 0..9, got {digits!r}")
     if split not in ("train", "test"):
         raise DatasetError(f"digits split must be 'train' or 'test', got {split!r}")
     if not isinstance(size, int) or size < 1:
@@ -169,15 +181,21 @@ def digits_dataset(split: str = "train", *, size: int = 32, channels: int = 3,
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    labels = digits.target.astype(np.int64)
+    bunch = load_digits()
+    labels = bunch.target.astype(np.int64)
     train_idx, test_idx = train_test_split(
         np.arange(len(labels)), test_size=_DIGITS_TEST_FRACTION, stratify=labels, random_state=seed)
     indices = np.sort(train_idx if split == "train" else test_idx)
-    raw = torch.from_numpy(digits.images[indices].astype(np.float32) / 16.0).unsqueeze(1)
+    raw = torch.from_numpy(bunch.images[indices].astype(np.float32) / 16.0).unsqueeze(1)
     images = F.interpolate(raw, size=(size, size), mode="bilinear", align_corners=False)
     images = ((images - DIGITS_MEAN) / DIGITS_STD).expand(-1, channels, -1, -1).contiguous()
-    return DigitsDataset(images, torch.from_numpy(labels[indices]), indices, split, seed)
+    targets = torch.from_numpy(labels[indices])
+    if digits is not None:
+        keep = torch.from_numpy(np.isin(labels[indices], digits))
+        remap = torch.full((10,), -1, dtype=torch.int64)
+        remap[torch.tensor(digits)] = torch.arange(len(digits))
+        images, targets, indices = images[keep].contiguous(), remap[targets[keep]], indices[keep.numpy()]
+    return DigitsDataset(images, targets, indices, split, seed, digits)
 
 
 # --------------------------------------------------------------------------------------------

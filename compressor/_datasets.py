@@ -1,7 +1,8 @@
 """Dataset specs, as the command line names them: ``digits``, ``folder:PATH``, ``market:PATH``.
 
 * ``digits``: scikit-learn's bundled handwritten digits (real, no download), 3x32x32, 10 classes,
-  the fixed stratified train/test split.
+  the fixed stratified train/test split; ``digits:0-4`` or ``digits:5,6,7,8,9`` keeps those
+  digits, relabelled 0..k-1 (source and target tasks of seed 000's scenarios).
 * ``folder:PATH``: ImageFolder layout with ``PATH/train`` and ``PATH/val`` (or ``PATH/test``),
   one sub-folder per class.
 * ``market:PATH``: a Market-1501 / DukeMTMC-reID directory (``bounding_box_train``, ``query``,
@@ -40,6 +41,7 @@ class DataSpec:
     kind: str
     path: Path | None
     input_size: tuple[int, int, int]
+    digits: tuple[int, ...] | None = None
 
     @property
     def task(self) -> str:
@@ -48,7 +50,7 @@ class DataSpec:
 
     def train_set(self) -> Any:
         if self.kind == "digits":
-            return digits_dataset("train", size=self.input_size[1], channels=self.input_size[0])
+            return digits_dataset("train", size=self.input_size[1], channels=self.input_size[0], digits=self.digits)
         if self.kind == "folder":
             return self._folder("train")
         return MarketDataset(self.path, "train", size=self.input_size[1:])
@@ -56,7 +58,7 @@ class DataSpec:
     def eval_sets(self) -> tuple[Any, ...]:
         """``(test_set,)`` for classification, ``(query, gallery)`` for ReID."""
         if self.kind == "digits":
-            return (digits_dataset("test", size=self.input_size[1], channels=self.input_size[0]),)
+            return (digits_dataset("test", size=self.input_size[1], channels=self.input_size[0], digits=self.digits),)
         if self.kind == "folder":
             for name in _EVAL_FOLDERS:
                 if (self.path / name).is_dir():
@@ -69,8 +71,22 @@ class DataSpec:
         return image_folder_dataset(self.path / name, size=self.input_size[1:], channels=self.input_size[0])
 
 
+def _digit_list(text: str, spec: str) -> tuple[int, ...]:
+    """``"0-4"`` -> (0, 1, 2, 3, 4); ``"5,7,9"`` -> (5, 7, 9)."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise DatasetError(f"digits subset must look like digits:0-4 or digits:5,6,7, got {spec!r}") from None
+    if not out or any(not 0 <= d <= 9 for d in out) or len(set(out)) < len(out):
+        raise DatasetError(f"digits subset must list distinct digits 0..9, got {spec!r}")
+    return tuple(out)
+
+
 def parse_data_spec(text: str, input_size: tuple[int, ...] | None = None) -> DataSpec:
-    """Parse ``digits``, ``folder:PATH`` or ``market:PATH``.
+    """Parse ``digits``, ``digits:0-4``, ``folder:PATH`` or ``market:PATH``.
 
     Args:
         text: the spec.
@@ -83,9 +99,7 @@ def parse_data_spec(text: str, input_size: tuple[int, ...] | None = None) -> Dat
     if kind not in _KINDS:
         raise DatasetError(f"unknown dataset {text!r}; use digits, folder:PATH or market:PATH")
     if kind == "digits":
-        if path:
-            raise DatasetError(f"digits takes no path, got {text!r}")
-        return DataSpec("digits", None, tuple(input_size or DIGITS_INPUT_SIZE))
+        return DataSpec("digits", None, tuple(input_size or DIGITS_INPUT_SIZE), _digit_list(path, text) if path else None)
     if not path:
         raise DatasetError(f"{kind} needs a path: {kind}:PATH")
     root = Path(path)

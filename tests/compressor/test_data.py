@@ -316,3 +316,21 @@ def test_pk_sampler_errors():
         PKSampler([0, 0, 1, 1, 2, 2], p=4, k=2)
     with pytest.raises(ValueError, match="k"):
         PKSampler([0, 1], p=1, k=0)
+
+
+def test_digits_subset_relabels_and_keeps_the_fixed_split():
+    import compressor as C
+    from compressor._datasets import parse_data_spec
+
+    full = C.digits_dataset("train")
+    target = parse_data_spec("digits:5-9").train_set()
+    assert target.num_classes == 5 and target.classes == ("5", "6", "7", "8", "9")
+    expected = [i for i in range(len(full)) if int(full.targets[i]) >= 5]
+    assert len(target) == len(expected)
+    assert torch.equal(target.images, full.images[expected])
+    assert torch.equal(target.targets, full.targets[expected] - 5)
+    picked = parse_data_spec("digits:7,2").eval_sets()[0]
+    assert set(picked.targets.tolist()) == {0, 1} and picked.classes == ("7", "2")
+    for bad in ("digits:3-12", "digits:a", "digits:1,1"):
+        with pytest.raises(C.DatasetError, match="digits"):
+            parse_data_spec(bad)
