@@ -43,36 +43,9 @@ def parse_assignments(items: list[str], flag: str, form: str = "KEY=VALUE") -> d
     return out
 
 
-def _build_model(name: str, spec: Any, num_outputs: int,
-                 extra: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    """A zoo model sized for the data, or a saved (e.g. pruned) model to fine-tune."""
-    from ._serialize import SPEC_FILE, load_model
-
-    if (Path(name) / SPEC_FILE).is_file():
-        if extra:
-            raise ValueError("--model-arg applies to zoo models, not to a saved model directory")
-        return load_model(name), None
-    from models import create_model
-
-    kwargs: dict[str, Any] = {"num_ids": num_outputs} if spec.task == "reid" else {"num_classes": num_outputs}
-    kwargs.update(extra)
-    attempts = [kwargs]
-    if spec.task == "classification":  # zoo CNNs take in_chans; torchvision's models are RGB only
-        attempts.insert(0, {**kwargs, "in_chans": spec.input_size[0]})
-    for attempt in attempts:
-        try:
-            model = create_model(name, **attempt)
-            break
-        except TypeError as err:
-            error = err
-    else:
-        raise ValueError(f"model {name!r} does not take {sorted(kwargs)} ({error}); pick a zoo model that does")
-    return model, getattr(model, "zoo_spec", None)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune a model; write checkpoints, history.json and the final model."""
-    from ._datasets import parse_data_spec
+    from ._datasets import build_model, parse_data_spec
     from ._evaluate import evaluate_classification, evaluate_reid_model
     from ._losses import ReIDLoss
     from ._serialize import save_model
@@ -84,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reid = spec.task == "reid"
     outputs = train_set.num_ids if reid else train_set.num_classes
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same run
-    model, arch = _build_model(args.model, spec, outputs, parse_assignments(args.model_arg or [], "--model-arg"))
+    model, arch = build_model(args.model, spec, outputs, parse_assignments(args.model_arg or [], "--model-arg"))
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.p * args.k if reid else args.batch_size, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,

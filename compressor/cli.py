@@ -369,11 +369,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The built-in example: prune a CIFAR ResNet-56 to ~50% FLOPs, save, reload, verify."""
-    from ._demo import run_demo
+DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
 
-    return run_demo(Path(args.output))
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a pipeline file (default: the built-in demo) into one run directory."""
+    from ._pipeline import PipelineError, load_pipeline, run_pipeline
+    from ._pipeline_report import HEADERS, summary_rows
+
+    try:
+        pipeline = load_pipeline(args.pipeline or DEFAULT_PIPELINE, quick=args.quick)
+        output = Path(args.output or Path("runs") / pipeline.name)
+        result = run_pipeline(pipeline, output, force=args.force, progress=not args.quiet)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    for title, rows in summary_rows(result.state).items():
+        table = Table(title=title)
+        for col in HEADERS[title]:
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    print(f"run finished in {result.seconds:.0f}s: {len(result.executed)} steps run, {len(result.skipped)} skipped")
+    print(f"summary: {output}/summary.md (summary.json)")
+    if result.state.get("report"):
+        print(f"report:  {output}/{result.state['report']}/report.html")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -490,9 +516,17 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.set_defaults(func=cmd_info)
 
-    d = sub.add_parser("demo", help="run the built-in example end to end")
-    d.add_argument("--output", default="runs/demo")
-    d.set_defaults(func=cmd_demo)
+    for name, help_text in (("run", "run a pipeline file (default: the built-in demo)"),
+                            ("demo", "run the built-in example end to end (same as `compressor run`)")):
+        r = sub.add_parser(name, help=help_text)
+        if name == "run":
+            r.add_argument("pipeline", nargs="?", help="pipeline YAML file (default: the built-in demo)")
+        r.add_argument("--output", help="run directory (default: runs/<pipeline name>)")
+        r.add_argument("--force", action="store_true", help="replace an output directory holding another run")
+        r.add_argument("--quick", action="store_true",
+                       help="smoke-test size: one epoch per training phase, batch sizes 1,2, short timings")
+        r.add_argument("--quiet", action="store_true", help="no progress bars")
+        r.set_defaults(func=cmd_run, pipeline=None)
     return parser
 
 
