@@ -64,9 +64,30 @@ def _input_size(ctx: StepContext) -> tuple[int, ...]:
 
 
 def _current(ctx: StepContext, key: str = "model") -> torch.nn.Module:
+    """The state's model (or baseline); before any step made one, the pipeline's source model."""
     from ._serialize import load_model
 
-    return load_model(ctx.path(key))
+    if ctx.state.get(key) or key not in ("model", "baseline_model"):
+        return load_model(ctx.path(key))
+    return _source_model(ctx)
+
+
+def _source_model(ctx: StepContext) -> torch.nn.Module:
+    """The pipeline's ``model``: a saved model directory, or a zoo model with seeded random weights."""
+    from pathlib import Path
+
+    from ._serialize import SPEC_FILE, load_model
+
+    if (Path(ctx.pipeline.model) / SPEC_FILE).is_file():
+        return load_model(ctx.pipeline.model)
+    from models import create_model
+
+    torch.manual_seed(ctx.pipeline.seed)
+    model = create_model(ctx.pipeline.model, **ctx.pipeline.model_args)
+    ctx.log(f"    warning: {ctx.pipeline.model} has random weights here: latency and memory figures are real, "
+            "accuracy figures are meaningless without trained weights")
+    model.compressor_metadata = {"weights": {"origin": "random-init", "trained": False}}
+    return model
 
 
 def _save(ctx: StepContext, model: torch.nn.Module, name: str = "model", **metadata: Any) -> str:
@@ -269,12 +290,12 @@ def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     updates: dict[str, Any] = {}
     parity: dict[str, Any] = {}
     jobs = [("bundle", "model")]
-    if config.baseline and ctx.state.get("baseline_model") and ctx.state.get("baseline_model") != ctx.state.get("model"):
+    if config.baseline and ctx.state.get("pruned"):
         jobs.append(("baseline_bundle", "baseline_model"))
     for out_key, model_key in jobs:
         model = _current(ctx, model_key)
         exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
-                                 source=ctx.state[model_key], weights=(model.compressor_metadata or {}).get("weights"),
+                                 source=ctx.state.get(model_key) or ctx.pipeline.model, weights=(model.compressor_metadata or {}).get("weights"),
                                  progress=lambda m: ctx.log(f"    {m}"))
         updates[out_key] = ctx.output(out_key)
         parity[out_key] = [{k: r[k] for k in ("runtime", "batch_size", "max_abs_error", "max_rel_error", "passed")}

@@ -1,0 +1,138 @@
+"""Pipelines: every example runs end to end (--quick), resume skips finished steps, bad input is named."""
+import json
+from pathlib import Path
+
+import pytest
+
+from compressor._pipeline import PipelineError, load_pipeline, run_pipeline
+from compressor.cli import DEFAULT_PIPELINE, main
+
+EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+HEAVY = {"latency_resnet50.yaml", "latency_mobilenetv2.yaml", "pruned_vs_thinresnet.yaml"}
+
+
+def tiny(**changes):
+    """A seconds-long pipeline: LeNet-5 on digits, train, prune, fold."""
+    steps = [{"train": {"epochs": 1, "lr": 0.003, "optimizer": "adamw", "batch_size": 64}},
+             {"prune": {"criterion": "l1", "ratio": 0.5}}, {"fold": {}}]
+    return {"name": "tiny", "model": "lenet5", "data": "digits", "threads": 2, "steps": steps, **changes}
+
+
+def test_examples_exist():
+    names = {p.name for p in EXAMPLES}
+    assert {f"scenario{i}" for i in range(1, 5)} <= {n.split("_")[0] for n in names}
+    assert {"latency_resnet50.yaml", "latency_mobilenetv2.yaml", "pruned_vs_thinresnet.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", [DEFAULT_PIPELINE, *EXAMPLES], ids=lambda p: p.stem)
+def test_pipeline_runs_end_to_end_in_quick_mode(path, tmp_path, request):
+    if path.name in HEAVY:
+        request.applymarker(pytest.mark.slow)
+    pipeline = load_pipeline(path, quick=True)
+    result = run_pipeline(pipeline, tmp_path / "run", progress=False, log=lambda m: None)
+    assert len(result.executed) == len(pipeline.steps) and not result.skipped
+    for step in pipeline.steps:
+        record = json.loads((tmp_path / "run" / f"{step.index + 1:02d}_{step.kind}" / "step.json").read_text())
+        assert record["status"] == "done" and record["kind"] == step.kind
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["quick"] is True and (tmp_path / "run" / "summary.md").is_file()
+    state, results = result.state, result.state["results"]
+    for name, r in results.items():
+        if name.endswith("_prune"):
+            target = r["target"]
+            if target[0] == "target_flops":
+                assert r["flops_ratio"] <= target[1] + 0.05
+        if name.endswith("_evaluate"):
+            for by_runtime in r["top1"].values():
+                assert all(0 <= v <= 1 for v in by_runtime.values())
+                assert max(by_runtime.values()) - min(by_runtime.values()) < 0.02  # the runtimes agree
+        if name.endswith("_bench"):
+            assert r["speedup"] and all(row["theoretical"] > 1.5 for row in r["speedup"])
+            assert (tmp_path / "run" / state["report"] / "report.html").is_file()
+        if name.endswith("_baselines"):
+            labels = [row["model"] for row in r["rows"]]
+            assert labels[:2] == ["unpruned", "pruned"] and any("ThinResNet" in m for m in labels)
+    if "bundle" in state:
+        assert (tmp_path / "run" / state["bundle"] / "manifest.json").is_file()
+
+
+def test_resume_skips_unchanged_steps_and_redoes_changed_ones(tmp_path):
+    out, logs = tmp_path / "run", []
+    first = run_pipeline(load_pipeline(tiny()), out, progress=False, log=logs.append)
+    assert first.executed == ["01_train", "02_prune", "03_fold"]
+    mtime = (out / "01_train" / "step.json").stat().st_mtime_ns
+    again = run_pipeline(load_pipeline(tiny()), out, progress=False, log=logs.append)
+    assert again.executed == [] and again.skipped == ["01_train", "02_prune", "03_fold"]
+    assert again.state == first.state
+    changed = tiny()
+    changed["steps"][1] = {"prune": {"criterion": "l1", "ratio": 0.25}}
+    third = run_pipeline(load_pipeline(changed), out, progress=False, log=logs.append)
+    assert third.skipped == ["01_train"] and third.executed == ["02_prune", "03_fold"]
+    assert (out / "01_train" / "step.json").stat().st_mtime_ns == mtime
+    assert third.state["results"]["02_prune"]["params_ratio"] > first.state["results"]["02_prune"]["params_ratio"]
+    shorter = tiny(steps=changed["steps"][:2])
+    run_pipeline(load_pipeline(shorter), out, progress=False, log=logs.append)
+    assert not (out / "03_fold").exists()  # a step no longer in the pipeline does not linger
+
+
+def test_another_runs_directory_is_refused_without_force(tmp_path, capsys):
+    out = tmp_path / "run"
+    run_pipeline(load_pipeline(tiny(steps=[{"train": {"epochs": 1, "batch_size": 64}}])), out, progress=False,
+                 log=lambda m: None)
+    before = sorted(p.name for p in out.iterdir())
+    other = tiny(name="other", steps=[{"train": {"epochs": 1, "batch_size": 64}}])
+    with pytest.raises(PipelineError, match="holds another run's artifacts; pass --force"):
+        run_pipeline(load_pipeline(other), out, progress=False, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == before
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(PipelineError, match="not a pipeline run"):
+        run_pipeline(load_pipeline(other), tmp_path / "junk", progress=False, log=lambda m: None)
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+    result = run_pipeline(load_pipeline(other), out, force=True, progress=False, log=lambda m: None)
+    assert result.executed == ["01_train"]
+    assert json.loads((out / "run.json").read_text())["identity"]["pipeline"] == "other"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"modle": "lenet5"}, "unknown key(s) ['modle']; allowed:"),
+    ({"seed": -1}, "'seed' must be an integer >= 0"),
+    ({"steps": []}, "'steps' must be a non-empty list"),
+    ({"steps": [{"prun": {}}]}, "steps[0]: unknown step 'prun'; known steps: train, finetune, prune"),
+    ({"steps": [{"train": {"epochs": "five"}}]}, "steps[0] (train): epochs must be an integer >= 1"),
+    ({"steps": [{"train": {"epoch": 3}}]}, "steps[0] (train): unknown key(s) ['epoch']; allowed: ["),
+    ({"steps": [{"prune": {"criterion": "l3", "ratio": 0.5}}]}, "steps[0] (prune): unknown criterion 'l3'"),
+    ({"steps": [{"prune": {"ratio": 0.5, "strategy": {"name": "psfp", "tolerance": -1}}}]},
+     "tolerance must be >= 0"),
+    ({"steps": [{"export": {"to": ["onnx", "tflite"]}}]}, "'to' has unknown target(s) ['tflite']"),
+    ({"steps": [{"bench": {"batch_sizes": [0]}}]}, "steps[0] (bench):"),
+    ({"data": "digits:0-12"}, "'data': digits subset"),
+    ({"steps": [{"evaluate": {"runtimes": ["tflite"]}}]}, "unknown runtime(s) ['tflite']"),
+])
+def test_invalid_pipeline_names_the_key(change, message):
+    with pytest.raises(PipelineError) as exc:
+        load_pipeline(tiny(**change))
+    assert message in str(exc.value)
+
+
+def test_missing_step_input_is_named(tmp_path):
+    pipeline = load_pipeline(tiny(steps=[{"train": {"epochs": 1, "batch_size": 64}}, {"evaluate": {}}]))
+    with pytest.raises(PipelineError, match="needs a bundle, which no earlier step produced"):
+        run_pipeline(pipeline, tmp_path / "run", progress=False, log=lambda m: None)
+    assert (tmp_path / "run" / "01_train" / "step.json").is_file()  # the finished step is kept for a resume
+    assert not any(p.name.startswith(".") for p in (tmp_path / "run").iterdir())  # no half-written step
+    nodata = load_pipeline(tiny(data=None, steps=[{"train": {"epochs": 1}}]))
+    with pytest.raises(PipelineError, match="needs data"):
+        run_pipeline(nodata, tmp_path / "run2", progress=False, log=lambda m: None)
+
+
+def test_cli_run_and_errors(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps(tiny(steps=[{"train": {"epochs": 1, "batch_size": 64}}])))
+    assert main(["run", str(path), "--output", str(tmp_path / "r"), "--quiet"]) == 0
+    assert "summary:" in capsys.readouterr().out
+    path.write_text("name: x\nmodel: lenet5\nsteps:\n  - train: {epochs: [}\n")
+    assert main(["run", str(path), "--output", str(tmp_path / "r2")]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
