@@ -272,7 +272,7 @@ def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
                       bool(own["baseline"]))
 
 
-@register_step("export", _parse_export)
+@register_step("export", _parse_export, quick=lambda raw: {**raw, "batch_sizes": [1, 2]})
 def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
     from runtimes._bundle import BundleConfig
