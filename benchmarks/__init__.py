@@ -35,3 +35,25 @@ __all__ = [
     "measure_memory", "paired_speedup", "run_benchmark", "summarize", "time_callable", "validate_results",
     "write_report",
 ]
+
+# the release gate: budgets files and verdicts on a report
+from ._budgets import BudgetError, Budgets, Rule, load_budgets, parse_budgets
+from ._gate import (
+    EXIT_PASS,
+    EXIT_UNMEASURED,
+    EXIT_VIOLATED,
+    Check,
+    GateReport,
+    evaluate_gate,
+    failing_rules,
+    format_table,
+    merge_results,
+    table_rows,
+    write_junit,
+)
+
+__all__ += [
+    "EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "BudgetError", "Budgets", "Check", "GateReport", "Rule",
+    "evaluate_gate", "failing_rules", "format_table", "load_budgets", "merge_results", "parse_budgets",
+    "table_rows", "write_junit",
+]

@@ -1,0 +1,455 @@
+"""The release gate: check a benchmark report (and accuracies) against the rules of a budgets file.
+
+One :class:`Check` per (rule, metric). Latency, throughput and speedup are noisy, so a check
+fails only when the *confidence bound* of the measurement is beyond the budget:
+
+* max-budgets (``max_p50_ms`` ...): pass when the point estimate is within the budget; fail only
+  when the lower end of the two-sided ``confidence`` interval is over it; in between the check
+  passes, marked ``marginal`` ("within noise").
+* min-budgets (``min_throughput_sps``, ``min_speedup``): the same with the upper end.
+
+With ``confidence: 0.95`` a check fails only when the budget lies beyond the 97.5% one-sided
+bound. Intervals: p50 -> the report's ``median_ci_ms`` (re-bootstrapped when its level differs);
+p90/p99 -> a seeded percentile bootstrap over ``samples_ms``; throughput -> ``batch_size * 1000 /
+latency`` at the median and at the ends of its interval; speedup -> ``practical.speedup_ci``.
+Memory (``measured_bytes``) and accuracy are single values, compared as they are.
+
+Exit codes (:attr:`GateReport.exit_code`): any failed check -> :data:`EXIT_VIOLATED` (a definite
+violation is the actionable verdict, and an unmeasured rule must not hide it); otherwise any
+unmeasured check (missing row, an ``oom``/``error`` row, no accuracy given) ->
+:data:`EXIT_UNMEASURED`; otherwise :data:`EXIT_PASS`. Exit code 2 is left to the CLI for bad input.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+import re
+import tempfile
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._budgets import METRICS, Budgets, Rule
+from ._report import _num, validate_results
+from ._stats import DEFAULT_RESAMPLES, bootstrap_median_ci
+
+__all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION", "Check", "GateReport",
+           "evaluate_gate", "failing_rules", "format_table", "merge_results", "table_rows", "write_junit"]
+
+EXIT_PASS = 0
+EXIT_VIOLATED = 1
+EXIT_UNMEASURED = 4
+GATE_SCHEMA_VERSION = 1
+PASS, FAIL, UNMEASURED = "pass", "fail", "unmeasured"
+TABLE_HEADERS = ("rule", "metric", "measured", "bound", "budget", "margin", "status")
+_MB = 2 ** 20
+_PERCENTILE = {"max_p50_ms": ("latency_ms_median", 50.0), "max_p90_ms": ("latency_ms_p90", 90.0),
+               "max_p99_ms": ("latency_ms_p99", 99.0)}
+_TABLES = ("latency", "speedup", "memory")
+_CHUNK_ELEMENTS = 2_000_000  # bootstrap resamples are drawn in blocks of at most this many values
+# characters XML 1.0 cannot hold even escaped (an ANSI colour code in a runtime's error, ...)
+_NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict of one budget of one rule.
+
+    Attributes:
+        rule: the rule the budget belongs to.
+        metric: the budget key (:data:`benchmarks._budgets.METRICS`).
+        status: ``"pass"``, ``"fail"`` or ``"unmeasured"``.
+        budget: the budget, in the metric's unit.
+        measured: the point estimate (median, percentile, MB, top-1 ...), None when unmeasured.
+        bound: the confidence bound compared with the budget (lower end for max-budgets, upper
+            end for min-budgets); None when the metric has no interval or was not measured.
+        margin: headroom in the metric's unit, positive when within budget: ``budget - measured``
+            for max-budgets, ``measured - budget`` for min-budgets.
+        marginal: passed only because the bound is within budget while the point estimate is not.
+        detail: why, in words (the reason for an unmeasured check).
+    """
+
+    rule: Rule
+    metric: str
+    status: str
+    budget: float
+    measured: float | None = None
+    bound: float | None = None
+    margin: float | None = None
+    marginal: bool = False
+    detail: str = ""
+
+    def show(self, value: float | None) -> str:
+        """``value`` rounded for printing, with the metric's unit; a dash for None."""
+        unit = METRICS[self.metric].unit
+        return "—" if value is None else f"{_num(value)} {unit}".rstrip()
+
+    def summary(self) -> str:
+        """One line: measured, bound, budget and margin with units, then the detail."""
+        if self.measured is None:
+            return f"unmeasured (budget {self.show(self.budget)}): {self.detail}"
+        bound = f", bound {self.show(self.bound)}" if self.bound is not None else ""
+        return (f"measured {self.show(self.measured)}{bound}, budget {self.show(self.budget)}, "
+                f"margin {self.show(self.margin)}: {self.detail}")
+
+    def to_dict(self) -> dict[str, Any]:
+        metric = METRICS[self.metric]
+        rule = self.rule
+        return {"rule": rule.name, "bundle": rule.bundle, "runtime": rule.runtime, "device": rule.device,
+                "batch_size": rule.batch_size, "metric": self.metric, "direction": metric.direction,
+                "unit": metric.unit, "status": self.status, "measured": self.measured, "bound": self.bound,
+                "budget": self.budget, "margin": self.margin, "marginal": self.marginal, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """All checks of one gate run, in rule order then :data:`METRICS` order.
+
+    Attributes:
+        checks: the checks.
+        confidence: the level of the intervals used.
+        source: the budgets file, for the reports.
+    """
+
+    checks: tuple[Check, ...]
+    confidence: float
+    source: str = "<budgets>"
+
+    def _with(self, status: str) -> list[Check]:
+        return [c for c in self.checks if c.status == status]
+
+    @property
+    def failed(self) -> list[Check]:
+        return self._with(FAIL)
+
+    @property
+    def unmeasured(self) -> list[Check]:
+        return self._with(UNMEASURED)
+
+    @property
+    def passed(self) -> list[Check]:
+        return self._with(PASS)
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`EXIT_VIOLATED` if any check failed, else :data:`EXIT_UNMEASURED` if any is
+        unmeasured, else :data:`EXIT_PASS`."""
+        if self.failed:
+            return EXIT_VIOLATED
+        return EXIT_UNMEASURED if self.unmeasured else EXIT_PASS
+
+    @property
+    def verdict(self) -> str:
+        return {EXIT_PASS: "pass", EXIT_VIOLATED: "violated", EXIT_UNMEASURED: "unmeasured"}[self.exit_code]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine-readable verdict (``schema_version`` 1), JSON-serialisable."""
+        counts = {s: len(self._with(s)) for s in (PASS, FAIL, UNMEASURED)}
+        counts["marginal"] = sum(c.marginal for c in self.checks)
+        return {"schema_version": GATE_SCHEMA_VERSION, "kind": "cnn-compressor-gate", "budgets": self.source,
+                "confidence": self.confidence, "verdict": self.verdict, "exit_code": self.exit_code,
+                "counts": counts, "checks": [c.to_dict() for c in self.checks]}
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+class _NotMeasured(Exception):
+    """The measurement a check needs is missing; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Measurement:
+    value: float
+    interval: tuple[float, float] | None  # two-sided, at the gate's confidence; None: exact value
+    note: str = ""
+
+
+def _bootstrap_percentile_ci(samples: list[float], q: float, level: float, *, seed: int = 0,
+                            resamples: int = DEFAULT_RESAMPLES) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the ``q``-th percentile (numpy's linear method) of ``samples``."""
+    arr = np.asarray(samples, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples, dtype=np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // arr.size)
+    for start in range(0, resamples, rows):
+        stop = min(start + rows, resamples)
+        stats[start:stop] = np.percentile(arr[rng.integers(0, arr.size, size=(stop - start, arr.size))], q, axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(stats, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    """A report row's (bundle, runtime, device, batch size), the order of :attr:`Rule.target`."""
+    return row["bundle"], row["runtime"], row["device"], row["batch_size"]
+
+
+class _Lookup:
+    """Finds a rule's rows in a results dict and its accuracies, or says why it cannot."""
+
+    def __init__(self, results: dict[str, Any], accuracy: dict[str, Any] | None, confidence: float):
+        self.results = results
+        self.confidence = confidence
+        self.rows = {t: {_row_key(r): r for r in results[t]} for t in _TABLES}
+        self.bundles = [b["name"] for b in results["bundles"]]
+        self.report_baseline = next((b["name"] for b in results["bundles"] if b["role"] == "baseline"), None)
+        self.accuracy = _accuracy_table(accuracy)
+
+    def row(self, table: str, rule: Rule) -> dict[str, Any]:
+        row = self.rows[table].get(rule.target)
+        if row is not None:
+            return row
+        skipped = [s["reason"] for s in self.results["skipped"]
+                   if (s["runtime"], s["device"]) == (rule.runtime, rule.device)]
+        if skipped:
+            raise _NotMeasured(f"{rule.runtime}/{rule.device} was skipped: {skipped[0]}")
+        if rule.bundle not in self.bundles:
+            raise _NotMeasured(f"bundle {rule.bundle!r} is not in the report (bundles: {', '.join(self.bundles)})")
+        if table == "speedup" and rule.bundle == self.report_baseline:
+            raise _NotMeasured(f"{rule.bundle!r} is the report's baseline; it has no speedup over itself")
+        raise _NotMeasured(f"the report has no {table} row for {rule.bundle} on {rule.runtime}/{rule.device} at "
+                           f"batch {rule.batch_size}")
+
+    def ok_row(self, table: str, rule: Rule) -> dict[str, Any]:
+        row = self.row(table, rule)
+        if row["status"] != "ok":
+            raise _NotMeasured(f"the {table} measurement ended with {row['status']}: {row['error']}")
+        return row
+
+    def top1(self, bundle: str, runtime: str, what: str) -> float:
+        value = self.accuracy.get(bundle, {}).get(runtime)
+        if value is None:
+            given = ", ".join(f"{b}/{r}" for b, by in self.accuracy.items() for r in by) or "none"
+            raise _NotMeasured(f"no {what} accuracy for {bundle} on {runtime} (given: {given})")
+        return value
+
+
+def _accuracy_table(accuracy: dict[str, Any] | None) -> dict[str, dict[str, float]]:
+    """``{bundle: {runtime: top1}}`` from either accepted form, values checked to be fractions.
+
+    Accepts ``{bundle: {runtime: top1}, "baseline": {runtime: top1}}`` and a pipeline evaluate
+    step's results (``{"top1": {"bundle": {...}, "baseline_bundle": {...}}}`` or the inner dict;
+    a pipeline names its bundle directories ``bundle`` and ``baseline_bundle``).
+    """
+    if accuracy is None:
+        return {}
+    if not isinstance(accuracy, dict):
+        raise TypeError(f"accuracy must be a mapping {{bundle: {{runtime: top1}}}}, got {type(accuracy).__name__}")
+    if set(accuracy) == {"top1"} and isinstance(accuracy["top1"], dict):
+        accuracy = accuracy["top1"]
+    out: dict[str, dict[str, float]] = {}
+    for bundle, by_runtime in accuracy.items():
+        if not isinstance(by_runtime, dict):
+            raise TypeError(f"accuracy[{bundle!r}] must map runtime names to top-1 fractions, got {by_runtime!r}")
+        for runtime, top1 in by_runtime.items():
+            if isinstance(top1, bool) or not isinstance(top1, (int, float)) or not 0 <= top1 <= 1:
+                raise ValueError(f"accuracy[{bundle!r}][{runtime!r}] must be a top-1 fraction in [0, 1], got {top1!r}")
+        out[bundle] = {r: float(v) for r, v in by_runtime.items()}
+    return out
+
+
+def _throughput_sps(batch_size: int, latency_ms: float) -> float:
+    return batch_size * 1000.0 / latency_ms if latency_ms > 0 else float("inf")
+
+
+def _median_ci(stored: list[float], stored_level: float, raw: list[float], level: float) -> tuple[float, float]:
+    """The stored interval when its level is the gate's, else a fresh bootstrap of the raw values."""
+    if abs(stored_level - level) < 1e-9:
+        return stored[0], stored[1]
+    return bootstrap_median_ci(raw, level=level)
+
+
+def _measure(lookup: _Lookup, rule: Rule, metric: str) -> _Measurement:
+    """The point estimate and interval of ``metric`` for ``rule``; raises _NotMeasured."""
+    level = lookup.confidence
+    if metric in _PERCENTILE or metric == "min_throughput_sps":
+        stats = lookup.ok_row("latency", rule)["stats"]
+        median_ci = _median_ci(stats["median_ci_ms"], stats["ci_level"], stats["samples_ms"], level)
+        if metric == "min_throughput_sps":
+            low, high = (_throughput_sps(rule.batch_size, ms) for ms in reversed(median_ci))
+            return _Measurement(stats["throughput_sps"], (low, high), f"{stats['n']} samples")
+        field, q = _PERCENTILE[metric]
+        interval = median_ci if q == 50.0 else _bootstrap_percentile_ci(stats["samples_ms"], q, level)
+        return _Measurement(stats[field], interval, f"{stats['n']} samples")
+    if metric == "min_speedup":
+        row = lookup.row("speedup", rule)
+        practical = row["practical"]
+        if practical is None:
+            raise _NotMeasured(f"no practical speedup over {row['baseline']} (one of them did not run)")
+        ci = _median_ci(practical["speedup_ci"], practical["ci_level"], practical["ratios"], level)
+        return _Measurement(practical["speedup_median"], ci, f"over {row['baseline']}, {practical['rounds']} rounds")
+    if metric == "max_memory_mb":
+        row = lookup.ok_row("memory", rule)
+        if row["measured_bytes"] is None:
+            raise _NotMeasured("the memory row has no measured TRM")
+        return _Measurement(row["measured_bytes"] / _MB, None, "measured TRM, no interval")
+    top1 = lookup.top1(rule.bundle, rule.runtime, "top-1")
+    if metric == "min_accuracy":
+        return _Measurement(top1, None, "top-1")
+    baseline = "baseline" if "baseline" in lookup.accuracy else lookup.report_baseline
+    if baseline is None:
+        raise _NotMeasured("no baseline accuracy: give accuracy['baseline'] or a report with a baseline bundle")
+    base = lookup.top1(baseline, rule.runtime, "baseline top-1")
+    return _Measurement(base - top1, None, f"baseline top-1 {base:.4f} - top-1 {top1:.4f}")
+
+
+def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float) -> Check:
+    """Apply the confidence-bound rule (module docstring) to one measurement."""
+    budget = rule.budgets[metric]
+    is_max = METRICS[metric].direction == "max"
+    margin = budget - m.value if is_max else m.value - budget
+    bound = None if m.interval is None else (m.interval[0] if is_max else m.interval[1])
+    within = (lambda v: v <= budget) if is_max else (lambda v: v >= budget)
+    side, relation = ("lower", "over") if is_max else ("upper", "under")
+    level = f"{confidence:.0%}"
+    if within(m.value):
+        status, marginal, detail = PASS, False, "within budget"
+    elif bound is not None and within(bound):
+        status, marginal = PASS, True
+        detail = f"within noise: the estimate is {relation} budget, the {side} end of the {level} CI is not"
+    else:
+        status, marginal = FAIL, False
+        detail = (f"the {side} end of the {level} CI is {relation} budget" if bound is not None
+                  else f"{relation} budget")
+    detail = f"{detail} ({m.note})" if m.note else detail
+    return Check(rule, metric, status, budget, m.value, bound, margin, marginal, detail)
+
+
+def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str, Any] | None = None) -> GateReport:
+    """Check every budget of every rule against a benchmark report.
+
+    Args:
+        budgets: the rules (:func:`benchmarks._budgets.load_budgets`).
+        results: a ``results.json`` dict (``benchmarks/results.schema.json``).
+        accuracy: top-1 fractions ``{bundle: {runtime: top1}}``, optionally with ``"baseline":
+            {runtime: top1}`` for ``max_accuracy_drop`` (without it the report's baseline bundle's
+            entry is used); a pipeline evaluate step's ``{"top1": {...}}`` is accepted as well.
+
+    Returns:
+        The checks; :attr:`GateReport.exit_code` is the verdict.
+
+    Raises:
+        ValueError: ``results`` break the schema, or an accuracy is not a fraction in [0, 1].
+        TypeError: ``accuracy`` is not a mapping of mappings.
+    """
+    validate_results(results)
+    lookup = _Lookup(results, accuracy, budgets.confidence)
+    checks = []
+    for rule in budgets.rules:
+        for metric, budget in rule.budgets.items():
+            try:
+                checks.append(_decide(rule, metric, _measure(lookup, rule, metric), budgets.confidence))
+            except _NotMeasured as why:
+                checks.append(Check(rule, metric, UNMEASURED, budget, detail=str(why)))
+    return GateReport(tuple(checks), budgets.confidence, budgets.source)
+
+
+# ----------------------------------------------------------------------------- re-measuring
+
+
+def failing_rules(report: GateReport) -> list[Rule]:
+    """The rules with at least one failed check, once each, in rule order (to re-measure them)."""
+    return list({id(c.rule): c.rule for c in report.failed}.values())
+
+
+def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the latency/speedup/memory rows of a re-measurement ``new`` put in.
+
+    A row of ``new`` replaces the ``old`` row of the same (runtime, device, batch size, bundle)
+    or is appended. Bundles, skips and warnings of ``new`` that ``old`` lacks are added; the
+    environment and config stay ``old``'s. Neither input is changed.
+    """
+    merged, new = copy.deepcopy(old), copy.deepcopy(new)
+    for table in _TABLES:
+        rows = {_row_key(r): r for r in merged[table]}
+        rows.update((_row_key(r), r) for r in new[table])  # a replaced row keeps its place
+        merged[table] = list(rows.values())
+    names = {b["name"] for b in merged["bundles"]}
+    merged["bundles"] += [b for b in new["bundles"] if b["name"] not in names]
+    merged["skipped"] += [s for s in new["skipped"] if s not in merged["skipped"]]
+    merged["warnings"] += [w for w in new["warnings"] if w not in merged["warnings"]]
+    merged["complete"] = old["complete"] and new["complete"]
+    merged["interrupted"] = old["interrupted"] or new["interrupted"]
+    return merged
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def table_rows(report: GateReport) -> list[tuple[str, ...]]:
+    """One row of strings per check, for :data:`TABLE_HEADERS` (plain text or a rich table)."""
+    return [(c.rule.name, c.metric, c.show(c.measured), c.show(c.bound), c.show(c.budget), c.show(c.margin),
+             c.status.upper() + (" (noise)" if c.marginal else "")) for c in report.checks]
+
+
+def format_table(report: GateReport) -> str:
+    """The pass/fail table, the details of non-clean checks, and the verdict line, as plain text."""
+    rows = [TABLE_HEADERS, *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(TABLE_HEADERS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    notes = [f"  {c.rule.name}: {c.metric}: {c.detail}" for c in report.checks if c.status != PASS or c.marginal]
+    if notes:
+        lines += ["", *notes]
+    marginal = sum(c.marginal for c in report.checks)
+    verdict = (f"gate {report.verdict} (exit {report.exit_code}): {len(report.passed)} passed ({marginal} within "
+               f"noise), {len(report.failed)} failed, {len(report.unmeasured)} unmeasured; "
+               f"{report.confidence:.0%} confidence intervals")
+    lines += ["", verdict]
+    return "\n".join(lines) + "\n"
+
+
+def _xml(text: str) -> str:
+    """``text`` with the characters XML cannot hold replaced by U+FFFD."""
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def write_junit(report: GateReport, path: str | Path) -> Path:
+    """Write the checks as JUnit XML, atomically (a temporary file, then ``os.replace``).
+
+    One ``<testsuite name="compressor gate">``; one ``<testcase classname="gate.<bundle>.<runtime>"
+    name="<rule>: <metric>">`` per check, with ``<failure type="BudgetViolated">`` when it failed
+    and ``<error type="Unmeasured">`` when it could not be measured. The messages (and a passing
+    case's ``<system-out>``) carry measured, bound, budget and margin; the suite's
+    ``<properties>`` the budgets file, confidence and verdict.
+
+    Returns:
+        ``path`` as a ``Path``.
+    """
+    path = Path(path)
+    counts = {"tests": len(report.checks), "failures": len(report.failed), "errors": len(report.unmeasured),
+              "skipped": 0}
+    attrs = {k: str(v) for k, v in counts.items()} | {"time": "0.000"}
+    root = ET.Element("testsuites", {"name": "compressor gate", **attrs})
+    suite = ET.SubElement(root, "testsuite", {"name": "compressor gate", **attrs,
+                                              "timestamp": datetime.datetime.now().isoformat(timespec="seconds")})
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("budgets", report.source), ("confidence", report.confidence), ("verdict", report.verdict),
+                        ("exit_code", report.exit_code)):
+        ET.SubElement(props, "property", {"name": name, "value": _xml(str(value))})
+    for c in report.checks:
+        classname = f"gate.{c.rule.bundle.replace('.', '_')}.{c.rule.runtime}"
+        case = ET.SubElement(suite, "testcase", {"classname": _xml(classname), "name": _xml(f"{c.rule.name}: "
+                                                 f"{c.metric}"), "time": "0.000"})
+        summary = _xml(c.summary())
+        if c.status == FAIL:
+            ET.SubElement(case, "failure", {"message": summary, "type": "BudgetViolated"}).text = summary
+        elif c.status == UNMEASURED:
+            ET.SubElement(case, "error", {"message": summary, "type": "Unmeasured"}).text = _xml(c.detail)
+        else:
+            ET.SubElement(case, "system-out").text = summary
+    ET.indent(root)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
