@@ -42,6 +42,7 @@ from ._gate import (
     EXIT_PASS,
     EXIT_UNMEASURED,
     EXIT_VIOLATED,
+    TABLE_HEADERS,
     Check,
     GateReport,
     evaluate_gate,
@@ -53,7 +54,7 @@ from ._gate import (
 )
 
 __all__ += [
-    "EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "BudgetError", "Budgets", "Check", "GateReport", "Rule",
+    "EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "TABLE_HEADERS", "BudgetError", "Budgets", "Check", "GateReport", "Rule",
     "evaluate_gate", "failing_rules", "format_table", "load_budgets", "merge_results", "parse_budgets",
     "table_rows", "write_junit",
 ]

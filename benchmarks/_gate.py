@@ -37,7 +37,7 @@ from ._budgets import METRICS, Budgets, Rule
 from ._report import _num, validate_results
 from ._stats import DEFAULT_RESAMPLES, bootstrap_median_ci
 
-__all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION", "Check", "GateReport",
+__all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION", "TABLE_HEADERS", "Check", "GateReport",
            "evaluate_gate", "failing_rules", "format_table", "merge_results", "table_rows", "write_junit"]
 
 EXIT_PASS = 0
