@@ -296,7 +296,7 @@ def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
         model = _current(ctx, model_key)
         exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
                                  source=ctx.state.get(model_key) or ctx.pipeline.model, weights=(model.compressor_metadata or {}).get("weights"),
-                                 progress=lambda m: ctx.log(f"    {m}"))
+                                 progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"))
         updates[out_key] = ctx.output(out_key)
         parity[out_key] = [{k: r[k] for k in ("runtime", "batch_size", "max_abs_error", "max_rel_error", "passed")}
                            for r in exported.bundle.parity]
@@ -381,9 +381,15 @@ def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     """Latency, throughput and memory of the pruned bundle against the baseline; the HTML/Markdown report."""
     from benchmarks import run_benchmark, write_report
 
+    import warnings
+
     baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
-    results = run_benchmark([ctx.path("bundle")], baseline, _bench_config(config, ctx.pipeline.threads),
-                            progress=ctx.progress)
+    with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results = run_benchmark([ctx.path("bundle")], baseline, _bench_config(config, ctx.pipeline.threads),
+                                progress=ctx.progress)
+    for message in results["warnings"]:
+        ctx.log(f"    warning: {message}")
     write_report(results, ctx.step_dir / "report")
     speedups = [{"runtime": r["runtime"], "device": r["device"], "batch_size": r["batch_size"],
                  "practical": (r["practical"] or {}).get("speedup_median"), "theoretical": r["theoretical"],
