@@ -369,6 +369,94 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _accuracy_file(path: str | None) -> dict[str, Any] | None:
+    """``--accuracy``: ``{bundle: {runtime: top1}}`` JSON, or a pipeline run's ``summary.json``/directory."""
+    if not path:
+        return None
+    source = Path(path)
+    source = source / "summary.json" if source.is_dir() else source
+    if not source.is_file():
+        raise ValueError(f"--accuracy file {source} does not exist")
+    data = json.loads(source.read_text())
+    results = (data.get("state") or {}).get("results") if isinstance(data, dict) else None
+    if results:  # a pipeline summary: the last evaluate step's {bundle: {runtime: top1}}
+        evaluated = [r["top1"] for name, r in results.items() if name.endswith("_evaluate")]
+        if not evaluated:
+            raise ValueError(f"{source} is a pipeline summary without an evaluate step")
+        return evaluated[-1]
+    return data
+
+
+def _measure_for(rules: list[Any], bundles: list[str], baseline: str | None, threads: int | None,
+                 quiet: bool) -> dict[str, Any]:
+    """Benchmark exactly what the rules need (their runtimes, devices and batch sizes)."""
+    from benchmarks import BenchConfig, run_benchmark
+
+    config = BenchConfig(runtimes=tuple(sorted({r.runtime for r in rules})),
+                         devices=tuple(sorted({r.device for r in rules})),
+                         batch_sizes=tuple(sorted({r.batch_size for r in rules})), threads=threads,
+                         memory=any("max_memory_mb" in r.budgets for r in rules))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return run_benchmark(bundles, baseline, config, progress=not quiet)
+
+
+def cmd_gate(args: argparse.Namespace) -> int:
+    """Check a benchmark report (or fresh measurements) against a budgets file; exit 0/1/4."""
+    from benchmarks import (TABLE_HEADERS, BudgetError, evaluate_gate, failing_rules, load_budgets, merge_results,
+                            table_rows, write_junit)
+    from runtimes import BundleError
+
+    try:
+        budgets = load_budgets(args.budgets)
+        accuracy = _accuracy_file(args.accuracy)
+        if args.report:
+            report_path = Path(args.report)
+            report_path = report_path / "results.json" if report_path.is_dir() else report_path
+            if not report_path.is_file():
+                raise ValueError(f"--report {report_path} does not exist")
+            results = json.loads(report_path.read_text())
+        elif args.bundles:
+            results = _measure_for(list(budgets.rules), args.bundles, args.baseline, args.threads, args.quiet)
+        else:
+            raise ValueError("give --report (a benchmark report) or --bundles (to measure them now)")
+        report = evaluate_gate(budgets, results, accuracy)
+        if args.remeasure and report.failed:
+            rules = failing_rules(report)
+            paths = [b["path"] for b in results.get("bundles", []) if b.get("role") == "candidate"]
+            base = next((b["path"] for b in results.get("bundles", []) if b.get("role") == "baseline"), None)
+            print(f"re-measuring {len(rules)} failing rule(s) before deciding ...", file=sys.stderr)
+            results = merge_results(results, _measure_for(rules, paths, base, args.threads, args.quiet))
+            report = evaluate_gate(budgets, results, accuracy)
+    except (BudgetError, BundleError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"release gate: {args.budgets} (confidence {budgets.confidence:g})")
+    for col in TABLE_HEADERS:
+        table.add_column(col)
+    for row in table_rows(report):
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    if args.junit:
+        write_junit(report, args.junit)
+    if args.json:
+        _atomic_text(Path(args.json), json.dumps(report.to_dict(), indent=1))
+    print(f"gate: {report.verdict} ({len(report.passed)} passed, {len(report.failed)} failed, "
+          f"{len(report.unmeasured)} not measured) -> exit {report.exit_code}")
+    return report.exit_code
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
 
 
@@ -515,6 +603,20 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a saved model")
     i.add_argument("path")
     i.set_defaults(func=cmd_info)
+
+    gt = sub.add_parser("gate", help="check latency/throughput/memory/accuracy/speedup budgets; exit 0 pass, "
+                        "1 violated, 4 not measured, 2 bad input")
+    gt.add_argument("budgets", help="budgets YAML file")
+    gt.add_argument("--report", help="benchmark report (results.json or its directory)")
+    gt.add_argument("--bundles", nargs="+", help="measure these bundles now instead of reading a report")
+    gt.add_argument("--baseline", help="baseline bundle for speedup rules (with --bundles)")
+    gt.add_argument("--accuracy", help="JSON {bundle: {runtime: top1}}, or a pipeline run (its summary.json)")
+    gt.add_argument("--remeasure", action="store_true", help="re-measure failing rules once before deciding")
+    gt.add_argument("--threads", type=int, help="runtime threads when measuring")
+    gt.add_argument("--junit", help="write a JUnit XML file here")
+    gt.add_argument("--json", help="write the gate report as JSON here")
+    gt.add_argument("--quiet", action="store_true")
+    gt.set_defaults(func=cmd_gate)
 
     for name, help_text in (("run", "run a pipeline file (default: the built-in demo)"),
                             ("demo", "run the built-in example end to end (same as `compressor run`)")):
