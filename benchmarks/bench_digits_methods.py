@@ -114,7 +114,7 @@ def _environment(threads: int) -> dict[str, Any]:
         from benchmarks._env import collect_environment
 
         env = collect_environment()
-    except Exception as exc:  # the report must not depend on the harness's extras
+    except Exception as exc:  # noqa: BLE001 - the report must not depend on the harness's extras
         env = {"error": f"{type(exc).__name__}: {exc}", "python": platform.python_version()}
     env.update({"torch": torch.__version__, "threads": threads, "cpu": env.get("cpu_model") or platform.processor()
                 or platform.machine(), "cpu_cores_available": len(os.sched_getaffinity(0))
@@ -268,21 +268,21 @@ def markdown(summary: dict[str, Any], config: dict[str, Any], env: dict[str, Any
         "# Digits: pruning methods against ThinResNet at 50% FLOPs",
         "",
         f"- Status: {status}; written {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')}",
-        f"- Model: CIFAR ResNet-20 (width 16) trained from scratch, {config['base_epochs']} epochs, SGD lr "
-        f"{config['base_lr']} cosine, batch {config['batch_size']}; digits 1,437 train / 360 test images (3x32x32)",
-        f"- Pruning: target_flops {TARGET_FLOPS}, round_to 1, residual coupled unless the row says internal; "
-        f"{config['finetune_epochs']} training epochs after the base for every method "
-        f"(fine-tune SGD lr {config['finetune_lr']} cosine per phase, batch {config['batch_size']})",
-        f"- ThinResNet: uniform width, trained from scratch {config['base_epochs'] + config['finetune_epochs']} "
-        f"epochs with the base recipe; reference for 'vs ThinResNet': {thin_ref}",
-        f"- Seeds: {', '.join(map(str, config['seeds']))} (each seed retrains the base, every method and ThinResNet); "
-        f"top-1 mean ± sample std over the runs that finished",
-        f"- Machine: {env.get('cpu')}, {env.get('cpu_cores_available')} cores available, {config['threads']} torch "
-        f"threads, torch {env.get('torch')}; shared machine, so seconds are indicative only",
+        (f"- Model: CIFAR ResNet-20 (width 16) trained from scratch, {config['base_epochs']} epochs, SGD lr "
+         f"{config['base_lr']} cosine, batch {config['batch_size']}; digits 1,437 train / 360 test images (3x32x32)"),
+        (f"- Pruning: target_flops {TARGET_FLOPS}, round_to 1, residual coupled unless the row says internal; "
+         f"{config['finetune_epochs']} training epochs after the base for every method "
+         f"(fine-tune SGD lr {config['finetune_lr']} cosine per phase, batch {config['batch_size']})"),
+        (f"- ThinResNet: uniform width, trained from scratch {config['base_epochs'] + config['finetune_epochs']} "
+         f"epochs with the base recipe; reference for 'vs ThinResNet': {thin_ref}"),
+        (f"- Seeds: {', '.join(map(str, config['seeds']))} (each seed retrains the base, every method and "
+         "ThinResNet); top-1 mean ± sample std over the runs that finished"),
+        (f"- Machine: {env.get('cpu')}, {env.get('cpu_cores_available')} cores available, {config['threads']} torch "
+         f"threads, torch {env.get('torch')}; shared machine, so seconds are indicative only"),
         "- FLOPs = MACs per sample; FLOPs % and params % are of the unpruned width-16 model",
         "",
-        "| method | criterion | strategy | FLOPs % | params % | top-1 % mean ± std (n runs) | min | "
-        "drop vs unpruned (points) | vs ThinResNet (points) | seconds |",
+        ("| method | criterion | strategy | FLOPs % | params % | top-1 % mean ± std (n runs) | min | "
+         "drop vs unpruned (points) | vs ThinResNet (points) | seconds |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary["rows"]:
@@ -299,18 +299,18 @@ def markdown(summary: dict[str, Any], config: dict[str, Any], env: dict[str, Any
     if v:
         above = "n/a" if v["above_thin"] is None else ("yes" if v["above_thin"] else "no")
         lines += [
-            f"Best method: **{v['best_method']}**, {v['best_top1']:.2f}% against {v['unpruned_top1']:.2f}% unpruned "
-            f"(drop {v['drop_points']:+.2f} points; goal ≤ 0.5: {'yes' if v['drop_ok'] else 'no'}) and "
-            f"{_f(v['thin_top1'], '.2f')}% for {v['thin_reference']} (above it: {above}). "
-            f"Goal met: **{'yes' if v['goal_met'] else 'no'}**.",
+            (f"Best method: **{v['best_method']}**, {v['best_top1']:.2f}% against {v['unpruned_top1']:.2f}% "
+             f"unpruned (drop {v['drop_points']:+.2f} points; goal ≤ 0.5: {'yes' if v['drop_ok'] else 'no'}) and "
+             + (f"{_f(v['thin_top1'], '.2f')}% for {v['thin_reference']}" if v["thin_reference"] else "no ThinResNet run")
+             + f" (above it: {above}). Goal met: **{'yes' if v['goal_met'] else 'no'}**."),
             "",
             f"Per seed, {v['best_method']} minus unpruned / minus {v['thin_reference']} (points): " + "; ".join(
                 f"seed {p['seed']}: {_f(p['minus_unpruned'], '.2f', True)} / {_f(p['minus_thin'], '.2f', True)}"
                 for p in v["per_seed"]) + ".",
             "",
-            "Read the verdict with care: one test image is 0.28 points of top-1, so differences of a point or "
-            "less between rows are a few images, within the seed-to-seed std; and the best method is picked "
-            f"after the fact, on the test split, among {v['methods_compared']} methods, which favours it.",
+            ("Read the verdict with care: one test image is 0.28 points of top-1, so differences of a point or "
+             "less between rows are a few images, within the seed-to-seed std; and the best method is picked "
+             f"after the fact, on the test split, among {v['methods_compared']} methods, which favours it."),
         ]
     crashed = [s["method"] for s in summary["rows"] if s["errors"]]
     if crashed:
@@ -454,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"status": "ok", "top1": _top1(model, test, args.threads), "flops_ratio": cost.macs / full.macs,
                        "params_ratio": cost.params / full.params, "macs": cost.macs, "params": cost.params,
                        "seconds": secs}
-            except Exception:
+            except Exception:  # noqa: BLE001 - a crash is a row of the report, not the end of the sweep
                 row = {"status": "error", "error": traceback.format_exc()}
             report({"seed": seed, "method": name, "kind": "baseline", "criterion": None, "strategy": "thinresnet",
                     "width": w, "train_epochs": args.base_epochs + args.finetune_epochs, **row})
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 row = {"status": "ok", **run_method(method, copy.deepcopy(base_model), args, seed, data, x)}
-            except Exception:
+            except Exception:  # noqa: BLE001 - a crash is a row of the report, not the end of the sweep
                 row = {"status": "error", "error": traceback.format_exc(), "seconds": time.perf_counter() - t0}
             report({"seed": seed, "method": method.name, "kind": "method", "criterion": method.criterion,
                     "strategy": method.strategy, "residual": method.residual, "wall_s": time.perf_counter() - t0,
