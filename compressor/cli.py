@@ -77,8 +77,9 @@ def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dic
 def _config(args: argparse.Namespace) -> PruneConfig:
     from ._cli_train import parse_assignments
 
+    searched = args.target_latency_ms is not None  # the FLOPs target is what the latency search chooses
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
-                       target_flops=args.target_flops, target_params=args.target_params, round_to=args.round_to,
+                       target_flops=1.0 if searched else args.target_flops, target_params=args.target_params, round_to=args.round_to,
                        min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
                        allow_renormalization=not args.no_renormalization, submodule=args.submodule,
                        criterion_options=parse_assignments(args.criterion_option or [], "--criterion-option"),
@@ -106,6 +107,8 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
 
     strategy, train = _strategy(args)
     needs_data = get_criterion(config.criterion).needs_data
+    if args.target_latency_ms is not None:
+        return _prune_to_latency(args, config, model, size)
     if args.strategy == "oneshot" and strategy.finetune_epochs == 0 and not needs_data and not args.data:
         result = _api.prune_model(model, example, config)
         return result.model, {"channels_removed": result.report.channels_removed,
@@ -126,6 +129,37 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
 
     top1 = evaluate_classification(result.model, eval_sets[0], threads=args.threads).top1
     return result.model, {"strategy": result.to_dict(), "eval_top1": top1, "seconds": {"strategy": result.seconds}}
+
+
+def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module,
+                      size: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """--target-latency-ms: search the FLOPs target by measuring candidates on --runtime."""
+    from benchmarks._latency_prune import prune_to_latency
+
+    if args.strategy != "oneshot" or args.finetune_epochs:
+        raise ValueError("--target-latency-ms searches a one-shot pruning; fine-tune the result afterwards "
+                         "(compressor train --model OUT ...)")
+    data = None
+    if args.data:
+        from ._datasets import parse_data_spec
+
+        data = parse_data_spec(args.data, size).train_set()
+    result = prune_to_latency(model, tuple(size), config, args.target_latency_ms, runtime=args.runtime,
+                              batch_size=args.latency_batch_size, threads=args.threads, data=data,
+                              progress=None if args.quiet else lambda m: print(f"  {m}"))
+    chosen, guess = result.chosen, result.flops_guess
+    print(f"latency budget {args.target_latency_ms:g} ms on {args.runtime} (batch {args.latency_batch_size}): "
+          f"chosen model keeps {chosen.flops_ratio:.1%} of the FLOPs, median {chosen.latency_ms_median:.3f} ms "
+          f"(95% CI {chosen.latency_ms_ci[0]:.3f}-{chosen.latency_ms_ci[1]:.3f})")
+    if guess is not None:
+        print(f"FLOPs-proportional guess (target_flops {guess.target_flops:.3f}): {guess.flops_ratio:.1%} of the FLOPs, "
+              f"median {guess.latency_ms_median:.3f} ms: {'meets' if guess.meets(args.target_latency_ms) else 'misses'} "
+              f"the budget")
+    facts = result.to_dict()
+    for c in [facts["unpruned"], facts["chosen"], facts["flops_guess"], *facts["candidates"]]:
+        if c:
+            c.pop("samples_ms", None)
+    return result.model, {"latency_search": facts}
 
 
 def _layer_rows(before: torch.nn.Module, after: torch.nn.Module, example: Any) -> list[dict[str, Any]]:
@@ -525,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--global-ratio", type=float, help="fraction of removable channels, ranked globally")
     target.add_argument("--target-flops", type=float, help="fraction of FLOPs to keep")
     target.add_argument("--target-params", type=float, help="fraction of parameters to keep")
+    target.add_argument("--target-latency-ms", type=float, help="latency budget per batch, measured on --runtime "
+                        "(searches the FLOPs target by timing candidates)")
+    p.add_argument("--runtime", default="onnxruntime", help="runtime of --target-latency-ms (onnxruntime, openvino ...)")
+    p.add_argument("--latency-batch-size", type=int, default=1, help="batch size of --target-latency-ms")
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")
