@@ -494,4 +494,59 @@ def _closest(options: Any, build: Any, macs: float, x: torch.Tensor) -> Any:
     return min(options, key=lambda o: abs(math.log(count_cost(build(o), x).macs / macs)))
 
 
-_STEP_KINDS = ("train", "prune", "finetune", "fold", "export", "evaluate", "bench", "baselines")
+# ---- gate ----------------------------------------------------------------------------------------
+
+
+class GateFailed(PipelineError):
+    """The gate step's verdict was not a pass; ``exit_code`` is the gate's (1 violated, 4 unmeasured)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class GateStep:
+    budgets: Any  # a file path, or the budgets mapping inline
+    remeasure: bool = False
+
+
+def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
+    from benchmarks import load_budgets, parse_budgets
+
+    own, _ = _split(raw, {"budgets": None, "remeasure": False})
+    budgets = own["budgets"]
+    if isinstance(budgets, str):
+        load_budgets(budgets)  # validated now: a wrong key fails before anything runs
+    elif isinstance(budgets, dict):
+        import yaml
+
+        parse_budgets(yaml.safe_dump(budgets), "inline budgets")
+    else:
+        raise ValueError("'budgets' must be a budgets file path or an inline {confidence, rules} mapping")
+    return GateStep(budgets, bool(own["remeasure"]))
+
+
+@register_step("gate", _parse_gate)
+def gate_step(config: GateStep, ctx: StepContext) -> dict[str, Any]:
+    """Check the bench step's report (and the evaluate step's accuracy) against latency/accuracy budgets."""
+    import json
+
+    import yaml
+    from benchmarks import evaluate_gate, format_table, load_budgets, parse_budgets, write_junit
+
+    budgets = (load_budgets(config.budgets) if isinstance(config.budgets, str)
+               else parse_budgets(yaml.safe_dump(config.budgets), "gate budgets"))
+    results = json.loads((ctx.path("report") / "results.json").read_text())
+    evaluated = [r["top1"] for name, r in ctx.state.get("results", {}).items() if name.endswith("_evaluate")]
+    report = evaluate_gate(budgets, results, evaluated[-1] if evaluated else None)
+    junit = write_junit(report, ctx.run_dir / "gate-junit.xml")  # outside the step: kept when the gate fails
+    for line in format_table(report).splitlines():
+        ctx.log(f"    {line}")
+    if report.exit_code:
+        raise GateFailed(f"gate {report.verdict}: {len(report.failed)} failed, {len(report.unmeasured)} not measured "
+                         f"(JUnit XML: {junit})", report.exit_code)
+    return {"results": {"verdict": report.verdict, "checks": len(report.checks)}}
+
+
+_STEP_KINDS = ("train", "prune", "finetune", "fold", "export", "evaluate", "bench", "baselines", "gate")

@@ -505,7 +505,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_pipeline(pipeline, output, force=args.force, progress=not args.quiet)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # a failed gate step exits with the gate's code
     from rich.console import Console
     from rich.table import Table
 

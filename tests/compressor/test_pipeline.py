@@ -136,3 +136,26 @@ def test_cli_run_and_errors(tmp_path, capsys):
     assert "not valid YAML" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "nope.yaml")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _gated(rules):
+    return tiny(steps=[{"train": {"epochs": 1, "lr": 0.003, "optimizer": "adamw", "batch_size": 64}},
+                       {"prune": {"criterion": "l1", "ratio": 0.5}},
+                       {"export": {"to": ["onnx"], "batch_sizes": [1]}}, {"evaluate": {}},
+                       {"bench": {"runtimes": ["onnxruntime"], "batch_sizes": [1], "min_seconds": 0.2,
+                                  "max_seconds": 1.0, "memory": False}},
+                       {"gate": {"budgets": {"rules": rules}}}])
+
+
+def test_gate_step_passes_and_fails_the_run(tmp_path, capsys):
+    ok = [{"bundle": "bundle", "runtime": "onnxruntime", "batch_size": 1, "max_p50_ms": 10000, "min_accuracy": 0.0}]
+    result = run_pipeline(load_pipeline(_gated(ok)), tmp_path / "a", progress=False, log=lambda m: None)
+    assert result.state["results"]["06_gate"]["verdict"] == "pass"
+    bad = [{"bundle": "bundle", "runtime": "onnxruntime", "batch_size": 1, "max_p50_ms": 0.001}]
+    path = tmp_path / "p.yaml"
+    path.write_text(json.dumps(_gated(bad)))
+    assert main(["run", str(path), "--output", str(tmp_path / "b"), "--quiet"]) == 1
+    assert "gate violated" in capsys.readouterr().err
+    assert (tmp_path / "b" / "gate-junit.xml").is_file() and not (tmp_path / "b" / "06_gate").exists()
+    with pytest.raises(PipelineError, match="max_p50_ms"):
+        load_pipeline(_gated([{"bundle": "bundle", "runtime": "onnxruntime", "batch_size": 1, "max_p50_ms": -1}]))
