@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,12 +442,7 @@ def write_junit(report: GateReport, path: str | Path) -> Path:
         else:
             ET.SubElement(case, "system-out").text = summary
     ET.indent(root)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            ET.ElementTree(root).write(f, encoding="utf-8", xml_declaration=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from runtimes._files import atomic_write_bytes
+
+    atomic_write_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
     return path

@@ -38,6 +38,8 @@ from typing import Any, Callable
 
 import yaml
 
+from ._serialize import atomic_directory
+
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 STEP_FILE = "step.json"
@@ -249,9 +251,9 @@ def _identity(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    from runtimes._files import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 
 def _claim(run_dir: Path, identity: dict[str, Any], force: bool, source: str) -> None:
@@ -307,24 +309,20 @@ def run_pipeline(pipeline: Pipeline, output: str | os.PathLike, *, force: bool =
                 log(f"[{step.index + 1}/{total}] {step.kind}: unchanged, skipped ({name}/)")
                 continue
         log(f"[{step.index + 1}/{total}] {step.kind} ...")
-        tmp = run_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        ctx = StepContext(pipeline, run_dir, tmp, name, json.loads(json.dumps(state)), progress, log)
         t0 = time.perf_counter()
-        try:
+
+        def execute(tmp: Path, step: Step = step, name: str = name, chain: str = chain) -> None:
+            nonlocal state
+            ctx = StepContext(pipeline, run_dir, tmp, name, json.loads(json.dumps(state)), progress, log)
             updates = _STEPS[step.kind].run(step.config, ctx)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            results = updates.pop("results", None)
+            state = {**state, **updates, "results": {**state.get("results", {}),
+                                                     **({name: results} if results is not None else {})}}
+            _write_json(tmp / STEP_FILE, {"hash": chain, "kind": step.kind, "config": step.raw, "status": "done",
+                                          "seconds": time.perf_counter() - t0, "state": state, "results": results})
+
+        atomic_directory(final, execute)  # a failed step leaves neither a half-written nor a stale directory
         seconds = time.perf_counter() - t0
-        results = updates.pop("results", None)
-        state = {**state, **updates, "results": {**state.get("results", {}),
-                                                 **({name: results} if results is not None else {})}}
-        _write_json(tmp / STEP_FILE, {"hash": chain, "kind": step.kind, "config": step.raw, "status": "done",
-                                      "seconds": seconds, "state": state, "results": results})
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
         _write_json(run_dir / STATE_FILE, state)
         result.executed.append(name)
         log(f"[{step.index + 1}/{total}] {step.kind}: done in {seconds:.1f}s ({name}/)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +69,8 @@ def write_run_summary(pipeline: Any, result: Any) -> Path:
     if result.state.get("report"):
         lines += [f"Benchmark report: `{result.state['report']}/report.html` (plots, latency percentiles, memory "
                   f"against TRM) and `{result.state['report']}/summary.md`.", ""]
-    for name, path in ((run_dir / "summary.json", None), (run_dir / "summary.md", None)):
-        tmp = name.with_name(name.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=1, default=str) if name.suffix == ".json" else "\n".join(lines))
-        os.replace(tmp, name)
+    from runtimes._files import atomic_write_bytes
+
+    atomic_write_bytes(run_dir / "summary.json", json.dumps(data, indent=1, default=str).encode())
+    atomic_write_bytes(run_dir / "summary.md", "\n".join(lines).encode())
     return run_dir / "summary.md"

@@ -477,18 +477,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(report, args.junit)
     if args.json:
-        _atomic_text(Path(args.json), json.dumps(report.to_dict(), indent=1))
+        from runtimes._files import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.json), json.dumps(report.to_dict(), indent=1).encode())
     print(f"gate: {report.verdict} ({len(report.passed)} passed, {len(report.failed)} failed, "
           f"{len(report.unmeasured)} not measured) -> exit {report.exit_code}")
     return report.exit_code
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
