@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,7 +37,7 @@ from ._api import apply_removal, graph_for, prune_model
 from ._config import JsonConfig, PruneConfig
 from ._cost import count_cost
 from ._criteria import CriterionContext, get_criterion, producer_weights
-from ._graph import PRODUCER_KINDS, DependencyGraph, _as_tuple
+from ._graph import PRODUCER_KINDS, ChannelGroup, DependencyGraph, _as_tuple
 from ._select import select_removal
 from ._surgery import zero_channels_
 from ._train import TrainCallbacks, TrainConfig, train
@@ -192,9 +193,17 @@ class _Run:
     progress: bool
     base_macs: float
     base_params: int
+    graph: DependencyGraph  # of the unpruned model; soft strategies keep its structure until the end
     history: list[dict[str, Any]] = field(default_factory=list)
-    base_removable: int = 0
-    original_widths: dict[str, int] = field(default_factory=dict)  # producer layer -> output channels
+
+    @property
+    def base_removable(self) -> int:
+        return int(self.graph.removable.size)
+
+    @property
+    def original_widths(self) -> dict[str, int]:
+        """Output channels of every producer layer of the unpruned model."""
+        return {m.module: m.size for m in self.graph.members if m.kind in PRODUCER_KINDS}
 
     def fit(self, model: nn.Module, epochs: int, phase: str, callbacks: TrainCallbacks | None = None) -> None:
         """Train ``model`` in place for ``epochs`` (nothing when 0) and log the phase."""
@@ -259,24 +268,31 @@ class _Run:
         Each group keeps ``round((1 - r * fraction) * original width)`` channels, so that
         repeated small steps do not drift through rounding. Keys are escaped layer names.
         """
-        import re
-
         patterns = [(re.compile(p), r) for p, r in self.prune.layer_ratios.items()]
+        widths = self.original_widths
         out = {}
-        for group in graph.groups:
-            if not group.removable.size:
-                continue
-            names = [graph.members[m].module for m in group.members if graph.members[m].kind in PRODUCER_KINDS]
-            if not names:
-                continue
+        for group, names in _prunable_groups(graph):
             ratio = self.prune.ratio
             for pattern, r in patterns:
                 if any(pattern.fullmatch(n) for n in names):
                     ratio = r
-            original = self.original_widths.get(names[0], len(group.atoms))
-            keep = round((1 - ratio * fraction) * original)
+            keep = round((1 - ratio * fraction) * widths.get(names[0], len(group.atoms)))
             out[re.escape(names[0])] = min(max(1 - keep / len(group.atoms), 0.0), 0.999999)
         return out
+
+
+def _prunable_groups(graph: DependencyGraph) -> list[tuple[ChannelGroup, list[str]]]:
+    """(group, names of the layers producing its channels) of every group with removable channels.
+
+    A layer-wise config keyed by ``re.escape(names[0])`` addresses exactly that group, since
+    ``layer_ratios`` apply to the channels a matching layer produces.
+    """
+    out = []
+    for group in graph.groups:
+        names = [graph.members[m].module for m in group.members if graph.members[m].kind in PRODUCER_KINDS]
+        if group.removable.size and names:
+            out.append((group, names))
+    return out
 
 
 def _check_inputs(prune: PruneConfig, strategy: StrategyConfig, train_config: TrainConfig, train_data: Any) -> None:
@@ -326,10 +342,7 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
     work = copy.deepcopy(model)
     base = count_cost(work, inputs)
     run = _Run(work, inputs, prune, strategy, train_config, train_data, eval_data, loss_fn, progress,
-               base.macs, base.params)
-    graph = graph_for(work, inputs, prune)
-    run.base_removable = int(graph.removable.size)
-    run.original_widths = {member.module: member.size for member in graph.members if member.kind in PRODUCER_KINDS}
+               base.macs, base.params, graph_for(work, inputs, prune))
     pruned = get_strategy(strategy.name)(run)
     run.fit(pruned, strategy.finetune_epochs, "finetune")
     macs, params = run.cost(pruned)
@@ -381,14 +394,15 @@ def recalibrate_batchnorm_(model: nn.Module, data: Any, batches: int, batch_size
     return used
 
 
-def _log_removal(run: _Run, phase: str, model: nn.Module, **extra: Any) -> None:
-    """Recalibrate BatchNorm after a physical removal, and log the cost reached."""
+def _log_removal(run: _Run, phase: str, model: nn.Module, **extra: Any) -> tuple[float, int]:
+    """Recalibrate BatchNorm after a physical removal, log the cost reached and return it (MACs, params)."""
     if run.strategy.bn_recalibration and run.train_data is not None:
         extra["bn_recalibration_batches"] = recalibrate_batchnorm_(
             model, run.train_data, run.strategy.bn_recalibration, run.train_config.batch_size, run.prune.seed)
     macs, params = run.cost(model)
     run.history.append({"phase": phase, "flops_ratio": macs / run.base_macs, "params_ratio": params / run.base_params,
                         **extra})
+    return macs, params
 
 
 @register_strategy("oneshot")
@@ -414,9 +428,9 @@ def iterative(run: _Run) -> nn.Module:
     amount = _target_amount(run.prune)
     iterations = max(1, math.ceil(amount / s.step - 1e-9))
     model, done, removed_atoms = run.model, 0.0, 0
+    macs, params = run.base_macs, run.base_params  # retraining keeps the architecture: only removals change them
     for i in range(1, iterations + 1):
         fraction = min(1.0, i * s.step / amount) if amount > 0 else 1.0
-        macs, params = run.cost(model)
         graph = graph_for(model, run.inputs, run.prune) if done > 0 and run.prune.ratio is not None else None
         config = run.share(fraction, removed_atoms=removed_atoms, macs_now=macs, params_now=params, done=done,
                            graph_now=graph)
@@ -427,7 +441,8 @@ def iterative(run: _Run) -> nn.Module:
             result = prune_model(model, run.inputs, config, data=run.train_data, loss_fn=run.loss_fn)
             model = result.model
             removed_atoms += result.report.channels_removed
-            _log_removal(run, f"iteration {i}: prune", model, channels_removed=result.report.channels_removed)
+            macs, params = _log_removal(run, f"iteration {i}: prune", model,
+                                        channels_removed=result.report.channels_removed)
         run.fit(model, s.retrain_epochs, f"iteration {i}: retrain")
         done = fraction
     return model
@@ -440,13 +455,8 @@ def _per_layer_shares(run: _Run, graph: DependencyGraph, final: np.ndarray, frac
     into per-layer rates once, from the first ranking, so the layers do not trade channels
     from one epoch to the next.
     """
-    import re
-
-    ratios = {}
-    for group in graph.groups:
-        names = [graph.members[m].module for m in group.members if graph.members[m].kind in PRODUCER_KINDS]
-        if group.removable.size and names:
-            ratios[re.escape(names[0])] = fraction * float(final[group.atoms].sum()) / len(group.atoms)
+    ratios = {re.escape(names[0]): fraction * float(final[group.atoms].sum()) / len(group.atoms)
+              for group, names in _prunable_groups(graph)}
     return dataclasses.replace(run.prune, ratio=0.0, global_ratio=None, target_flops=None, target_params=None,
                                layer_ratios=ratios)
 
@@ -471,7 +481,7 @@ def _zeroing_callbacks(run: _Run, graph: DependencyGraph, fraction_at: Callable[
 def psfp(run: _Run) -> nn.Module:
     """Progressive soft filter pruning: zero on the exponential schedule, remove at the end."""
     s = run.strategy
-    graph = graph_for(run.model, run.inputs, run.prune)
+    graph = run.graph
     masks: list[np.ndarray] = []
     # seed 000 eq. 11-12: the zeroed share after epoch e (1-based t = e + 1) follows P'_t / P
     share = lambda e: 1.0 if e + 1 >= s.epochs else psfp_schedule(e + 1, s.epochs, 1.0, s.psfp_d)  # noqa: E731
@@ -503,7 +513,7 @@ def _producer_rows(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
 def autobalance(run: _Run) -> nn.Module:
     """Auto-Balance: weaken P and strengthen R by a balanced L2 regulariser, then remove P."""
     s = run.strategy
-    graph = graph_for(run.model, run.inputs, run.prune)
+    graph = run.graph
     removed = select_removal(graph, run.weight_scores(run.model, graph), run.prune)
     eps = 1e-12
     terms = []  # (module, P rows, lambda_P, R rows, lambda_R), fixed at the start (seed 000 Alg. 3)
@@ -556,7 +566,7 @@ def play_and_prune(run: _Run) -> nn.Module:
     """
     s = run.strategy
     model, data = run.model, run.eval_data if run.eval_data is not None else run.train_data
-    graph = graph_for(model, run.inputs, run.prune)
+    graph = run.graph
     modules = dict(model.named_modules())
     producers = [(m, modules[graph.members[m].module]) for m in producer_weights(model, graph)]
     xi = _accuracy(model, data)
