@@ -12,6 +12,12 @@ def _pct(value: Any) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def deployed_accuracy(state: dict[str, Any]) -> dict[str, dict[str, float]] | None:
+    """The last evaluate step's ``{bundle: {runtime: top1}}`` of a run's state (None without one)."""
+    evaluated = [r["top1"] for name, r in state.get("results", {}).items() if name.endswith("_evaluate")]
+    return evaluated[-1] if evaluated else None
+
+
 def summary_rows(state: dict[str, Any]) -> dict[str, list[list[str]]]:
     """The tables of the summary (accuracy per runtime, pruning, baselines, speedups) as text rows."""
     results = state.get("results", {})

@@ -379,9 +379,9 @@ def _bench_config(step: BenchStep, threads: int | None) -> Any:
                                                          "max_seconds": 1.0, "memory": False})
 def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     """Latency, throughput and memory of the pruned bundle against the baseline; the HTML/Markdown report."""
-    from benchmarks import run_benchmark, write_report
-
     import warnings
+
+    from benchmarks import run_benchmark, write_report
 
     baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
     with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
@@ -533,13 +533,21 @@ def gate_step(config: GateStep, ctx: StepContext) -> dict[str, Any]:
     import json
 
     import yaml
-    from benchmarks import evaluate_gate, format_table, load_budgets, parse_budgets, write_junit
+
+    from benchmarks import (
+        evaluate_gate,
+        format_table,
+        load_budgets,
+        parse_budgets,
+        write_junit,
+    )
 
     budgets = (load_budgets(config.budgets) if isinstance(config.budgets, str)
                else parse_budgets(yaml.safe_dump(config.budgets), "gate budgets"))
     results = json.loads((ctx.path("report") / "results.json").read_text())
-    evaluated = [r["top1"] for name, r in ctx.state.get("results", {}).items() if name.endswith("_evaluate")]
-    report = evaluate_gate(budgets, results, evaluated[-1] if evaluated else None)
+    from ._pipeline_report import deployed_accuracy
+
+    report = evaluate_gate(budgets, results, deployed_accuracy(ctx.state))
     junit = write_junit(report, ctx.run_dir / "gate-junit.xml")  # outside the step: kept when the gate fails
     for line in format_table(report).splitlines():
         ctx.log(f"    {line}")

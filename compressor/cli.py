@@ -15,8 +15,8 @@ from . import _api
 from ._config import PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
-from ._strategies import list_strategies
 from ._serialize import SPEC_FILE, load_model, read_spec, save_model
+from ._strategies import list_strategies
 from .errors import CompressorError
 
 SUMMARY_FILE = "summary.json"
@@ -412,12 +412,14 @@ def _accuracy_file(path: str | None) -> dict[str, Any] | None:
     if not source.is_file():
         raise ValueError(f"--accuracy file {source} does not exist")
     data = json.loads(source.read_text())
-    results = (data.get("state") or {}).get("results") if isinstance(data, dict) else None
-    if results:  # a pipeline summary: the last evaluate step's {bundle: {runtime: top1}}
-        evaluated = [r["top1"] for name, r in results.items() if name.endswith("_evaluate")]
-        if not evaluated:
+    state = data.get("state") if isinstance(data, dict) else None
+    if state and state.get("results"):  # a pipeline summary
+        from ._pipeline_report import deployed_accuracy
+
+        accuracy = deployed_accuracy(state)
+        if accuracy is None:
             raise ValueError(f"{source} is a pipeline summary without an evaluate step")
-        return evaluated[-1]
+        return accuracy
     return data
 
 
@@ -437,8 +439,16 @@ def _measure_for(rules: list[Any], bundles: list[str], baseline: str | None, thr
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Check a benchmark report (or fresh measurements) against a budgets file; exit 0/1/4."""
-    from benchmarks import (TABLE_HEADERS, BudgetError, evaluate_gate, failing_rules, load_budgets, merge_results,
-                            table_rows, write_junit)
+    from benchmarks import (
+        TABLE_HEADERS,
+        BudgetError,
+        evaluate_gate,
+        failing_rules,
+        load_budgets,
+        merge_results,
+        table_rows,
+        write_junit,
+    )
     from runtimes import BundleError
 
     try:
@@ -465,15 +475,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     except (BudgetError, BundleError, ValueError, TypeError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"release gate: {args.budgets} (confidence {budgets.confidence:g})")
-    for col in TABLE_HEADERS:
-        table.add_column(col)
-    for row in table_rows(report):
-        table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    _print_rows(f"release gate: {args.budgets} (confidence {budgets.confidence:g})", TABLE_HEADERS,
+                table_rows(report))
     if args.junit:
         write_junit(report, args.junit)
     if args.json:
@@ -483,6 +486,19 @@ def cmd_gate(args: argparse.Namespace) -> int:
     print(f"gate: {report.verdict} ({len(report.passed)} passed, {len(report.failed)} failed, "
           f"{len(report.unmeasured)} not measured) -> exit {report.exit_code}")
     return report.exit_code
+
+
+def _print_rows(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table of text rows; in logs (not a terminal) wide enough never to truncate names."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in headers:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
 DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
@@ -500,17 +516,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)  # a failed gate step exits with the gate's code
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 120)
     for title, rows in summary_rows(result.state).items():
-        table = Table(title=title)
-        for col in HEADERS[title]:
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        _print_rows(title, HEADERS[title], rows)
     print(f"run finished in {result.seconds:.0f}s: {len(result.executed)} steps run, {len(result.skipped)} skipped")
     print(f"summary: {output}/summary.md (summary.json)")
     if result.state.get("report"):
