@@ -99,10 +99,10 @@ def _save(ctx: StepContext, model: torch.nn.Module, name: str = "model", **metad
     return ctx.output(name)
 
 
-def _top1(model: Any, data_spec: Any, runtime: str | None = None, threads: int | None = None) -> float:
+def _top1(model: Any, eval_set: Any, runtime: str | None = None, threads: int | None = None) -> float:
     from ._evaluate import evaluate_classification
 
-    return evaluate_classification(model, data_spec.eval_sets()[0], runtime=runtime, threads=threads).top1
+    return evaluate_classification(model, eval_set, runtime=runtime, threads=threads).top1
 
 
 def _example(ctx: StepContext) -> torch.Tensor:
@@ -123,14 +123,13 @@ def _parse_train(raw: dict[str, Any], where: str) -> TrainStep:
     return TrainStep(TrainConfig.from_dict(rest), own["data"])
 
 
-def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module) -> dict[str, Any]:
+def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module, train_set: Any, eval_set: Any) -> dict[str, Any]:
     from ._train import train
 
-    spec = _spec(ctx, config.data)
     threads = config.train.threads or ctx.pipeline.threads
     train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
-    result = train(model, spec.train_set(), train_config, output=ctx.step_dir / "checkpoints",
-                   eval_fn=lambda m: {"top1": _top1(m, spec, threads=threads)}, progress=ctx.progress)
+    result = train(model, train_set, train_config, output=ctx.step_dir / "checkpoints",
+                   eval_fn=lambda m: {"top1": _top1(m, eval_set, threads=threads)}, progress=ctx.progress)
     return {"epochs": result.epochs_completed, "top1": result.final_metrics.get("top1"),
             "train_seconds": result.train_s, "data": config.data or ctx.state.get("data") or ctx.pipeline.data}
 
@@ -141,13 +140,13 @@ def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
     from ._datasets import build_model
 
     spec = _spec(ctx, config.data)
+    train_set = spec.train_set()
     if ctx.state.get("model"):
         model = _current(ctx)
     else:
         torch.manual_seed(ctx.pipeline.seed)
-        classes = spec.train_set().num_classes
-        model, _ = build_model(ctx.pipeline.model, spec, classes, dict(ctx.pipeline.model_args))
-    results = _fit(config, ctx, model)
+        model, _ = build_model(ctx.pipeline.model, spec, train_set.num_classes, dict(ctx.pipeline.model_args))
+    results = _fit(config, ctx, model, train_set, spec.eval_sets()[0])
     path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: train on {results['data']}",
                                       "trained": True})
     updates = {"model": path, "input_size": list(spec.input_size), "epochs_total":
@@ -162,7 +161,8 @@ def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
 def finetune_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
     """Fine-tune the current model (after pruning, or on a target task before it)."""
     model = _current(ctx)
-    results = _fit(config, ctx, model)
+    spec = _spec(ctx, config.data)
+    results = _fit(config, ctx, model, spec.train_set(), spec.eval_sets()[0])
     path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: finetune on {results['data']}",
                                       "trained": True})
     updates = {"model": path, "epochs_total": ctx.state.get("epochs_total", 0) + results["epochs"],
@@ -213,12 +213,12 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
     if threads:
         torch.set_num_threads(threads)
+    eval_set = spec.eval_sets()[0] if spec else None
     result = run_strategy(model, _example(ctx), config.prune, config.strategy,
-                          train_data=spec.train_set() if spec else None,
-                          eval_data=spec.eval_sets()[0] if spec else None, train_config=train_config,
-                          progress=ctx.progress)
+                          train_data=spec.train_set() if spec else None, eval_data=eval_set,
+                          train_config=train_config, progress=ctx.progress)
     epochs = sum(p.get("epochs", 0) for p in result.history)
-    top1 = _top1(result.model, spec, threads=threads) if spec else None
+    top1 = _top1(result.model, eval_set, threads=threads) if spec else None
     path = _save(ctx, result.model)
     summary = {k: v for k, v in result.to_dict().items() if k != "recipe"}
     return {"model": path, "pruned": True, "epochs_total": ctx.state.get("epochs_total", 0) + epochs,
@@ -329,7 +329,7 @@ def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
     from runtimes import load_bundle
     from runtimes._bundle import TARGET_RUNTIME
 
-    spec = _spec(ctx, config.data)
+    eval_set = _spec(ctx, config.data).eval_sets()[0]
     results: dict[str, dict[str, float]] = {}
     keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
     for key in keys:
@@ -339,7 +339,7 @@ def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
             if runtime not in available:
                 raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
                                     f"(it has {available}); add it to the export step's 'to'")
-            results.setdefault(key, {})[runtime] = _top1(path, spec, runtime=runtime, threads=ctx.pipeline.threads)
+            results.setdefault(key, {})[runtime] = _top1(path, eval_set, runtime=runtime, threads=ctx.pipeline.threads)
             ctx.log(f"    {key} on {runtime}: top-1 {results[key][runtime]:.2%}")
     return {"results": {"top1": results}}
 
@@ -438,10 +438,13 @@ def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
 
     name = ctx.pipeline.model
     spec = _spec(ctx, config.data)
-    classes = spec.train_set().num_classes
+    train_set, eval_set = spec.train_set(), spec.eval_sets()[0]
+    classes = train_set.num_classes
     x = _example(ctx)
-    target = count_cost(_current(ctx), x)
-    original = count_cost(_current(ctx, "baseline_model"), x) if ctx.state.get("baseline_model") else None
+    pruned = _current(ctx)
+    unpruned = _current(ctx, "baseline_model") if ctx.state.get("baseline_model") else None
+    target = count_cost(pruned, x)
+    original = count_cost(unpruned, x) if unpruned is not None else None
     channels = _input_size(ctx)[0]
     candidates: list[tuple[str, Any]] = []
     depth = _cifar_depth(name)
@@ -468,18 +471,18 @@ def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
     train_config = TrainConfig.from_dict({**(ctx.state.get("train_config") or {}), **config.train, "epochs": epochs})
     train_config = dataclasses.replace(train_config, threads=train_config.threads or ctx.pipeline.threads)
     rows = [{"model": "pruned", "macs": target.macs, "params": target.params,
-             "top1": _top1(_current(ctx), spec, threads=ctx.pipeline.threads), "epochs": ctx.state.get("epochs_total")}]
+             "top1": _top1(pruned, eval_set, threads=ctx.pipeline.threads), "epochs": ctx.state.get("epochs_total")}]
     if original:
         rows.insert(0, {"model": "unpruned", "macs": original.macs, "params": original.params,
-                        "top1": _top1(_current(ctx, "baseline_model"), spec, threads=ctx.pipeline.threads),
+                        "top1": _top1(unpruned, eval_set, threads=ctx.pipeline.threads),
                         "epochs": None})
     for label, make in candidates:
         torch.manual_seed(ctx.pipeline.seed)
         model = make()
-        train(model, spec.train_set(), train_config, progress=ctx.progress)
+        train(model, train_set, train_config, progress=ctx.progress)
         cost = count_cost(model, x)
         rows.append({"model": label, "macs": cost.macs, "params": cost.params,
-                     "top1": _top1(model, spec, threads=ctx.pipeline.threads), "epochs": epochs})
+                     "top1": _top1(model, eval_set, threads=ctx.pipeline.threads), "epochs": epochs})
         ctx.log(f"    {label}: top-1 {rows[-1]['top1']:.2%} at {cost.macs / target.macs:.2f}x the pruned MACs")
     base = original.macs if original else target.macs
     for row in rows:
