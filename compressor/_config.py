@@ -3,11 +3,31 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 TARGET_KEYS = ("ratio", "global_ratio", "target_flops", "target_params")
+Check = tuple[Callable[[Any], bool], str]  # (valid(value), what the value must be)
+
+
+def is_int(value: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def int_at_least(lo: int) -> Check:
+    return (lambda v: is_int(v) and v >= lo), f"an integer >= {lo}"
+
+
+def number_where(ok: Callable[[float], bool], what: str) -> Check:
+    return (lambda v: is_number(v) and ok(v)), what
 
 
 class JsonConfig:
@@ -127,7 +147,7 @@ class PruneConfig(JsonConfig):
             raise ValueError(f"residual must be one of {RESIDUAL_POLICIES}, got {self.residual!r}")
         for key in ("calib_batches", "calib_batch_size"):
             value = getattr(self, key)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{key} must be an integer >= 1, got {value!r}")
 
     @property

@@ -19,19 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._config import int_at_least, number_where
 from ._criteria import (CriterionContext, aggregate_member_scores, output_members, producer_weights,
                         register_criterion)
 from ._graph import PRODUCER_KINDS, DependencyGraph
 from ._modes import evaluating
 from ._train import TrainCallbacks, TrainConfig, train
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_pos(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value > 0
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -129,7 +122,7 @@ def channel_entropy(values: np.ndarray, bins: int) -> np.ndarray:
 
 
 @register_criterion("entropy", needs_data=True, defaults={"bins": 10},
-                    checks={"bins": (lambda v: _is_int(v) and v >= 2, "an integer >= 2")})
+                    checks={"bins": int_at_least(2)})
 def entropy(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
     """Entropy of each channel's global-average-pooled response (Luo & Wu; seed 000 eq. 27, Alg. 7).
 
@@ -182,10 +175,12 @@ def _rng_kept(device: torch.device) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+_POSITIVE = number_where(lambda v: v > 0, "a number > 0")
+
+
 @register_criterion("aux_loss", needs_data=True, defaults={"epochs": 1, "lam": 1e-5, "lr": 0.01, "batch_size": 64},
-                    checks={"epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-                            "lam": (_is_pos, "a number > 0"), "lr": (_is_pos, "a number > 0"),
-                            "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1")})
+                    checks={"epochs": int_at_least(1), "lam": _POSITIVE, "lr": _POSITIVE,
+                            "batch_size": int_at_least(1)})
 def aux_loss(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
     """Sensitivity to a fatuous auxiliary loss (seed 002, eq. 1–3).
 

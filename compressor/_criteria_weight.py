@@ -15,6 +15,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import pdist
 from torch import nn
 
+from ._config import number_where
 from ._criteria import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
 from ._graph import PRODUCER_KINDS, DependencyGraph
 from ._modes import evaluating
@@ -73,11 +74,7 @@ def simc_layer_scores(w: torch.Tensor, tau: float) -> np.ndarray:
     return scores
 
 
-def _is_tau(t: Any) -> bool:
-    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1
-
-
-@register_criterion("simc", defaults={"tau": 0.9}, checks={"tau": (_is_tau, "in (0, 1]")})
+@register_criterion("simc", defaults={"tau": 0.9}, checks={"tau": number_where(lambda t: 0 < t <= 1, "in (0, 1]")})
 def simc(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
     """Cosine-similarity clustering, one filter kept per cluster (Ayinde & Zurada; seed 000 eq. 1-2, Alg. 2).
 

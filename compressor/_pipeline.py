@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
+from ._config import is_int
 from ._serialize import atomic_directory
 
 RUN_FILE = "run.json"
@@ -139,9 +140,9 @@ def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = F
     if not isinstance(model_args, dict):
         raise PipelineError(f"{where}: 'model_args' must be a mapping, got {model_args!r}")
     seed, threads = data.get("seed", 0), data.get("threads")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise PipelineError(f"{where}: 'seed' must be an integer >= 0, got {seed!r}")
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+    if threads is not None and (not is_int(threads) or threads < 1):
         raise PipelineError(f"{where}: 'threads' must be an integer >= 1 or absent, got {threads!r}")
     input_size = data.get("input_size")
     if input_size is not None:

@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._config import int_at_least, is_number
 from ._criteria import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
 from ._graph import DependencyGraph
 from ._modes import evaluating
 from .errors import CompressorError
 
-_POSITIVE_INT = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1")
-_CHECKS = {"points": _POSITIVE_INT}
+_CHECKS = {"points": int_at_least(1)}
 
 
 # ---- sampling the consumers' inputs --------------------------------------------------------------
@@ -297,7 +297,7 @@ def lasso_channel_selection(a: np.ndarray, y: np.ndarray, keep: int, tol: float 
 
 
 def _keep_ratio_ok(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1)
+    return v is None or (is_number(v) and 0 < v <= 1)
 
 
 def lasso_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
@@ -372,6 +372,6 @@ def refit_consumers_(original: nn.Module, pruned: nn.Module, graph: DependencyGr
 register_criterion("thinet", needs_data=True, defaults={"points": 2048}, checks=_CHECKS,
                    after_removal=refit_consumers_)(thinet_criterion)
 register_criterion("lasso", needs_data=True, defaults={"points": 2048, "alphas": 20, "keep_ratio": None},
-                   checks={**_CHECKS, "alphas": (lambda v: _POSITIVE_INT[0](v) and v >= 2, "an integer >= 2"),
+                   checks={**_CHECKS, "alphas": int_at_least(2),
                            "keep_ratio": (_keep_ratio_ok, "None or a number in (0, 1]")},
                    after_removal=refit_consumers_)(lasso_criterion)

@@ -34,7 +34,7 @@ from scipy.optimize import brentq
 from torch import nn
 
 from ._api import apply_removal, graph_for, prune_model
-from ._config import JsonConfig, PruneConfig
+from ._config import JsonConfig, PruneConfig, int_at_least, number_where
 from ._cost import count_cost
 from ._criteria import CriterionContext, get_criterion, producer_weights
 from ._graph import PRODUCER_KINDS, ChannelGroup, DependencyGraph, _as_tuple
@@ -69,24 +69,16 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(list_strategies())}") from None
 
 
-def _int(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
-
-
-def _num(ok: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)), what
-
-
 _RULES = {
-    "finetune_epochs": _int(0), "rank_epochs": _int(0), "retrain_epochs": _int(0), "epochs": _int(1),
-    "step": _num(lambda v: 0 < v <= 1, "in (0, 1]"),
-    "psfp_d": _num(lambda v: 0 < v < 0.75, "in (0, 0.75)"),
-    "ab_alpha": _num(lambda v: v > 0, "> 0"),
-    "pp_fraction": _num(lambda v: 0 < v < 1, "in (0, 1)"),
-    "pp_lambda": _num(lambda v: v >= 0, ">= 0"),
-    "pp_delta": _num(lambda v: v > 1, "> 1"),
-    "tolerance": _num(lambda v: v >= 0, ">= 0 (an accuracy drop, as a fraction)"),
-    "bn_recalibration": _int(0),
+    "finetune_epochs": int_at_least(0), "rank_epochs": int_at_least(0), "retrain_epochs": int_at_least(0), "epochs": int_at_least(1),
+    "step": number_where(lambda v: 0 < v <= 1, "in (0, 1]"),
+    "psfp_d": number_where(lambda v: 0 < v < 0.75, "in (0, 0.75)"),
+    "ab_alpha": number_where(lambda v: v > 0, "> 0"),
+    "pp_fraction": number_where(lambda v: 0 < v < 1, "in (0, 1)"),
+    "pp_lambda": number_where(lambda v: v >= 0, ">= 0"),
+    "pp_delta": number_where(lambda v: v > 1, "> 1"),
+    "tolerance": number_where(lambda v: v >= 0, ">= 0 (an accuracy drop, as a fraction)"),
+    "bn_recalibration": int_at_least(0),
 }
 
 

@@ -56,7 +56,7 @@ from ._checkpoint import (
     architecture_fingerprint,
     load_checkpoint_weights_,
 )
-from ._config import JsonConfig
+from ._config import JsonConfig, is_int, is_number
 from ._modes import module_modes, restore_modes_
 
 # the checkpoint names are re-exported: `from compressor._train import CheckpointError` keeps working
@@ -134,32 +134,24 @@ class TrainConfig(JsonConfig):
 
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 _RULES: dict[str, tuple[Callable[[Any, TrainConfig], bool], str]] = {  # field: (valid(value, config), what it must be)
-    **{key: (lambda v, c: _is_int(v) and v >= 1, "an integer >= 1")
+    **{key: (lambda v, c: is_int(v) and v >= 1, "an integer >= 1")
        for key in ("epochs", "batch_size", "step_size", "checkpoint_every", "eval_every")},
-    "seed": (lambda v, c: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "num_workers": (lambda v, c: _is_int(v) and v >= 0, "an integer >= 0"),
-    "threads": (lambda v, c: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
-    "lr": (lambda v, c: _is_num(v) and v > 0, "> 0"),
+    "seed": (lambda v, c: is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "num_workers": (lambda v, c: is_int(v) and v >= 0, "an integer >= 0"),
+    "threads": (lambda v, c: v is None or (is_int(v) and v >= 1), "None or an integer >= 1"),
+    "lr": (lambda v, c: is_number(v) and v > 0, "> 0"),
     "optimizer": (lambda v, c: v in OPTIMIZERS, f"one of {OPTIMIZERS}"),
     "schedule": (lambda v, c: v in SCHEDULES, f"one of {SCHEDULES}"),
-    "momentum": (lambda v, c: _is_num(v) and 0 <= v < 1, "in [0, 1)"),
-    "weight_decay": (lambda v, c: _is_num(v) and v >= 0, ">= 0"),
+    "momentum": (lambda v, c: is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (lambda v, c: is_number(v) and v >= 0, ">= 0"),
     "nesterov": (lambda v, c: isinstance(v, bool) and (not v or (c.optimizer == "sgd" and c.momentum > 0)),
                  "a bool, True only with optimizer 'sgd' and momentum > 0"),
-    "gamma": (lambda v, c: _is_num(v) and 0 < v <= 1, "in (0, 1]"),
-    "warmup_epochs": (lambda v, c: _is_num(v) and 0 <= v <= c.epochs, "in [0, epochs]"),
-    "label_smoothing": (lambda v, c: _is_num(v) and 0 <= v < 1, "in [0, 1)"),
-    "ema_decay": (lambda v, c: v is None or (_is_num(v) and 0 < v < 1), "None or in (0, 1)"),
-    "grad_clip": (lambda v, c: v is None or (_is_num(v) and v > 0), "None or > 0"),
+    "gamma": (lambda v, c: is_number(v) and 0 < v <= 1, "in (0, 1]"),
+    "warmup_epochs": (lambda v, c: is_number(v) and 0 <= v <= c.epochs, "in [0, epochs]"),
+    "label_smoothing": (lambda v, c: is_number(v) and 0 <= v < 1, "in [0, 1)"),
+    "ema_decay": (lambda v, c: v is None or (is_number(v) and 0 < v < 1), "None or in (0, 1)"),
+    "grad_clip": (lambda v, c: v is None or (is_number(v) and v > 0), "None or > 0"),
     "drop_last": (lambda v, c: isinstance(v, bool), "a bool"),
     "shuffle": (lambda v, c: isinstance(v, bool), "a bool"),
     "monitor": (lambda v, c: v is None or isinstance(v, str), "None or a metric name"),
