@@ -7,7 +7,7 @@ Public API::
     compressor.train(model, compressor.digits_dataset("train"), compressor.TrainConfig(epochs=10))
     compressor.evaluate_classification("bundle/", compressor.digits_dataset("test"), runtime="openvino")
 """
-from ._api import LayerChange, PruneReport, PruneResult, prune, prune_model
+from ._api import LayerChange, PruneReport, PruneResult, PruningPlan, plan_pruning, prune, prune_model
 from ._config import PruneConfig
 from ._cost import CostReport, LayerCostRow, count_cost
 from ._criteria import (CriterionContext, CriterionSpec, aggregate_member_scores, get_criterion, list_criteria,
@@ -22,6 +22,7 @@ from ._export import ExportConfig, OnnxInfo, export_onnx
 from ._fold import FoldReport, fold_batchnorm
 from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
 from ._select import select_removal
+from ._select_cost import RemovalPath, cost_aware_path
 from ._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, recalibrate_batchnorm_, register_strategy, run_strategy
 from ._serialize import load_model, save_model
 from ._surgery import prune_channels_, zero_channels_
@@ -32,7 +33,8 @@ __all__ = [
     "run_strategy", "ChannelGroup", "CompressorError", "CriterionContext", "CriterionSpec", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
-    "prune_model", "register_criterion", "select_removal", "zero_channels_",
+    "prune_model", "register_criterion", "select_removal", "zero_channels_", "PruningPlan", "plan_pruning",
+    "RemovalPath", "cost_aware_path",
     "CheckpointError", "ClassificationResult", "DatasetError", "MarketDataset", "PKSampler", "ReIDLoss", "ReIDResult",
     "TrainCallbacks", "TrainConfig", "TrainResult", "batch_hard_triplet_loss", "digits_dataset", "evaluate_classification",
     "evaluate_reid", "evaluate_reid_model", "image_folder_dataset", "load_checkpoint_weights_", "make_synthetic_market",

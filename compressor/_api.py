@@ -99,13 +99,61 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages);
         ValueError when a data-based criterion gets no ``data``.
     """
-    spec = get_criterion(config.criterion)
-    if spec.needs_data and data is None:
-        raise ValueError(f"criterion {config.criterion!r} is data-based and needs calibration data "
-                         "(prune_model(..., data=dataset); CLI: --data digits)")
     if config.submodule:
+        _check_data(config, data)
         return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
                                 loss_fn=loss_fn)
+    plan = plan_pruning(model, example_inputs, config, data=data, loss_fn=loss_fn)
+    t0 = time.perf_counter()
+    removed = select_removal(plan.graph, plan.scores, config)
+    plan.seconds["select"] += time.perf_counter() - t0
+    return plan.apply(removed, inplace=inplace, verify=verify)
+
+
+def _check_data(config: PruneConfig, data: Any) -> None:
+    if get_criterion(config.criterion).needs_data and data is None:
+        raise ValueError(f"criterion {config.criterion!r} is data-based and needs calibration data "
+                         "(prune_model(..., data=dataset); CLI: --data digits)")
+
+
+@dataclass
+class PruningPlan:
+    """A model's dependency graph and channel scores, before any channel is chosen.
+
+    :func:`prune_model` chooses the channels for the config's target; a caller with another way
+    to choose them (a latency table, see ``benchmarks``) scores once and applies many choices.
+    """
+
+    model: nn.Module
+    example_inputs: Any
+    config: PruneConfig
+    graph: DependencyGraph
+    scores: np.ndarray  # per atom; low = remove first
+    context: CriterionContext
+    seconds: dict[str, float]
+
+    def apply(self, removed: np.ndarray, *, inplace: bool = False, verify: bool = True,
+              record: dict[str, Any] | None = None) -> PruneResult:
+        """Remove the atoms flagged in ``removed`` (and run the criterion's refit, if it has one)."""
+        spec = get_criterion(self.config.criterion)
+        original = copy.deepcopy(self.model) if inplace and spec.after_removal else self.model
+        result = apply_removal(self.model, self.example_inputs, self.graph, removed, self.config, inplace=inplace,
+                               verify=verify, record=record)
+        if spec.after_removal:
+            after = spec.after_removal(original, result.model, self.graph, removed, self.context)
+            if after:
+                result.report.config["after_removal"] = after
+        result.report.seconds = {**self.seconds, **result.report.seconds}
+        return result
+
+
+def plan_pruning(model: nn.Module, example_inputs: Any, config: PruneConfig, *, data: Any = None,
+                 loss_fn: Any = None) -> PruningPlan:
+    """Trace ``model`` and score its channels with ``config``'s criterion (see :func:`prune_model`)."""
+    _check_data(config, data)
+    if config.submodule:
+        raise ValueError("plan_pruning takes the whole model; a submodule is pruned by prune_model")
+    spec = get_criterion(config.criterion)
     t0 = time.perf_counter()
     graph = graph_for(model, example_inputs, config)
     t1 = time.perf_counter()
@@ -113,16 +161,8 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
                            batch_size=config.calib_batch_size, num_batches=config.calib_batches,
                            options=spec.resolve_options(config.criterion_options), seed=config.seed)
     scores = spec(model, graph, ctx)
-    removed = select_removal(graph, scores, config)
-    t2 = time.perf_counter()
-    original = copy.deepcopy(model) if inplace and spec.after_removal else model
-    result = apply_removal(model, example_inputs, graph, removed, config, inplace=inplace, verify=verify)
-    if spec.after_removal:
-        after = spec.after_removal(original, result.model, graph, removed, ctx)
-        if after:
-            result.report.config["after_removal"] = after
-    result.report.seconds = {"graph": t1 - t0, "select": t2 - t1, **result.report.seconds}
-    return result
+    return PruningPlan(model, example_inputs, config, graph, scores, ctx,
+                       {"graph": t1 - t0, "select": time.perf_counter() - t1})
 
 
 def graph_for(model: nn.Module, example_inputs: Any, config: PruneConfig) -> DependencyGraph:

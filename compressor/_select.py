@@ -64,12 +64,7 @@ def select_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConf
     if removable.size == 0:
         reasons = "; ".join(f"{n} channels: {r}" for r, n in sorted(graph.unsupported.items(), key=lambda kv: -kv[1]))
         raise UnprunableModelError(f"no channel of this model can be removed ({reasons or 'no prunable layers'})")
-    floor = max(config.min_channels, config.round_to)
-    inc = _Incidence(graph, floor)
-    order = inc.feasible(removable[np.argsort(scores[removable], kind="stable")])
-    group_of = np.full(graph.num_atoms, -1, dtype=np.int64)
-    for g in graph.groups:
-        group_of[g.atoms] = g.index
+    order, group_of = _feasible_order(graph, scores, config)
     key, value = config.target
     if key == "ratio":
         return _layerwise(graph, order, group_of, config)
@@ -79,6 +74,25 @@ def select_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConf
         removed[order[:count]] = True
         return _rounded(graph, order, group_of, removed, config.round_to)
     return _to_cost_target(graph, order, group_of, config, key, value)
+
+
+def _feasible_order(graph: DependencyGraph, scores: np.ndarray, config: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The feasible removal order (by increasing score) and the group of every atom."""
+    removable = graph.removable
+    inc = _Incidence(graph, max(config.min_channels, config.round_to))
+    order = inc.feasible(removable[np.argsort(scores[removable], kind="stable")])
+    group_of = np.full(graph.num_atoms, -1, dtype=np.int64)
+    for g in graph.groups:
+        group_of[g.atoms] = g.index
+    return order, group_of
+
+
+def smallest_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConfig) -> np.ndarray:
+    """Bool-per-atom mask of the most that ``config`` lets be removed (every layer at its floor)."""
+    order, group_of = _feasible_order(graph, scores, config)
+    removed = np.zeros(graph.num_atoms, dtype=bool)
+    removed[order] = True
+    return _rounded(graph, order, group_of, removed, config.round_to)
 
 
 def _group_widths(graph: DependencyGraph) -> np.ndarray:

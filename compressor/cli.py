@@ -133,7 +133,7 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
 
 def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module,
                       size: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """--target-latency-ms: search the FLOPs target by measuring candidates on --runtime."""
+    """--target-latency-ms: the least pruning that meets the budget measured on --runtime (--latency-method)."""
     from benchmarks._latency_prune import prune_to_latency
 
     if args.strategy != "oneshot" or args.finetune_epochs:
@@ -144,22 +144,37 @@ def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torc
         from ._datasets import parse_data_spec
 
         data = parse_data_spec(args.data, size).train_set()
-    result = prune_to_latency(model, tuple(size), config, args.target_latency_ms, runtime=args.runtime,
+    result = prune_to_latency(model, tuple(size), config, args.target_latency_ms, method=args.latency_method,
+                              compare=not args.no_latency_compare, runtime=args.runtime,
                               batch_size=args.latency_batch_size, threads=args.threads, data=data,
-                              progress=None if args.quiet else lambda m: print(f"  {m}"))
-    chosen, guess = result.chosen, result.flops_guess
-    print(f"latency budget {args.target_latency_ms:g} ms on {args.runtime} (batch {args.latency_batch_size}): "
-          f"chosen model keeps {chosen.flops_ratio:.1%} of the FLOPs, median {chosen.latency_ms_median:.3f} ms "
-          f"(95% CI {chosen.latency_ms_ci[0]:.3f}-{chosen.latency_ms_ci[1]:.3f})")
-    if guess is not None:
-        print(f"FLOPs-proportional guess (target_flops {guess.target_flops:.3f}): {guess.flops_ratio:.1%} of the FLOPs, "
-              f"median {guess.latency_ms_median:.3f} ms: {'meets' if guess.meets(args.target_latency_ms) else 'misses'} "
-              f"the budget")
-    facts = result.to_dict()
-    for c in [facts["unpruned"], facts["chosen"], facts["flops_guess"], *facts["candidates"]]:
-        if c:
-            c.pop("samples_ms", None)
-    return result.model, {"latency_search": facts}
+                              table_path=args.latency_table, progress=None if args.quiet else lambda m: print(f"  {m}"))
+    _print_latency_result(result, args)
+    return result.model, {"latency_search": result.to_dict(samples=False)}
+
+
+def _print_latency_result(result: Any, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    budget = result.budget_ms
+    table = Table(title=f"latency budget {budget:g} ms on {result.runtime} (batch {result.batch_size})")
+    for col in ("model", "FLOPs kept", "params kept", "median ms (95% CI)", "budget"):
+        table.add_column(col, justify="left" if col in ("model", "budget") else "right")
+    rows = [("unpruned", result.unpruned), ("FLOPs-proportional guess", result.flops_guess)]
+    if result.method == "lut":
+        rows += [("FLOPs target (measured search)", result.flops_chosen), ("latency table (chosen)", result.chosen)]
+    else:
+        rows += [("FLOPs target (chosen)", result.chosen)]
+    for name, c in rows:
+        if c is not None:
+            table.add_row(name, f"{c.flops_ratio:.1%}", f"{c.params_ratio:.1%}",
+                          f"{c.latency_ms_median:.3f} ({c.latency_ms_ci[0]:.3f}-{c.latency_ms_ci[1]:.3f})",
+                          "meets" if c.meets(budget) else "misses")
+    Console().print(table)
+    other = result.flops_chosen
+    if result.method == "lut" and other is not None and other is not result.chosen:
+        print(f"at the same budget the latency table keeps {result.chosen.flops_ratio - other.flops_ratio:+.1%} FLOPs "
+              f"and {result.chosen.params_ratio - other.params_ratio:+.1%} params against the FLOPs target")
 
 
 def _layer_rows(before: torch.nn.Module, after: torch.nn.Module, example: Any) -> list[dict[str, Any]]:
@@ -561,9 +576,16 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-flops", type=float, help="fraction of FLOPs to keep")
     target.add_argument("--target-params", type=float, help="fraction of parameters to keep")
     target.add_argument("--target-latency-ms", type=float, help="latency budget per batch, measured on --runtime "
-                        "(searches the FLOPs target by timing candidates)")
+                        "(the least pruning whose measured latency meets it; see --latency-method)")
     p.add_argument("--runtime", default="onnxruntime", help="runtime of --target-latency-ms (onnxruntime, openvino ...)")
     p.add_argument("--latency-batch-size", type=int, default=1, help="batch size of --target-latency-ms")
+    p.add_argument("--latency-method", default="lut", choices=["lut", "search"],
+                   help="lut: a per-layer latency table on --runtime ranks channels by importance per ms saved "
+                   "(NetAdapt/HALP); search: a measured search over the FLOPs target (default lut)")
+    p.add_argument("--latency-table", type=Path, help="JSON latency table to reuse and extend (lut); built per run "
+                   "when not given")
+    p.add_argument("--no-latency-compare", action="store_true", help="lut: skip the FLOPs-target search at the "
+                   "same budget that shows what latency-awareness bought (halves the measuring time)")
     p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")

@@ -1,0 +1,158 @@
+"""Latency-budget pruning: the latency table's model against the FLOPs target's at the same budget.
+
+    python benchmarks/bench_latency_prune.py --model resnet50 --runtime openvino --budget-ms 25 \\
+        --round-to 1,16 --threads 2 --output benchmarks/results/latency_prune_resnet50
+
+For every ``--round-to``, :func:`benchmarks._latency_prune.prune_to_latency` runs with
+``method="lut"`` and ``compare=True`` on the zoo model (random weights: latency is what is
+measured, accuracy is meaningless): it builds (or reuses, ``DIR/latency_table.json``) the
+per-layer latency table, finds the largest latency-table-ordered model that meets the budget,
+and runs the measured search over the FLOPs target to the same budget. Both final models are
+then timed again **interleaved** (alternating blocks of calls in one process), so that their
+medians and ratio are compared under the same machine conditions.
+
+Writes ``DIR/results.json`` (schema-versioned: every candidate measured, the table facts, the
+interleaved re-measurement, the environment) and ``DIR/summary.md``, atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(_ROOT))
+
+SCHEMA_VERSION = 1
+
+
+def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], runtime: str, batch_size: int,
+                        threads: int | None, rounds: int = 15, calls: int = 10, seed: int = 0) -> dict[str, Any]:
+    """Time ``models`` in alternating blocks of ``calls`` calls, ``rounds`` times; ms per batch."""
+    import torch
+
+    from benchmarks._stats import summarize
+    from compressor._export import ExportConfig, export_onnx
+    from runtimes import SessionConfig, get_runtime
+
+    x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
+    samples: dict[str, list[float]] = {name: [] for name in models}
+    with tempfile.TemporaryDirectory() as tmp:
+        sessions = {}
+        for name, model in models.items():
+            info = export_onnx(model.eval(), torch.randn(1, *input_size), Path(tmp) / f"{name}.onnx",
+                               ExportConfig(exporter="torchscript"))
+            sessions[name] = get_runtime(runtime).load(info.path, SessionConfig(threads=threads))
+        try:
+            for session in sessions.values():
+                for _ in range(3):
+                    session.run(x)
+            for _ in range(rounds):
+                for name, session in sessions.items():
+                    for _ in range(calls):
+                        t0 = time.perf_counter_ns()
+                        session.run(x)
+                        samples[name].append((time.perf_counter_ns() - t0) / 1e6)
+        finally:
+            for session in sessions.values():
+                session.close()
+    out = {name: summarize(s, batch_size, seed=seed).to_dict() for name, s in samples.items()}
+    return {"rounds": rounds, "calls_per_round": calls, "stats": out}
+
+
+def _row(label: str, c: dict[str, Any] | None, budget: float) -> str:
+    if not c:
+        return f"| {label} | — | — | — |"
+    low, high = c["latency_ms_ci"]
+    verdict = "meets" if high <= budget else f"misses by {c['latency_ms_median'] - budget:.1f} ms"
+    return (f"| {label} | {c['flops_ratio']:.1%} | {c['params_ratio']:.1%} | {c['latency_ms_median']:.2f} ms "
+            f"({low:.2f}–{high:.2f}): {verdict} |")
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    a = results["args"]
+    lines = [f"# Latency-budget pruning: {a['model']} on {a['runtime']}, batch {a['batch_size']}, "
+             f"{a['threads']} threads, budget {a['budget_ms']:g} ms", "",
+             f"Criterion {a['criterion']}; random weights. Environment: {results['environment'].get('cpu_model')}.", ""]
+    for run in results["runs"]:
+        r = run["result"]
+        t = r.get("table") or {}
+        lines += [f"## round_to {run['round_to']}", "",
+                  f"Unpruned {r['unpruned']['latency_ms_median']:.2f} ms. Latency table: {t.get('shapes')} layer "
+                  f"shapes, built in {t.get('build_seconds', 0):.0f} s, models the unpruned model at "
+                  f"{t.get('predicted_unpruned_ms', float('nan')):.2f} ms; {len(r['candidates'])} + "
+                  f"{len(r['flops_candidates'])} candidates measured in {run['seconds']:.0f} s.", "",
+                  "| model | FLOPs kept | params kept | measured median (95% CI) |", "|---|---:|---:|---:|",
+                  _row("FLOPs-proportional guess", r.get("flops_guess"), a["budget_ms"]),
+                  _row("FLOPs target, measured search", r.get("flops_chosen"), a["budget_ms"]),
+                  _row("latency table (lut)", r["chosen"], a["budget_ms"]), ""]
+        inter = run.get("interleaved")
+        if inter:
+            s = inter["stats"]
+            ratio = s["lut"]["latency_ms_median"] / s["flops"]["latency_ms_median"]
+            lines += [f"Interleaved re-measurement ({inter['rounds']} rounds x {inter['calls_per_round']} calls): "
+                      f"lut {s['lut']['latency_ms_median']:.2f} ms, FLOPs target "
+                      f"{s['flops']['latency_ms_median']:.2f} ms (lut/FLOPs = {ratio:.3f}).", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+
+    import compressor as C
+    import models
+    from benchmarks._env import collect_environment
+    from benchmarks._latency_prune import prune_to_latency
+    from runtimes._files import atomic_write_bytes
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet50")
+    p.add_argument("--runtime", default="openvino")
+    p.add_argument("--budget-ms", type=float, required=True)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--criterion", default="l2")
+    p.add_argument("--round-to", default="1", help="comma-separated values, one run each")
+    p.add_argument("--max-steps", type=int, default=6)
+    p.add_argument("--output", type=Path, required=True)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    size = tuple(models.default_input_size(args.model))
+    model = models.create_model(args.model).eval()
+    args.output.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "args": {**vars(args), "output": str(args.output)},
+                               "environment": collect_environment(["cpu"]), "runs": []}
+
+    def save() -> None:
+        atomic_write_bytes(args.output / "results.json", json.dumps(results, indent=1).encode())
+        atomic_write_bytes(args.output / "summary.md", summary_markdown(results).encode())
+
+    for round_to in [int(v) for v in args.round_to.split(",")]:
+        print(f"== round_to {round_to}", flush=True)
+        config = C.PruneConfig(criterion=args.criterion, target_flops=1.0, round_to=round_to)
+        start = time.perf_counter()
+        result = prune_to_latency(model, size, config, args.budget_ms, method="lut", compare=True,
+                                  runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,
+                                  max_steps=args.max_steps, table_path=args.output / "latency_table.json",
+                                  progress=lambda m: print(f"  {m}", flush=True))
+        run: dict[str, Any] = {"round_to": round_to, "seconds": time.perf_counter() - start,
+                               "result": result.to_dict(samples=False)}
+        results["runs"].append(run)
+        save()
+        if result.flops_model is not None and result.chosen is not result.unpruned:
+            run["interleaved"] = interleaved_medians({"lut": result.model, "flops": result.flops_model}, size,
+                                                     args.runtime, args.batch_size, args.threads)
+            save()
+    print(summary_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
