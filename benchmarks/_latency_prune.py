@@ -84,14 +84,18 @@ class LatencyPruneResult:
     flops_candidates: list[LatencyCandidate] = field(default_factory=list)
     table: dict[str, Any] | None = None
     flops_model: Any = field(default=None, repr=False)
+    candidate_models: list[Any] = field(default_factory=list, repr=False)  # keep_models: one per candidate
+    flops_candidate_models: list[Any] = field(default_factory=list, repr=False)
 
     @property
     def met(self) -> bool:
         return self.chosen.meets(self.budget_ms)
 
     def to_dict(self, samples: bool = True) -> dict[str, Any]:
-        out = dataclasses.asdict(dataclasses.replace(self, model=None, flops_model=None))
-        out.pop("model"), out.pop("flops_model")
+        heavy = ("model", "flops_model", "candidate_models", "flops_candidate_models")
+        out = dataclasses.asdict(dataclasses.replace(self, **{k: None for k in heavy}))
+        for k in heavy:
+            out.pop(k)
         if not samples:
             for c in [out["unpruned"], out["chosen"], out["flops_chosen"], out["flops_guess"], *out["candidates"],
                       *out["flops_candidates"]]:
@@ -139,18 +143,20 @@ def _largest_within(measure: Callable[[float, bool], tuple[LatencyCandidate, boo
             if x <= lowest:
                 break
             # down: proportionally, or along the line through the two fastest misses when that is
-            # steeper (a fixed overhead makes proportional steps crawl)
-            x = hi[0] * budget_ms / hi[1].latency_ms_median * 0.95
+            # steeper (a fixed overhead makes proportional steps crawl), at most to half the former
+            proportional = hi[0] * budget_ms / hi[1].latency_ms_median * 0.95
+            x = proportional
             (x1, c1), (x2, c2) = sorted(seen.items())[:2]
             if c2.latency_ms_median > c1.latency_ms_median:
                 slope = (c2.latency_ms_median - c1.latency_ms_median) / (x2 - x1)
-                x = min(x, x1 - (c1.latency_ms_median - budget_ms) / slope)
+                x = max(min(x, x1 - (c1.latency_ms_median - budget_ms) / slope), proportional / 2)
             x, again = max(x, lowest), False
             continue
-        if hi[0] != top[0] and hi[0] not in rechecked:
+        model_of_hi = (hi[1].flops_ratio, hi[1].params_ratio)  # positions can share a model
+        if hi[0] != top[0] and model_of_hi not in rechecked:
             # a shared machine's noise can make a model miss that meets; measured once more, a
             # false miss stops being the bracket's end instead of stopping the search short
-            rechecked.add(hi[0])
+            rechecked.add(model_of_hi)
             x, again = hi[0], True
             continue
         if not new or hi[0] - lo[0] <= resolution * hi[0]:
@@ -172,7 +178,7 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
                      batch_size: int = 1, threads: int | None = None, timing: TimingConfig | None = None,
                      max_steps: int = 8, data: Any = None, table_path: str | Path | None = None,
                      fractions: Sequence[float] = DEFAULT_FRACTIONS, layer_timing: TimingConfig = LAYER_TIMING,
-                     progress: Callable[[str], None] | None = None) -> LatencyPruneResult:
+                     keep_models: bool = False, progress: Callable[[str], None] | None = None) -> LatencyPruneResult:
     """Prune ``model`` as ``config`` says, as little as possible while meeting ``budget_ms``.
 
     Args:
@@ -191,6 +197,8 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
         table_path: a JSON latency table to reuse and extend (``lut``); kept for the next run.
         fractions, layer_timing: the widths timed per layer shape (fractions of the full input and
             output channels) and the timing loop per width (``lut``).
+        keep_models: keep every candidate's model in the result (``candidate_models``,
+            ``flops_candidate_models``), e.g. to re-measure them side by side.
 
     Raises:
         ValueError: a budget <= 0, an unknown method, a table measured elsewhere, or a runtime
@@ -241,17 +249,20 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
         flops = _Candidates(plan, measure, describe, log, unpruned)
         flops_model, flops_chosen = _flops_search(plan, flops, budget_ms, unpruned, max_steps)
         guess, flops_candidates = flops.measured[1], flops.measured
+        kept = flops.pruned if keep_models else []
         if method == "search":
             return LatencyPruneResult(flops_model, **facts, chosen=flops_chosen, candidates=flops_candidates,
                                       flops_chosen=flops_chosen, flops_guess=guess, flops_candidates=flops_candidates,
-                                      flops_model=flops_model)
+                                      flops_model=flops_model, candidate_models=kept, flops_candidate_models=kept)
     lut = _Candidates(plan, measure, describe, log, unpruned)
     lut_model, chosen, table = _lut_search(
         plan, lut, budget_ms, unpruned, max_steps, log,
         dict(runtime=runtime, device=device, batch_size=batch_size, threads=threads, fractions=fractions,
              timing=layer_timing, path=table_path))
     return LatencyPruneResult(lut_model, **facts, chosen=chosen, candidates=lut.measured, flops_chosen=flops_chosen,
-                              flops_guess=guess, flops_candidates=flops_candidates, table=table, flops_model=flops_model)
+                              flops_guess=guess, flops_candidates=flops_candidates, table=table, flops_model=flops_model,
+                              candidate_models=lut.pruned if keep_models else [],
+                              flops_candidate_models=flops.pruned if keep_models and flops_candidates else [])
 
 
 class _Candidates:
@@ -262,6 +273,7 @@ class _Candidates:
         self.plan, self._measure, self._describe, self._log = plan, measure, describe, log
         self.models: dict[bytes, tuple[Any, LatencyCandidate]] = {}
         self.measured = [unpruned]
+        self.pruned = [plan.model]  # the model of each measurement
 
     def at(self, removed: np.ndarray, again: bool, label: str, record: dict[str, Any],
            **position: Any) -> tuple[LatencyCandidate, bool]:
@@ -272,6 +284,7 @@ class _Candidates:
         found = self._measure(pruned, **position)
         self.models[key] = (pruned, found)
         self.measured.append(found)
+        self.pruned.append(pruned)
         self._log(f"{label}{' again' if again else ''}: {self._describe(found)}")
         return found, True
 

@@ -7,9 +7,11 @@ For every ``--round-to``, :func:`benchmarks._latency_prune.prune_to_latency` run
 ``method="lut"`` and ``compare=True`` on the zoo model (random weights: latency is what is
 measured, accuracy is meaningless): it builds (or reuses, ``DIR/latency_table.json``) the
 per-layer latency table, finds the largest latency-table-ordered model that meets the budget,
-and runs the measured search over the FLOPs target to the same budget. Both final models are
-then timed again **interleaved** (alternating blocks of calls in one process), so that their
-medians and ratio are compared under the same machine conditions.
+and runs the measured search over the FLOPs target to the same budget. The two models each search
+measured nearest below the budget, and above it, are then timed again **interleaved** (alternating blocks of
+calls in one process, so that every model sees the same machine conditions), and the FLOPs and
+parameters each method keeps at exactly the budget are interpolated along its own curve: the
+comparison at the same measured latency.
 
 Writes ``DIR/results.json`` (schema-versioned: every candidate measured, the table facts, the
 interleaved re-measurement, the environment) and ``DIR/summary.md``, atomically.
@@ -34,7 +36,7 @@ SCHEMA_VERSION = 1
 
 
 def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], runtime: str, batch_size: int,
-                        threads: int | None, rounds: int = 15, calls: int = 10, seed: int = 0) -> dict[str, Any]:
+                        threads: int | None, rounds: int = 12, calls: int = 8, seed: int = 0) -> dict[str, Any]:
     """Time ``models`` in alternating blocks of ``calls`` calls, ``rounds`` times; ms per batch."""
     import torch
 
@@ -67,6 +69,47 @@ def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], run
     return {"rounds": rounds, "calls_per_round": calls, "stats": out}
 
 
+def near_budget(candidates: list[Any], models: list[Any], budget_ms: float, each_side: int = 2) -> list[tuple[Any, Any]]:
+    """The ``each_side`` distinct pruned models measured nearest below the budget, and above it."""
+    distinct: dict[int, tuple[Any, Any]] = {}
+    for c, m in zip(candidates, models):
+        if c.flops_ratio < 1.0:
+            distinct[id(m)] = (c, m)  # the latest measurement of a model
+    ranked = sorted(distinct.values(), key=lambda cm: abs(cm[0].latency_ms_median - budget_ms))
+    below = [cm for cm in ranked if cm[0].latency_ms_median <= budget_ms][:each_side]
+    above = [cm for cm in ranked if cm[0].latency_ms_median > budget_ms][:each_side]
+    return below + above
+
+
+def at_latency(points: list[tuple[float, float, float]], budget_ms: float) -> dict[str, float] | None:
+    """FLOPs and params kept at ``budget_ms``, interpolated between the two measured models that
+    bracket it on the latency axis ((latency, flops, params) points); None when none bracket it."""
+    below = [p for p in points if p[0] <= budget_ms]
+    above = [p for p in points if p[0] > budget_ms]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    t = (budget_ms - lo[0]) / (hi[0] - lo[0])
+    return {"flops_ratio": lo[1] + t * (hi[1] - lo[1]), "params_ratio": lo[2] + t * (hi[2] - lo[2])}
+
+
+def side_by_side(result: Any, size: tuple[int, ...], runtime: str, batch_size: int, threads: int) -> dict[str, Any]:
+    """Both methods' models near the budget, re-timed interleaved in one run, and the capacity each
+    keeps at exactly the budget (interpolated along its own measured curve)."""
+    picked = {"lut": near_budget(result.candidates, result.candidate_models, result.budget_ms),
+              "flops": near_budget(result.flops_candidates, result.flops_candidate_models, result.budget_ms)}
+    named = {f"{method}:{i}": m for method, pairs in picked.items() for i, (_, m) in enumerate(pairs)}
+    timed = interleaved_medians(named, size, runtime, batch_size, threads)
+    out: dict[str, Any] = {"rounds": timed["rounds"], "calls_per_round": timed["calls_per_round"], "methods": {}}
+    for method, pairs in picked.items():
+        rows = [{"flops_ratio": c.flops_ratio, "params_ratio": c.params_ratio,
+                 "latency_ms_median": timed["stats"][f"{method}:{i}"]["latency_ms_median"]}
+                for i, (c, _) in enumerate(pairs)]
+        points = [(r["latency_ms_median"], r["flops_ratio"], r["params_ratio"]) for r in rows]
+        out["methods"][method] = {"models": rows, "at_budget": at_latency(points, result.budget_ms)}
+    return out
+
+
 def _row(label: str, c: dict[str, Any] | None, budget: float) -> str:
     if not c:
         return f"| {label} | — | — | — |"
@@ -93,13 +136,21 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   _row("FLOPs-proportional guess", r.get("flops_guess"), a["budget_ms"]),
                   _row("FLOPs target, measured search", r.get("flops_chosen"), a["budget_ms"]),
                   _row("latency table (lut)", r["chosen"], a["budget_ms"]), ""]
-        inter = run.get("interleaved")
-        if inter:
-            s = inter["stats"]
-            ratio = s["lut"]["latency_ms_median"] / s["flops"]["latency_ms_median"]
-            lines += [f"Interleaved re-measurement ({inter['rounds']} rounds x {inter['calls_per_round']} calls): "
-                      f"lut {s['lut']['latency_ms_median']:.2f} ms, FLOPs target "
-                      f"{s['flops']['latency_ms_median']:.2f} ms (lut/FLOPs = {ratio:.3f}).", ""]
+        both = run.get("side_by_side")
+        if both:
+            lines += [f"Side by side: the two models each search measured nearest below the budget and above it, re-timed "
+                      f"interleaved ({both['rounds']} rounds x {both['calls_per_round']} calls each), and the "
+                      f"capacity each method keeps at exactly {a['budget_ms']:g} ms (interpolated along its "
+                      "own curve):", "", "| method | models (FLOPs kept @ ms) | FLOPs kept at budget | params kept at "
+                      "budget |", "|---|---|---:|---:|"]
+            for method, label in (("flops", "FLOPs target"), ("lut", "latency table")):
+                m = both["methods"][method]
+                models_text = ", ".join(f"{r['flops_ratio']:.1%} @ {r['latency_ms_median']:.2f}"
+                                        for r in sorted(m["models"], key=lambda r: r["latency_ms_median"]))
+                at = m["at_budget"]
+                lines.append(f"| {label} | {models_text} | {at['flops_ratio']:.1%} | {at['params_ratio']:.1%} |" if at
+                             else f"| {label} | {models_text} | not bracketed | not bracketed |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -120,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--criterion", default="l2")
     p.add_argument("--round-to", default="1", help="comma-separated values, one run each")
-    p.add_argument("--max-steps", type=int, default=6)
+    p.add_argument("--max-steps", type=int, default=8)
     p.add_argument("--output", type=Path, required=True)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         result = prune_to_latency(model, size, config, args.budget_ms, method="lut", compare=True,
                                   runtime=args.runtime, batch_size=args.batch_size, threads=args.threads,
                                   max_steps=args.max_steps, table_path=args.output / "latency_table.json",
+                                  keep_models=True,
                                   progress=lambda m: print(f"  {m}", flush=True))
         run: dict[str, Any] = {"round_to": round_to, "seconds": time.perf_counter() - start,
                                "result": result.to_dict(samples=False)}
         results["runs"].append(run)
         save()
-        if result.flops_model is not None and result.chosen is not result.unpruned:
-            run["interleaved"] = interleaved_medians({"lut": result.model, "flops": result.flops_model}, size,
-                                                     args.runtime, args.batch_size, args.threads)
+        if result.flops_candidates and result.chosen is not result.unpruned:
+            run["side_by_side"] = side_by_side(result, size, args.runtime, args.batch_size, args.threads)
             save()
     print(summary_markdown(results))
     return 0

@@ -139,6 +139,8 @@ def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torc
     if args.strategy != "oneshot" or args.finetune_epochs:
         raise ValueError("--target-latency-ms searches a one-shot pruning; fine-tune the result afterwards "
                          "(compressor train --model OUT ...)")
+    if args.latency_method != "lut" and (args.latency_table or args.no_latency_compare):
+        raise ValueError("--latency-table and --no-latency-compare apply to --latency-method lut")
     data = None
     if args.data:
         from ._datasets import parse_data_spec

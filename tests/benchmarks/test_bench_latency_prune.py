@@ -1,0 +1,36 @@
+"""The latency-pruning benchmark's comparison at the same latency: selection and interpolation."""
+import json
+
+import pytest
+
+from benchmarks import bench_latency_prune as bench
+from benchmarks._latency_prune import LatencyCandidate
+
+
+def _c(flops, params, ms):
+    return LatencyCandidate(flops, params, ms, (ms * 0.99, ms * 1.01))
+
+
+def test_capacity_at_the_budget_is_interpolated_between_the_bracketing_models():
+    points = [(20.0, 0.50, 0.70), (24.0, 0.55, 0.80), (26.0, 0.65, 0.85), (30.0, 0.70, 0.90)]
+    at = bench.at_latency(points, 25.0)
+    assert at["flops_ratio"] == pytest.approx(0.60) and at["params_ratio"] == pytest.approx(0.825)
+    assert bench.at_latency(points[:2], 25.0) is None  # nothing measured above the budget
+
+
+def test_near_budget_takes_distinct_models_on_both_sides():
+    models = [object() for _ in range(6)]
+    cands = [_c(1.0, 1.0, 40.0), _c(0.6, 0.7, 26.0), _c(0.5, 0.6, 22.0), _c(0.55, 0.65, 24.5), _c(0.4, 0.5, 18.0),
+             _c(0.6, 0.7, 25.5)]
+    models[5] = models[1]  # a re-measurement of the same model: its latest measurement counts
+    picked = bench.near_budget(cands, models, 25.0)
+    assert [c.latency_ms_median for c, _ in picked] == [24.5, 22.0, 25.5]
+
+
+def test_end_to_end_on_onnxruntime(tmp_path):
+    out = tmp_path / "r"
+    assert bench.main(["--model", "lenet5", "--runtime", "onnxruntime", "--budget-ms", "0.02", "--threads", "1",
+                       "--max-steps", "3", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["runs"][0]["result"]["met"]
+    assert "| latency table (lut) |" in (out / "summary.md").read_text()
