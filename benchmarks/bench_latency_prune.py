@@ -7,11 +7,12 @@ For every ``--round-to``, :func:`benchmarks._latency_prune.prune_to_latency` run
 ``method="lut"`` and ``compare=True`` on the zoo model (random weights: latency is what is
 measured, accuracy is meaningless): it builds (or reuses, ``DIR/latency_table.json``) the
 per-layer latency table, finds the largest latency-table-ordered model that meets the budget,
-and runs the measured search over the FLOPs target to the same budget. The two models each search
+and runs the measured search over the FLOPs target to the same budget. The three models each search
 measured nearest below the budget, and above it, are then timed again **interleaved** (alternating blocks of
 calls in one process, so that every model sees the same machine conditions), and the FLOPs and
-parameters each method keeps at exactly the budget are interpolated along its own curve: the
-comparison at the same measured latency.
+parameters each method keeps at the same latency are interpolated along its own curve (at the
+budget when both curves bracket it, else in the middle of the range both span): the comparison at
+the same measured latency.
 
 Writes ``DIR/results.json`` (schema-versioned: every candidate measured, the table facts, the
 interleaved re-measurement, the environment) and ``DIR/summary.md``, atomically.
@@ -69,7 +70,7 @@ def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], run
     return {"rounds": rounds, "calls_per_round": calls, "stats": out}
 
 
-def near_budget(candidates: list[Any], models: list[Any], budget_ms: float, each_side: int = 2) -> list[tuple[Any, Any]]:
+def near_budget(candidates: list[Any], models: list[Any], budget_ms: float, each_side: int = 3) -> list[tuple[Any, Any]]:
     """The ``each_side`` distinct pruned models measured nearest below the budget, and above it."""
     distinct: dict[int, tuple[Any, Any]] = {}
     for c, m in zip(candidates, models):
@@ -81,32 +82,48 @@ def near_budget(candidates: list[Any], models: list[Any], budget_ms: float, each
     return below + above
 
 
-def at_latency(points: list[tuple[float, float, float]], budget_ms: float) -> dict[str, float] | None:
-    """FLOPs and params kept at ``budget_ms``, interpolated between the two measured models that
+def at_latency(points: list[tuple[float, float, float]], latency_ms: float) -> dict[str, float] | None:
+    """FLOPs and params kept at ``latency_ms``, interpolated between the two measured models that
     bracket it on the latency axis ((latency, flops, params) points); None when none bracket it."""
-    below = [p for p in points if p[0] <= budget_ms]
-    above = [p for p in points if p[0] > budget_ms]
+    below = [p for p in points if p[0] <= latency_ms]
+    above = [p for p in points if p[0] > latency_ms]
     if not below or not above:
         return None
     lo, hi = max(below), min(above)
-    t = (budget_ms - lo[0]) / (hi[0] - lo[0])
+    t = (latency_ms - lo[0]) / (hi[0] - lo[0])
     return {"flops_ratio": lo[1] + t * (hi[1] - lo[1]), "params_ratio": lo[2] + t * (hi[2] - lo[2])}
+
+
+def common_latency(curves: list[list[tuple[float, float, float]]], budget_ms: float) -> float | None:
+    """The latency to compare the curves at: the budget when every curve brackets it, otherwise the
+    middle of the latency range they all span (a slower or faster machine during the re-timing
+    shifts every model alike); None when they share no range."""
+    if all(at_latency(c, budget_ms) is not None for c in curves):
+        return budget_ms
+    low = max(min(p[0] for p in c) for c in curves)
+    high = min(max(p[0] for p in c) for c in curves)
+    return (low + high) / 2 if low < high else None
 
 
 def side_by_side(result: Any, size: tuple[int, ...], runtime: str, batch_size: int, threads: int) -> dict[str, Any]:
     """Both methods' models near the budget, re-timed interleaved in one run, and the capacity each
-    keeps at exactly the budget (interpolated along its own measured curve)."""
+    keeps at the same latency (interpolated along its own measured curve)."""
     picked = {"lut": near_budget(result.candidates, result.candidate_models, result.budget_ms),
               "flops": near_budget(result.flops_candidates, result.flops_candidate_models, result.budget_ms)}
     named = {f"{method}:{i}": m for method, pairs in picked.items() for i, (_, m) in enumerate(pairs)}
     timed = interleaved_medians(named, size, runtime, batch_size, threads)
     out: dict[str, Any] = {"rounds": timed["rounds"], "calls_per_round": timed["calls_per_round"], "methods": {}}
+    curves = {}
     for method, pairs in picked.items():
         rows = [{"flops_ratio": c.flops_ratio, "params_ratio": c.params_ratio,
                  "latency_ms_median": timed["stats"][f"{method}:{i}"]["latency_ms_median"]}
                 for i, (c, _) in enumerate(pairs)]
-        points = [(r["latency_ms_median"], r["flops_ratio"], r["params_ratio"]) for r in rows]
-        out["methods"][method] = {"models": rows, "at_budget": at_latency(points, result.budget_ms)}
+        curves[method] = [(r["latency_ms_median"], r["flops_ratio"], r["params_ratio"]) for r in rows]
+        out["methods"][method] = {"models": rows}
+    latency = common_latency(list(curves.values()), result.budget_ms)
+    out["latency_ms"] = latency
+    for method, points in curves.items():
+        out["methods"][method]["at_latency"] = None if latency is None else at_latency(points, latency)
     return out
 
 
@@ -138,18 +155,20 @@ def summary_markdown(results: dict[str, Any]) -> str:
                   _row("latency table (lut)", r["chosen"], a["budget_ms"]), ""]
         both = run.get("side_by_side")
         if both:
-            lines += [f"Side by side: the two models each search measured nearest below the budget and above it, re-timed "
-                      f"interleaved ({both['rounds']} rounds x {both['calls_per_round']} calls each), and the "
-                      f"capacity each method keeps at exactly {a['budget_ms']:g} ms (interpolated along its "
-                      "own curve):", "", "| method | models (FLOPs kept @ ms) | FLOPs kept at budget | params kept at "
-                      "budget |", "|---|---|---:|---:|"]
+            latency = both["latency_ms"]
+            where = "not compared (the curves share no latency range)" if latency is None else f"{latency:.2f} ms"
+            lines += [f"Side by side: the three models each search measured nearest below the budget and above it, "
+                      f"re-timed interleaved ({both['rounds']} rounds x {both['calls_per_round']} calls each); the "
+                      f"capacity each method keeps at the same latency, {where} (interpolated along its own curve; "
+                      "the budget when both curves bracket it):", "",
+                      "| method | models (FLOPs kept @ interleaved ms) | FLOPs kept | params kept |", "|---|---|---:|---:|"]
             for method, label in (("flops", "FLOPs target"), ("lut", "latency table")):
                 m = both["methods"][method]
                 models_text = ", ".join(f"{r['flops_ratio']:.1%} @ {r['latency_ms_median']:.2f}"
                                         for r in sorted(m["models"], key=lambda r: r["latency_ms_median"]))
-                at = m["at_budget"]
+                at = m["at_latency"]
                 lines.append(f"| {label} | {models_text} | {at['flops_ratio']:.1%} | {at['params_ratio']:.1%} |" if at
-                             else f"| {label} | {models_text} | not bracketed | not bracketed |")
+                             else f"| {label} | {models_text} | — | — |")
             lines.append("")
     return "\n".join(lines)
 

@@ -18,12 +18,21 @@ def test_capacity_at_the_budget_is_interpolated_between_the_bracketing_models():
     assert bench.at_latency(points[:2], 25.0) is None  # nothing measured above the budget
 
 
+def test_common_latency_is_the_budget_or_the_shared_range():
+    a = [(20.0, 0.5, 0.6), (26.0, 0.6, 0.7)]
+    b = [(22.0, 0.5, 0.8), (27.0, 0.6, 0.9)]
+    assert bench.common_latency([a, b], 25.0) == 25.0
+    slow = [(25.5, 0.6, 0.7), (28.0, 0.7, 0.8)]  # the machine slowed down while one curve was re-timed
+    assert bench.common_latency([a, slow], 25.0) == pytest.approx(25.75)  # both span 25.5-26 ms: its middle
+    assert bench.common_latency([[(20.0, 0.5, 0.6), (21.0, 0.6, 0.7)], slow], 25.0) is None
+
+
 def test_near_budget_takes_distinct_models_on_both_sides():
     models = [object() for _ in range(6)]
     cands = [_c(1.0, 1.0, 40.0), _c(0.6, 0.7, 26.0), _c(0.5, 0.6, 22.0), _c(0.55, 0.65, 24.5), _c(0.4, 0.5, 18.0),
              _c(0.6, 0.7, 25.5)]
     models[5] = models[1]  # a re-measurement of the same model: its latest measurement counts
-    picked = bench.near_budget(cands, models, 25.0)
+    picked = bench.near_budget(cands, models, 25.0, each_side=2)
     assert [c.latency_ms_median for c, _ in picked] == [24.5, 22.0, 25.5]
 
 
