@@ -3,8 +3,12 @@ import json
 
 import pytest
 
+import models
 from benchmarks import bench_latency_prune as bench
-from benchmarks._latency_prune import LatencyCandidate
+from benchmarks._latency_prune import LatencyCandidate, _latency
+from benchmarks._timing import TimingConfig
+
+TIMING = TimingConfig(warmup=3, min_runs=20, min_seconds=0.3, max_seconds=2.0)
 
 
 def _c(flops, params, ms):
@@ -37,9 +41,13 @@ def test_near_budget_takes_distinct_models_on_both_sides():
 
 
 def test_end_to_end_on_onnxruntime(tmp_path):
+    # a budget relative to this machine's unpruned latency (an absolute one is noise-bound on a tiny model)
+    model = models.create_model("resnet20").eval()
+    budget = 0.7 * _latency(model, (3, 32, 32), "onnxruntime", "cpu", 1, 1, TIMING, 0)[0]
     out = tmp_path / "r"
-    assert bench.main(["--model", "lenet5", "--runtime", "onnxruntime", "--budget-ms", "0.02", "--threads", "1",
-                       "--max-steps", "3", "--output", str(out)]) == 0
+    assert bench.main(["--model", "resnet20", "--runtime", "onnxruntime", "--budget-ms", f"{budget:.4f}",
+                       "--threads", "1", "--round-to", "8", "--max-steps", "3", "--output", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["schema_version"] == 1 and results["runs"][0]["result"]["met"]
-    assert "| latency table (lut) |" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "| latency table (lut) |" in summary and "Side by side" in summary
