@@ -328,7 +328,8 @@ def _lut_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned: 
                                         progress=log, **table_kw)
     path = cost_aware_path(plan.graph, plan.scores, config, lambda i, out, inp: table.layer_ms(shapes[i], out, inp))
     predicted = float(path.costs[0])
-    log(f"latency table: {len(set(s.key for s in shapes))} layer shapes, modelled {predicted:.3f} ms against "
+    distinct = len({s.key for s in shapes})
+    log(f"latency table: {distinct} layer shapes, modelled {predicted:.3f} ms against "
         f"{unpruned.latency_ms_median:.3f} ms measured unpruned; {len(path.steps)} removal steps down to "
         f"{path.costs[-1]:.3f} ms modelled")
     unpruned.predicted_ms = predicted
@@ -346,7 +347,7 @@ def _lut_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned: 
     x, chosen = _largest_within(at, budget_ms, (predicted, unpruned), first, float(path.costs[-1]), max_steps, 0.005,
                                 "the latency table's order")
     facts = {"path": str(table_kw["path"]) if table_kw["path"] else None, "layers": len(shapes),
-             "shapes": len(set(s.key for s in shapes)), "build_seconds": table.seconds,
+             "shapes": distinct, "build_seconds": table.seconds,
              "predicted_unpruned_ms": predicted, "measured_unpruned_ms": unpruned.latency_ms_median,
              "steps": len(path.steps)}
     return candidates.model(path.removal(path.prefix_for(x))), chosen, facts

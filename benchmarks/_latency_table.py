@@ -19,11 +19,12 @@ every model with the same layer shapes, and only missing shapes are timed.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,10 @@ LAYER_TIMING = TimingConfig(warmup=3, min_runs=10, min_seconds=0.15, max_seconds
 _MATCHED = ("runtime", "device", "batch_size", "threads")
 
 
-def time_model(model: Any, input_size: Sequence[int], runtime: str, device: str, batch_size: int,
-               threads: int | None, timing: TimingConfig, seed: int = 0) -> list[float]:
-    """Export ``model`` to ONNX, open it on ``runtime`` and time it; per-call latencies in ms."""
+@contextlib.contextmanager
+def open_session(model: Any, input_size: Sequence[int], runtime: str, device: str = "cpu",
+                 threads: int | None = None, seed: int = 0) -> Iterator[Any]:
+    """``model`` exported to ONNX (in a temporary directory) and open on ``runtime``; closed on exit."""
     import torch
 
     from compressor._export import ExportConfig, export_onnx
@@ -51,10 +53,17 @@ def time_model(model: Any, input_size: Sequence[int], runtime: str, device: str,
         info = export_onnx(model.eval(), example, Path(tmp) / "model.onnx", ExportConfig(exporter="torchscript"))
         session = get_runtime(runtime).load(info.path, SessionConfig(device=device, threads=threads))
         try:
-            x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
-            return time_callable(lambda: session.run(x), timing, device=device)
+            yield session
         finally:
             session.close()
+
+
+def time_model(model: Any, input_size: Sequence[int], runtime: str, device: str, batch_size: int,
+               threads: int | None, timing: TimingConfig, seed: int = 0) -> list[float]:
+    """Export ``model`` to ONNX, open it on ``runtime`` and time it; per-call latencies in ms."""
+    with open_session(model, input_size, runtime, device, threads, seed) as session:
+        x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
+        return time_callable(lambda: session.run(x), timing, device=device)
 
 
 @dataclass
@@ -220,9 +229,7 @@ class LatencyTable:
         """Modelled latency of the whole model: the sum over its layers, at ``kept`` widths."""
         total = 0.0
         for shape, layer in zip(shapes, graph.layers):
-            out = layer.out_size if layer.out_member is None or kept is None else int(kept[layer.out_member])
-            inp = layer.in_size if layer.in_member is None or kept is None else int(kept[layer.in_member])
-            total += self.layer_ms(shape, out, inp)
+            total += self.layer_ms(shape, *layer.kept_widths(kept))
         return total
 
     def measure(self, shapes: Sequence[LayerShape], *, fractions: Sequence[float] = DEFAULT_FRACTIONS, align: int = 1,
@@ -282,14 +289,10 @@ class LatencyTable:
             ValueError: not JSON, another schema version, or a malformed entry (the file and
                 the key are named).
         """
+        from compressor._serialize import read_versioned_json
+
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a readable latency table: {exc}") from exc
-        if not isinstance(raw, dict) or raw.get("schema_version") != SCHEMA_VERSION:
-            got = raw.get("schema_version") if isinstance(raw, dict) else type(raw).__name__
-            raise ValueError(f"{path}: schema_version must be {SCHEMA_VERSION}, got {got!r}")
+        raw = read_versioned_json(path, kind="latency table", schema_version=SCHEMA_VERSION, error=ValueError)
         for key in ("runtime", "device", "batch_size", "entries"):
             if key not in raw:
                 raise ValueError(f"{path}: missing key {key!r}")

@@ -8,8 +8,9 @@ For every ``--round-to``, :func:`benchmarks._latency_prune.prune_to_latency` run
 measured, accuracy is meaningless): it builds (or reuses, ``DIR/latency_table.json``) the
 per-layer latency table, finds the largest latency-table-ordered model that meets the budget,
 and runs the measured search over the FLOPs target to the same budget. The three models each search
-measured nearest below the budget, and above it, are then timed again **interleaved** (alternating blocks of
-calls in one process, so that every model sees the same machine conditions), and the FLOPs and
+measured nearest below the budget, and above it, are then timed again **interleaved** (rotating rounds of
+one call each, :func:`benchmarks._timing.interleaved`, so that every model sees the same machine
+conditions; the committed results used blocks of 8 calls), and the FLOPs and
 parameters each method keeps at the same latency are interpolated along its own curve (at the
 budget when both curves bracket it, else in the middle of the range both span): the comparison at
 the same measured latency.
@@ -20,9 +21,9 @@ interleaved re-measurement, the environment) and ``DIR/summary.md``, atomically.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,37 +38,20 @@ SCHEMA_VERSION = 1
 
 
 def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], runtime: str, batch_size: int,
-                        threads: int | None, rounds: int = 12, calls: int = 8, seed: int = 0) -> dict[str, Any]:
-    """Time ``models`` in alternating blocks of ``calls`` calls, ``rounds`` times; ms per batch."""
-    import torch
-
+                        threads: int | None, rounds: int = 96, seed: int = 0) -> dict[str, Any]:
+    """Time ``models`` in ``rounds`` interleaved rounds (one call of each per round); ms per batch."""
+    from benchmarks._latency_table import open_session
     from benchmarks._stats import summarize
-    from compressor._export import ExportConfig, export_onnx
-    from runtimes import SessionConfig, get_runtime
+    from benchmarks._timing import TimingConfig, interleaved
 
     x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
-    samples: dict[str, list[float]] = {name: [] for name in models}
-    with tempfile.TemporaryDirectory() as tmp:
-        sessions = {}
-        for name, model in models.items():
-            info = export_onnx(model.eval(), torch.randn(1, *input_size), Path(tmp) / f"{name}.onnx",
-                               ExportConfig(exporter="torchscript"))
-            sessions[name] = get_runtime(runtime).load(info.path, SessionConfig(threads=threads))
-        try:
-            for session in sessions.values():
-                for _ in range(3):
-                    session.run(x)
-            for _ in range(rounds):
-                for name, session in sessions.items():
-                    for _ in range(calls):
-                        t0 = time.perf_counter_ns()
-                        session.run(x)
-                        samples[name].append((time.perf_counter_ns() - t0) / 1e6)
-        finally:
-            for session in sessions.values():
-                session.close()
+    with contextlib.ExitStack() as stack:
+        sessions = {name: stack.enter_context(open_session(model, input_size, runtime, threads=threads, seed=seed))
+                    for name, model in models.items()}
+        samples = interleaved({name: (lambda s=s: s.run(x)) for name, s in sessions.items()},
+                              TimingConfig(warmup=3), rounds=rounds)
     out = {name: summarize(s, batch_size, seed=seed).to_dict() for name, s in samples.items()}
-    return {"rounds": rounds, "calls_per_round": calls, "stats": out}
+    return {"rounds": rounds, "calls_per_round": 1, "stats": out}
 
 
 def near_budget(candidates: list[Any], models: list[Any], budget_ms: float, each_side: int = 3) -> list[tuple[Any, Any]]:

@@ -271,8 +271,7 @@ def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]
     """Per conv/Linear layer: channels and MACs before and after (repeated calls summed)."""
     rows: dict[str, LayerChange] = {}
     for layer in graph.layers:
-        out_after = layer.out_size if layer.out_member is None else int(kept[layer.out_member])
-        in_after = layer.in_size if layer.in_member is None else int(kept[layer.in_member])
+        out_after, in_after = layer.kept_widths(kept)
         before = layer.macs(layer.out_size, layer.in_size)
         after = layer.macs(out_after, in_after)
         row = rows.get(layer.module)

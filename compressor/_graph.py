@@ -78,6 +78,14 @@ class LayerCost:
         # removing whole groups ("group" mode) keeps each group's width
         return self.in_size // self.groups if self.group_mode == "group" else inp // self.groups
 
+    def kept_widths(self, kept: np.ndarray | None) -> tuple[int, int]:
+        """(output, input) channels with the per-member ``kept`` counts (None: unpruned)."""
+        if kept is None:
+            return self.out_size, self.in_size
+        out = self.out_size if self.out_member is None else int(kept[self.out_member])
+        inp = self.in_size if self.in_member is None else int(kept[self.in_member])
+        return out, inp
+
     def macs(self, out: int, inp: int) -> float:
         """MACs per sample with ``out`` output and ``inp`` input channels kept."""
         return self.macs_per_unit * out * self._in_per_group(inp)
@@ -160,10 +168,8 @@ class DependencyGraph:
         """(MACs per sample, params) for the given per-member kept counts (None = unpruned)."""
         macs = self.other_macs
         params = float(self.other_params)
-        size = lambda m, full: full if m is None else (kept[m] if kept is not None else self.members[m].size)  # noqa: E731
         for layer in self.layers:
-            out = size(layer.out_member, layer.out_size)
-            inp = size(layer.in_member, layer.in_size)
+            out, inp = layer.kept_widths(kept)
             macs += layer.macs(out, inp)
             params += layer.params(out, inp)
         for m, member in enumerate(self.members):

@@ -89,10 +89,7 @@ def cost_aware_path(graph: DependencyGraph, scores: np.ndarray, config: PruneCon
             groups_of_layer.setdefault(i, set()).add(g)
 
     def cost_of(i: int, kept_now: np.ndarray) -> float:
-        layer = graph.layers[i]
-        out = layer.out_size if layer.out_member is None else int(kept_now[layer.out_member])
-        inp = layer.in_size if layer.in_member is None else int(kept_now[layer.in_member])
-        return float(layer_cost(i, out, inp))
+        return float(layer_cost(i, *graph.layers[i].kept_widths(kept_now)))
 
     current = {i: cost_of(i, kept) for i in range(len(graph.layers))}
 

@@ -147,7 +147,7 @@ def read_versioned_json(path: Path, *, kind: str, schema_version: int, error: ty
         raise error(f"{path.parent} is not a {kind}: {path} is missing")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{path} is not valid JSON: {exc}") from exc
     version = data.get("schema_version") if isinstance(data, dict) else None
     if version != schema_version:

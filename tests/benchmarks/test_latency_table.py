@@ -98,10 +98,13 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     again = LatencyTable.load(path)
     assert again.to_dict() == table.to_dict()
     path.write_text("{not json")
-    with pytest.raises(ValueError, match="t.json: not a readable latency table"):
+    with pytest.raises(ValueError, match="t.json is not valid JSON"):
+        LatencyTable.load(path)
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="t.json is not valid JSON"):
         LatencyTable.load(path)
     path.write_text(json.dumps({**table.to_dict(), "schema_version": 99}))
-    with pytest.raises(ValueError, match="schema_version must be 1, got 99"):
+    with pytest.raises(ValueError, match="t.json has schema_version 99; this version reads 1"):
         LatencyTable.load(path)
     bad = table.to_dict()
     bad["entries"]["k"]["ms"] = [[0.1]]  # 2 x 1 grid expected

@@ -47,9 +47,7 @@ def _modelled(graph, cost, removed):
     kept = graph.kept_counts(removed)
     total = 0.0
     for i, layer in enumerate(graph.layers):
-        out = layer.out_size if layer.out_member is None else kept[layer.out_member]
-        inp = layer.in_size if layer.in_member is None else kept[layer.in_member]
-        total += cost(i, out, inp)
+        total += cost(i, *layer.kept_widths(kept))
     return total
 
 
