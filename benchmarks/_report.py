@@ -5,10 +5,13 @@ directory holding :data:`REPORT_FILES`:
 
 * ``results.json``: the results, unrounded (indent 1);
 * ``results.csv``: one row per latency row, joined with its speedup and memory rows;
-* ``summary.md``: environment, latency/speedup table, memory table, failures, skips, warnings;
+* ``summary.md``: speed warnings (when a candidate is slower than its baseline, or under 80% of
+  its FLOPs speedup: :mod:`benchmarks._speed_verdict`), environment, latency/speedup table,
+  memory table, failures, skips, warnings;
 * four PNG plots (:data:`PLOT_FILES`), drawn with matplotlib's object API (``Figure``, Agg
   canvas), so no display and no global backend switch is needed;
-* ``report.html``: one self-contained page with the summary tables and the plots inlined.
+* ``report.html``: one self-contained page with the summary tables and the plots inlined; the
+  speed warnings stand highlighted at its top.
 
 The directory is written with :func:`compressor._serialize.atomic_directory`: a failure leaves
 an older report in place, never a half-written one. Numbers are rounded only when printed.
@@ -28,6 +31,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
+
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 
 SCHEMA_VERSION = 1
@@ -44,6 +49,7 @@ CSV_COLUMNS = (
 )
 _STATS_COLUMNS = ("latency_ms_median", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean",
                   "latency_ms_std", "latency_ms_min", "latency_ms_max", "n", "per_sample_ms_median", "throughput_sps")
+SPEED_WARNINGS = "Speed warnings"
 _MAX_ERRORS_SHOWN = 5
 _MIB = 2 ** 20
 _DASH = "—"
@@ -258,10 +264,30 @@ _NOTES = ("Latency is per batch; its CI is a bootstrap interval of the median. T
           "FLOPs ratio; efficiency = practical / theoretical.")
 
 
+def _speed_warning_table(results: dict[str, Any]) -> _Table:
+    out, order = [], _sort_key(results)
+    for row, verdict in sorted(speed_warnings(results), key=lambda rv: order(rv[0])):
+        p = row["practical"]
+        out.append((row["bundle"], row["runtime"], row["device"], str(row["batch_size"]), verdict.level,
+                    "{:.2f}x [{:.2f}, {:.2f}]".format(verdict.practical, *p["speedup_ci"]),
+                    f"{verdict.theoretical:.2f}x", f"{verdict.efficiency:.0%}", verdict.message))
+    return _Table(("candidate", "runtime", "device", "batch", "verdict", "practical [CI]", "theoretical",
+                   "efficiency", "message"), out)
+
+
+_SPEED_NOTE = (f"A candidate is 'slower' when its median speedup over the baseline is below 1.0, and "
+               f"'inefficient' when it is faster but its efficiency (practical / theoretical) is below "
+               f"{EFFICIENCY_FLOOR:.0%}. The benchmark's exit code does not change.")
+
+
 def _sections(results: dict[str, Any]) -> list[tuple[str, _Table | list[str] | str, str]]:
-    """The summary as (heading, table | bullet list | sentence, note), rendered to Markdown and HTML alike."""
+    """The summary as (heading, table | bullet list | sentence, note), rendered to Markdown and HTML alike.
+
+    The speed warnings come first, and only when there are some."""
     rows = _joined(results)
+    warned = _speed_warning_table(results)
     return [
+        *([(SPEED_WARNINGS, warned, _SPEED_NOTE)] if warned.rows else []),
         ("Environment", [f"{k}: {v}" for k, v in _environment(results)], ""),
         ("Bundles", _bundle_table(results) if results["bundles"] else "No bundles.", ""),
         ("Latency and speedup", _main_table(rows) if rows else "No latency rows.", _NOTES if rows else ""),
@@ -477,7 +503,9 @@ def _plots(results: dict[str, Any]) -> dict[str, bytes]:
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:110em}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#eee}
-td:nth-child(-n+6){text-align:left}img{max-width:100%;margin:.5em 0}"""
+td:nth-child(-n+6){text-align:left}img{max-width:100%;margin:.5em 0}
+.speed-warnings{border:3px solid #c00;background:#fee;padding:0 1em;margin:1em 0}
+.speed-warnings h2{color:#c00}.speed-warnings td:last-child{text-align:left}"""
 
 
 def _html(results: dict[str, Any], plots: dict[str, bytes]) -> str:
@@ -485,6 +513,8 @@ def _html(results: dict[str, Any], plots: dict[str, bytes]) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>Benchmark report</title>", f"<style>{_CSS}</style></head><body>", "<h1>Benchmark report</h1>"]
     for heading, body, note in _sections(results):
+        if heading == SPEED_WARNINGS:
+            parts.append('<div class="speed-warnings" role="alert">')
         parts.append(f"<h2>{esc(heading)}</h2>")
         if isinstance(body, _Table):
             parts.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in body.headers) + "</tr></thead>")
@@ -496,6 +526,8 @@ def _html(results: dict[str, Any], plots: dict[str, bytes]) -> str:
             parts.append(f"<p>{esc(body)}</p>")
         if note:
             parts.append(f"<p>{esc(note)}</p>")
+        if heading == SPEED_WARNINGS:
+            parts.append("</div>")
     parts.append("<h2>Plots</h2>")
     for name, png in plots.items():
         data = base64.b64encode(png).decode("ascii")

@@ -4,7 +4,8 @@ For each device and runtime, one session per bundle (the baseline and each candi
 once; then, for each batch size, every session is warmed up at that shape and all of them are
 timed in interleaved rounds (AB, BA, AB, ... see :func:`benchmarks._timing.interleaved`). Each
 round gives one latency per bundle, so the same samples serve as every bundle's latency
-distribution and as the pairs of the practical speedup (median of per-round ratios). Memory is
+distribution and as the pairs of the practical speedup (median of per-round ratios), which is
+judged against the FLOPs ratio (:func:`benchmarks._speed_verdict.speed_verdict`). Memory is
 measured afterwards, one fresh subprocess per runtime x batch size x bundle
 (:func:`benchmarks._memory.measure_memory`), next to the theoretical TRM = MPS + FM * 4 * BS.
 
@@ -28,6 +29,7 @@ import numpy as np
 
 from ._env import available_cores, collect_environment
 from ._records import check_known_keys
+from ._speed_verdict import speed_verdict
 from ._stats import efficiency, paired_speedup, summarize
 from ._timing import TimingConfig, has_subnormals, interleaved
 
@@ -178,6 +180,16 @@ class BenchBundle:
         rel = (self.manifest.get("artifacts") or {}).get(_runtime_target(runtime))
         return self.path / rel if rel is not None else None
 
+    @property
+    def alignment(self) -> int | None:
+        """The channel multiple the recipe's pruning steps rounded to (the smallest over the steps);
+        None when a step's is unknown or nothing was pruned. See :func:`_step_alignment`."""
+        steps = (self.manifest.get("recipe") or {}).get("history") or []
+        configs = [c for s in steps if isinstance(s, dict)
+                   for c in (s.get("config"), (s.get("recipe") or {}).get("prune")) if isinstance(c, dict)]
+        values = [_step_alignment(c) for c in configs]
+        return min(values) if values and None not in values else None
+
     def theoretical_trm_bytes(self, batch_size: int) -> int | None:
         mps, fm = self.cost.get("mps_bytes"), self.cost.get("fm_elements")
         return int(mps + fm * 4 * batch_size) if mps is not None and fm is not None else None
@@ -191,6 +203,14 @@ class BenchBundle:
             "source": self.manifest.get("source"),
             "artifacts": dict(self.manifest.get("artifacts") or {}),
         }
+
+
+def _step_alignment(prune_config: dict[str, Any]) -> int | None:
+    """A pruning step's ``round_to``; for ``"auto"``, the largest per-kind alignment it resolved to."""
+    round_to = prune_config.get("round_to")
+    if round_to == "auto":
+        round_to = max(((prune_config.get("alignment") or {}).get("kinds") or {}).values(), default=None)
+    return round_to if isinstance(round_to, int) and not isinstance(round_to, bool) and round_to >= 1 else None
 
 
 def _as_int(value: Any) -> int | None:
@@ -484,10 +504,13 @@ class _Sweep:
                 speed = paired_speedup(samples[self.baseline.name], samples[cand.name], seed=self.config.seed)
                 flops = cand.cost.get("flops")
                 theoretical = base_flops / flops if base_flops and flops else None
+                verdict = speed_verdict(speed.speedup_median, theoretical, ci=speed.speedup_ci, runtime=runtime,
+                                        batch_size=bs, alignment=cand.alignment) if theoretical else None
                 self.results["speedup"].append(self._row(
                     device, runtime, bs, cand.name, baseline=self.baseline.name, practical=speed.to_dict(),
                     theoretical=theoretical,
-                    efficiency=efficiency(speed.speedup_median, theoretical) if theoretical else None))
+                    efficiency=efficiency(speed.speedup_median, theoretical) if theoretical else None,
+                    verdict=verdict.to_dict() if verdict else None))
         return "ok"
 
     # --- memory --------------------------------------------------------------------------------

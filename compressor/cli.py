@@ -360,6 +360,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     out = write_report(results, args.output)
     _print_speedups(results)
+    _print_speed_warnings(results)  # a warning, not a failure: the exit code stays 0
     for message in results["warnings"]:
         print(f"warning: {message}", file=sys.stderr)
     if results["interrupted"]:
@@ -394,6 +395,18 @@ def _print_speedups(results: dict[str, Any]) -> None:
                           f"{stats['latency_ms_median']:.3f}" if stats else r["status"],
                           f"{stats['throughput_sps']:.1f}" if stats else "-")
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs do not wrap: never truncate names
+
+
+def _print_speed_warnings(results: dict[str, Any]) -> None:
+    """One bold red line on stderr per candidate row slower than its baseline or under the efficiency floor."""
+    from rich.console import Console
+
+    from benchmarks._speed_verdict import speed_warnings
+
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    for row, verdict in speed_warnings(results):
+        console.print(f"speed warning ({verdict.level}): {row['bundle']} vs {row['baseline']} on {row['device']}: "
+                      f"{verdict.message}", style="bold red", markup=False)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
@@ -633,7 +646,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure bundles: latency, throughput, memory, speedup over a baseline",
                        description="Benchmark exported bundles on each runtime and batch size. With --baseline, "
                                    "the baseline and the candidates are timed in interleaved rounds and the "
-                                   "practical speedup is set against the theoretical (FLOPs) one.")
+                                   "practical speedup is set against the theoretical (FLOPs) one. A candidate "
+                                   "slower than its baseline, or below 80% efficiency (practical / theoretical), "
+                                   "is a speed warning: printed in bold red, listed at the top of summary.md and "
+                                   "report.html. It does not change the exit code (0); gate on speed with "
+                                   "`compressor gate` and a min_speedup budget.")
     b.add_argument("bundles", nargs="+", help="bundle directories written by `compressor export`")
     b.add_argument("--baseline", help="the bundle to compare against (e.g. the unpruned model)")
     b.add_argument("--runtimes", help="comma-separated: torch, onnxruntime, openvino, tensorrt (default: every "
