@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 TARGET_KEYS = ("ratio", "global_ratio", "target_flops", "target_params")
+DEPLOY_RUNTIMES = ("onnxruntime", "openvino", "torch", "tensorrt")
 Check = tuple[Callable[[Any], bool], str]  # (valid(value), what the value must be)
 
 
@@ -79,7 +80,11 @@ class PruneConfig(JsonConfig):
     ``layer_ratios`` maps regexes of layer names to a ratio that overrides ``ratio`` for the
     channel groups a matching conv/Linear layer produces (its output channels). ``round_to=N`` makes kept channel counts multiples of
     N, rounded to the nearest multiple that still meets the target. At least
-    ``max(min_channels, round_to)`` channels are kept in every layer. ``exclude`` lists layer
+    ``max(min_channels, round_to)`` channels are kept in every layer. The default
+    ``round_to="auto"`` aligns each group to what the deployment target needs (``runtime`` on
+    ``device`` at ``batch_size`` and ``threads``; no runtime means the CPU runtimes of this
+    machine), measured by a short cached probe; see ``compressor._align``. The choice is
+    recorded in ``alignment`` (filled in by ``resolve_alignment``; leave it empty). ``exclude`` lists layer
     names or regexes whose channels are all kept. ``allow_renormalization=False`` keeps the
     channels that a LayerNorm normalises together (so the result equals zeroing channels).
     ``submodule`` prunes only that submodule (e.g. ``"backbone"`` of a detection model that
@@ -101,7 +106,7 @@ class PruneConfig(JsonConfig):
     target_flops: float | None = None
     target_params: float | None = None
     layer_ratios: dict[str, float] = field(default_factory=dict)
-    round_to: int = 1
+    round_to: int | str = "auto"
     min_channels: int = 1
     exclude: tuple[str, ...] = ()
     allow_renormalization: bool = True
@@ -111,6 +116,11 @@ class PruneConfig(JsonConfig):
     residual: str = "coupled"
     calib_batches: int = 8
     calib_batch_size: int = 64
+    runtime: str | None = None
+    device: str = "cpu"
+    batch_size: int = 1
+    threads: int | None = None
+    alignment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         given = [k for k in TARGET_KEYS if getattr(self, k) is not None]
@@ -130,8 +140,19 @@ class PruneConfig(JsonConfig):
             _compile(pattern, "layer_ratios")
         if self.layer_ratios and self.ratio is None:
             raise ValueError("layer_ratios needs the layer-wise target 'ratio'")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise ValueError(f"round_to must be an integer >= 1, got {self.round_to!r}")
+        if self.round_to != "auto" and (not is_int(self.round_to) or self.round_to < 1):
+            raise ValueError(f"round_to must be 'auto' or an integer >= 1, got {self.round_to!r}")
+        if self.runtime is not None and self.runtime not in DEPLOY_RUNTIMES:
+            raise ValueError(f"runtime must be one of {list(DEPLOY_RUNTIMES)} (or None: the CPU runtimes of this "
+                             f"machine), got {self.runtime!r}")
+        if self.device not in ("cpu", "cuda", "gpu"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'gpu', got {self.device!r}")
+        if not is_int(self.batch_size) or self.batch_size < 1:
+            raise ValueError(f"batch_size (the deployment batch size) must be an integer >= 1, got {self.batch_size!r}")
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"threads must be an integer >= 1 or None, got {self.threads!r}")
+        if not isinstance(self.alignment, dict):
+            raise ValueError(f"alignment is filled in by resolve_alignment and must be a dict, got {self.alignment!r}")
         if not isinstance(self.min_channels, int) or self.min_channels < 1:
             raise ValueError(f"min_channels must be an integer >= 1, got {self.min_channels!r}")
         if isinstance(self.exclude, str):

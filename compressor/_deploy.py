@@ -86,7 +86,21 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
                      "flops_convention": "FLOPs = 2 x MACs per sample; TRM = MPS + FM*4*BS (seed 002 eq. 10)"},
             "fold": fold_report.to_dict() if fold_report else None,
             "recipe": getattr(model, "compressor_metadata", None),
+            "alignment": pruning_alignment(getattr(model, "compressor_metadata", None)),
         }
         bundle = write_bundle(info.path, output, reference, tuple(input_size), bundle_config, extra,
                               progress=progress, torch_model_dir=torch_dir)
     return ExportedBundle(bundle, fold_report)
+
+
+def pruning_alignment(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The channel alignment of the last pruning in a model's history (None: never pruned).
+
+    ``{"round_to": 16}`` for an explicit multiple; for ``"auto"`` also the alignment per layer
+    kind and where each runtime's came from (probe, cache or the ISA table).
+    """
+    for entry in reversed((metadata or {}).get("history", [])):
+        config = entry.get("config") or entry.get("prune") or {}
+        if "round_to" in config:
+            return {"round_to": config["round_to"], **({"auto": config["alignment"]} if config.get("alignment") else {})}
+    return None

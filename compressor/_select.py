@@ -1,6 +1,8 @@
 """Turn per-atom scores and a target into the set of atoms to remove.
 
-Every layer keeps at least ``max(min_channels, round_to)`` channels. Atoms are taken in
+Every group is aligned: its kept count is a multiple of its alignment (``round_to``, or with
+``round_to="auto"`` the alignment its layers need on the deployment target, see
+``compressor._align``), and every layer keeps at least ``max(min_channels, alignment)`` channels. Atoms are taken in
 increasing score order; an atom whose removal would take any layer it touches below that
 floor is skipped (that is the *feasible order*). Members belong to exactly one group, so the
 feasible order of a group is the global feasible order restricted to it.
@@ -8,10 +10,12 @@ feasible order of a group is the global feasible order restricted to it.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 from scipy.sparse import csr_matrix
 
+from ._align import group_alignment
 from ._config import PruneConfig
 from ._graph import PRODUCER_KINDS, DependencyGraph
 from .errors import UnprunableModelError, UnreachableTargetError
@@ -20,7 +24,7 @@ from .errors import UnprunableModelError, UnreachableTargetError
 class _Incidence:
     """atom x member channel counts, plus the per-member floors."""
 
-    def __init__(self, graph: DependencyGraph, floor: int):
+    def __init__(self, graph: DependencyGraph, floor: int | np.ndarray):
         rows, cols, data = [], [], []
         for m in range(len(graph.members)):
             atoms = graph.member_atoms(m)
@@ -64,35 +68,45 @@ def select_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConf
     if removable.size == 0:
         reasons = "; ".join(f"{n} channels: {r}" for r, n in sorted(graph.unsupported.items(), key=lambda kv: -kv[1]))
         raise UnprunableModelError(f"no channel of this model can be removed ({reasons or 'no prunable layers'})")
-    order, group_of = _feasible_order(graph, scores, config)
+    order, group_of, align = _feasible_order(graph, scores, config)
     key, value = config.target
     if key == "ratio":
-        return _layerwise(graph, order, group_of, config)
+        return _layerwise(graph, order, group_of, config, align)
     if key == "global_ratio":
         removed = np.zeros(graph.num_atoms, dtype=bool)
         count = int(round(value * removable.size))
         removed[order[:count]] = True
-        return _rounded(graph, order, group_of, removed, config.round_to)
-    return _to_cost_target(graph, order, group_of, config, key, value)
+        return _rounded(graph, order, group_of, removed, align)
+    return _to_cost_target(graph, order, group_of, config, key, value, align)
 
 
-def _feasible_order(graph: DependencyGraph, scores: np.ndarray, config: PruneConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The feasible removal order (by increasing score) and the group of every atom."""
+def member_floors(graph: DependencyGraph, config: PruneConfig, align: np.ndarray) -> np.ndarray:
+    """The fewest channels each member keeps: ``max(min_channels, its group's alignment)``."""
+    floors = np.full(len(graph.members), config.min_channels, dtype=np.int64)
+    for g in graph.groups:
+        floors[g.members] = np.maximum(floors[g.members], align[g.index])
+    return floors
+
+
+def _feasible_order(graph: DependencyGraph, scores: np.ndarray,
+                    config: PruneConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The feasible removal order (by increasing score), the group of every atom and each group's alignment."""
     removable = graph.removable
-    inc = _Incidence(graph, max(config.min_channels, config.round_to))
+    align = group_alignment(graph, config)
+    inc = _Incidence(graph, member_floors(graph, config, align))
     order = inc.feasible(removable[np.argsort(scores[removable], kind="stable")])
     group_of = np.full(graph.num_atoms, -1, dtype=np.int64)
     for g in graph.groups:
         group_of[g.atoms] = g.index
-    return order, group_of
+    return order, group_of, align
 
 
 def smallest_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConfig) -> np.ndarray:
     """Bool-per-atom mask of the most that ``config`` lets be removed (every layer at its floor)."""
-    order, group_of = _feasible_order(graph, scores, config)
+    order, group_of, align = _feasible_order(graph, scores, config)
     removed = np.zeros(graph.num_atoms, dtype=bool)
     removed[order] = True
-    return _rounded(graph, order, group_of, removed, config.round_to)
+    return _rounded(graph, order, group_of, removed, align)
 
 
 def _group_widths(graph: DependencyGraph) -> np.ndarray:
@@ -100,9 +114,9 @@ def _group_widths(graph: DependencyGraph) -> np.ndarray:
 
 
 def _rounded(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, removed: np.ndarray,
-             round_to: int) -> np.ndarray:
-    """Round every group's kept count to the nearest multiple of ``round_to``."""
-    if round_to == 1:
+             align: np.ndarray) -> np.ndarray:
+    """Round every group's kept count to the nearest multiple of its alignment."""
+    if (align == 1).all():
         return removed
     widths = _group_widths(graph)
     counts = np.bincount(group_of[removed], minlength=len(graph.groups))
@@ -112,13 +126,15 @@ def _rounded(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, re
         if in_group.size == 0:
             continue
         kept = widths[g.index] - counts[g.index]
-        target_kept = max(round_to, int(round(kept / round_to)) * round_to)
+        step = int(align[g.index])
+        target_kept = max(step, int(round(kept / step)) * step)
         take = min(max(widths[g.index] - target_kept, 0), in_group.size)
         out[in_group[:take]] = True
     return out
 
 
-def _layerwise(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, config: PruneConfig) -> np.ndarray:
+def _layerwise(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, config: PruneConfig,
+               align: np.ndarray) -> np.ndarray:
     patterns = [(re.compile(p), r) for p, r in config.layer_ratios.items()]
     widths = _group_widths(graph)
     removed = np.zeros(graph.num_atoms, dtype=bool)
@@ -133,15 +149,19 @@ def _layerwise(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, 
             if any(pattern.fullmatch(n) for n in names):
                 ratio = r
         kept = widths[g.index] - int(round(ratio * widths[g.index]))
-        if config.round_to > 1:
-            kept = max(config.round_to, int(round(kept / config.round_to)) * config.round_to)
+        step = int(align[g.index])
+        if step > 1:
+            kept = max(step, int(round(kept / step)) * step)
         take = min(max(widths[g.index] - kept, 0), in_group.size)
         removed[in_group[:take]] = True
     return removed
 
 
+TARGET_TOLERANCE = 0.02  # a cost target lands within this fraction of the original cost, or a warning says why
+
+
 def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, config: PruneConfig,
-                    key: str, value: float) -> np.ndarray:
+                    key: str, value: float, align: np.ndarray) -> np.ndarray:
     which = 0 if key == "target_flops" else 1
     base = graph.cost()[which]
     budget = value * base
@@ -149,7 +169,7 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
     def removal(prefix: int) -> np.ndarray:
         removed = np.zeros(graph.num_atoms, dtype=bool)
         removed[order[:prefix]] = True
-        return _rounded(graph, order, group_of, removed, config.round_to)
+        return _rounded(graph, order, group_of, removed, align)
 
     def cost(prefix: int) -> float:
         return graph.cost(graph.kept_counts(removal(prefix)))[which]
@@ -162,13 +182,39 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
         what = "FLOPs" if which == 0 else "parameters"
         raise UnreachableTargetError(
             f"{key}={value:g} is unreachable: the closest reachable is {reachable:.4f} of the original {what} "
-            f"(every prunable layer down to {max(config.min_channels, config.round_to)} channel(s); "
+            f"(every prunable layer down to {_floor_text(config, align)}; "
             f"{sum(graph.unsupported.values())} channels are protected or unsupported)")
-    lo, hi = 0, order.size  # cost(lo) > budget >= cost(hi)
+    lo, hi = 0, order.size  # cost(lo) > budget >= cost(hi); rounding keeps cost monotone in the prefix
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if cost(mid) <= budget:
             hi = mid
         else:
             lo = mid
-    return removal(hi)
+    below, above = cost(hi) / base, cost(lo) / base
+    # aligned widths move in steps: meet the target when that lands within the tolerance,
+    # else land on the reachable value nearest to it
+    meets = value - below <= TARGET_TOLERANCE or value - below <= above - value
+    chosen = hi if meets else lo
+    reached = cost(chosen) / base
+    if abs(reached - value) > TARGET_TOLERANCE:
+        what = "FLOPs" if which == 0 else "parameters"
+        warnings.warn(f"{key}={value:g} is not reachable exactly with channel alignment {_align_text(align)}: "
+                      f"the nearest reachable values are {below:.3f} and {above:.3f} of the original {what}; "
+                      f"landed on {reached:.3f} (give a smaller round_to, or round_to=1, for finer steps)",
+                      TargetToleranceWarning, stacklevel=3)
+    return removal(chosen)
+
+
+class TargetToleranceWarning(UserWarning):
+    """A cost target landed further from the target than :data:`TARGET_TOLERANCE` (alignment steps)."""
+
+
+def _align_text(align: np.ndarray) -> str:
+    values = sorted({int(a) for a in align})
+    return str(values[0]) if len(values) == 1 else f"{values[-1]} (per group: {', '.join(map(str, values))})"
+
+
+def _floor_text(config: PruneConfig, align: np.ndarray) -> str:
+    top = max(config.min_channels, int(align.max()) if align.size else 1)
+    return f"{top} channel(s)" if len(set(align.tolist())) <= 1 else f"max(min_channels, its alignment), up to {top} channels"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._config import PruneConfig
 from ._graph import DependencyGraph
-from ._select import _feasible_order, _Incidence
+from ._select import _feasible_order, _Incidence, member_floors
 from .errors import UnprunableModelError
 
 # cost of layer ``index`` of ``graph.layers`` with ``out`` output and ``inp`` input channels kept
@@ -57,8 +57,8 @@ def cost_aware_path(graph: DependencyGraph, scores: np.ndarray, config: PruneCon
     """Order the removable channels by importance lost per cost saved, down to every floor.
 
     Each group gives up its channels in increasing score order (the same feasible order as
-    :func:`select_removal`: no layer goes below ``max(min_channels, round_to)``), one chunk at a
-    time: ``round_to`` channels, so that every width stays a multiple of it (the first chunk of
+    :func:`select_removal`: no layer goes below ``max(min_channels, alignment)``), one chunk at a
+    time: the group's alignment in channels, so that every width stays a multiple of it (the first chunk of
     a group whose width is not a multiple takes the remainder). The next step is always the chunk
     with the smallest ``sum of its scores / cost it saves``; a chunk that saves nothing is never
     taken. ``layer_cost(i, out, inp)`` is the cost of ``graph.layers[i]``.
@@ -69,12 +69,12 @@ def cost_aware_path(graph: DependencyGraph, scores: np.ndarray, config: PruneCon
     removable = graph.removable
     if removable.size == 0:
         raise UnprunableModelError("no channel of this model can be removed")
-    order, group_of = _feasible_order(graph, scores, config)
+    order, group_of, align = _feasible_order(graph, scores, config)
     queue_of = {g.index: order[group_of[order] == g.index] for g in graph.groups}
     width = {g.index: len(g.atoms) for g in graph.groups}
     taken = {g: 0 for g in queue_of}
     kept = np.array([m.size for m in graph.members], dtype=np.int64)
-    matrix = _Incidence(graph, max(config.min_channels, config.round_to)).matrix.tocsr()
+    matrix = _Incidence(graph, member_floors(graph, config, align)).matrix.tocsr()
 
     layers_of_member: dict[int, list[int]] = {}
     for i, layer in enumerate(graph.layers):
@@ -94,7 +94,7 @@ def cost_aware_path(graph: DependencyGraph, scores: np.ndarray, config: PruneCon
     current = {i: cost_of(i, kept) for i in range(len(graph.layers))}
 
     def next_chunk(g: int) -> np.ndarray | None:
-        step = config.round_to
+        step = int(align[g])
         size = (width[g] - taken[g]) % step or step
         atoms = queue_of[g][taken[g]:taken[g] + size]
         return atoms if atoms.size == size else None

@@ -329,6 +329,9 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
     strategy = strategy or StrategyConfig()
     train_config = train_config or TrainConfig(epochs=1, lr=0.01, batch_size=64)
     _check_inputs(prune, strategy, train_config, train_data)
+    from ._align import resolve_alignment
+
+    prune = resolve_alignment(prune)  # once, so every phase uses and records the same alignment
     start = time.perf_counter()
     inputs = _as_tuple(example_inputs)
     work = copy.deepcopy(model)

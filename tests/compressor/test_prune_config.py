@@ -19,7 +19,7 @@ def test_round_trip_json():
     ({"global_ratio": -0.2}, "global_ratio must be in [0, 1)"),
     ({"target_flops": 0.0}, "target_flops is the fraction to keep"),
     ({"target_params": 1.5}, "target_params is the fraction to keep"),
-    ({"ratio": 0.3, "round_to": 0}, "round_to must be an integer >= 1"),
+    ({"ratio": 0.3, "round_to": 0}, "round_to must be 'auto' or an integer >= 1"),
     ({"ratio": 0.3, "exclude": ("conv[",)}, "not a valid regular expression"),
     ({"target_flops": 0.5, "layer_ratios": {"a": 0.2}}, "layer_ratios needs"),
 ])

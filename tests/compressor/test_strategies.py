@@ -62,7 +62,8 @@ def test_strategy_reaches_flops_target_physically(name, digits, trained, removal
     x = train[0][0].unsqueeze(0)
     strategy = C.StrategyConfig(name=name, epochs=3, retrain_epochs=1, step=0.25, finetune_epochs=1)
     before = copy.deepcopy(trained.state_dict())
-    result = C.run_strategy(trained, x, C.PruneConfig(criterion="l2", target_flops=0.5), strategy,
+    # round_to=1: LeNet-5's 4-16 channel layers have too few aligned widths to land within 0.5 (see test_align.py)
+    result = C.run_strategy(trained, x, C.PruneConfig(criterion="l2", target_flops=0.5, round_to=1), strategy,
                             train_data=train, eval_data=test, train_config=TRAIN)
     assert result.flops_ratio <= 0.5 and result.flops_ratio > 0.4  # reached, not overshot by far
     assert result.params_ratio < 1
@@ -102,7 +103,7 @@ def test_psfp_zeroes_on_schedule_and_filters_can_recover(digits, trained):
     train, _ = digits
     x = train[0][0].unsqueeze(0)
     strategy = C.StrategyConfig(name="psfp", epochs=4)
-    result = C.run_strategy(trained, x, C.PruneConfig(criterion="l2", ratio=0.5), strategy, train_data=train,
+    result = C.run_strategy(trained, x, C.PruneConfig(criterion="l2", ratio=0.5, round_to=1), strategy, train_data=train,
                             train_config=TRAIN)
     zeroed = [h["zeroed"] for h in result.history if h["phase"].endswith("soft prune")]
     assert len(zeroed) == 4 and zeroed == sorted(zeroed) and zeroed[0] > 0
