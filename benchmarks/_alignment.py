@@ -39,7 +39,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 KINDS = ("conv", "depthwise", "linear")
 MAX_ALIGNMENT = 16
-TOLERANCE = 0.05  # a class must run this much slower than its neighbours predict to count
+TOLERANCE = 0.03  # a class must run this much slower than its neighbours predict to count
 CACHE_FILE = "alignment.json"
 PROBE_BUDGET_S = 6.0  # per runtime: all kinds together
 _CLASSES = (1, 2, 4, 8)  # width classes: w = m + a, between multiples m and m + 2a of 2a
@@ -213,7 +213,7 @@ def _chain_onnx(kind: str, width: int, batch_size: int, seed: int = 0) -> bytes:
         current = f"h{i}"
     shape = [batch_size, FRAME] if kind == "linear" else [batch_size, FRAME, side, side]
     graph = helper.make_graph(nodes, f"probe_{kind}_{width}", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], inits)
+                              [helper.make_tensor_value_info(current, TensorProto.FLOAT, shape)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()

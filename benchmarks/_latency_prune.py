@@ -173,6 +173,28 @@ def _largest_within(measure: Callable[[float, bool], tuple[LatencyCandidate, boo
     return lo
 
 
+def _aligned_for(config: Any, runtime: str, device: str, batch_size: int, threads: int | None) -> Any:
+    """``config`` with the alignment of the runtime the latency is measured on (``round_to="auto"``)."""
+    import dataclasses
+
+    from compressor._align import resolve_alignment
+
+    if config.round_to != "auto":
+        return config
+    target = (runtime, device, batch_size, threads)
+    if config.alignment and (config.runtime, config.device, config.batch_size, config.threads) == target:
+        return config
+    return resolve_alignment(dataclasses.replace(config, runtime=runtime, device=device, batch_size=batch_size,
+                                                 threads=threads, alignment={}))
+
+
+def table_align(config: Any) -> int:
+    """The latency table's grid multiple: ``round_to``, or the largest alignment ``"auto"`` chose."""
+    if config.round_to != "auto":
+        return int(config.round_to)
+    return max(int(v) for v in config.alignment["kinds"].values())
+
+
 def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budget_ms: float, *,
                      method: str = "lut", compare: bool = True, runtime: str = "onnxruntime", device: str = "cpu",
                      batch_size: int = 1, threads: int | None = None, timing: TimingConfig | None = None,
@@ -217,8 +239,10 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
     reason = get_runtime(runtime).is_available(device=device)
     if reason:
         raise ValueError(f"cannot measure on {runtime}/{device}: {reason}")
+    config = _aligned_for(config, runtime, device, batch_size, threads)
     if method == "lut" and table_path is not None and Path(table_path).exists():  # refuse it before measuring
-        LatencyTable(runtime, device, batch_size, threads).check_matches(LatencyTable.load(table_path), str(table_path))
+        LatencyTable(runtime, device, batch_size, threads, align=table_align(config)).check_matches(
+            LatencyTable.load(table_path), str(table_path))
     timing = timing or TimingConfig(warmup=3, min_runs=20, min_seconds=0.5, max_seconds=3.0)
     log = progress or (lambda message: None)
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(config.seed))
@@ -324,7 +348,7 @@ def _lut_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned: 
     from compressor import cost_aware_path
 
     config = plan.config
-    table, shapes = build_latency_table(plan.model, plan.example_inputs, plan.graph, align=config.round_to,
+    table, shapes = build_latency_table(plan.model, plan.example_inputs, plan.graph, align=table_align(config),
                                         progress=log, **table_kw)
     path = cost_aware_path(plan.graph, plan.scores, config, lambda i, out, inp: table.layer_ms(shapes[i], out, inp))
     predicted = float(path.costs[0])

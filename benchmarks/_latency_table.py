@@ -36,7 +36,7 @@ from ._timing import TimingConfig, time_callable
 SCHEMA_VERSION = 1
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 LAYER_TIMING = TimingConfig(warmup=3, min_runs=10, min_seconds=0.15, max_seconds=1.0)
-_MATCHED = ("runtime", "device", "batch_size", "threads")
+_MATCHED = ("runtime", "device", "batch_size", "threads", "align")
 
 
 @contextlib.contextmanager
@@ -217,6 +217,7 @@ class LatencyTable:
     entries: dict[str, _Entry] = field(default_factory=dict)
     environment: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    align: int = 1  # the grid's channel multiple: a table timed at other widths is not reused
 
     def layer_ms(self, shape: LayerShape, out: int, inp: int) -> float:
         """Modelled latency (ms per batch) of ``shape`` with ``out``/``inp`` channels kept."""
@@ -270,7 +271,8 @@ class LatencyTable:
     # ---- persistence -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"schema_version": SCHEMA_VERSION, "runtime": self.runtime, "device": self.device,
-                "batch_size": self.batch_size, "threads": self.threads, "environment": self.environment,
+                "batch_size": self.batch_size, "threads": self.threads, "align": self.align,
+                "environment": self.environment,
                 "seconds": self.seconds,
                 "entries": {k: {"in_widths": e.in_widths, "out_widths": e.out_widths, "ms": e.ms}
                             for k, e in self.entries.items()}}
@@ -310,10 +312,10 @@ class LatencyTable:
                                  "in x out grid of non-negative ms")
             entries[name] = entry
         return cls(raw["runtime"], raw["device"], raw["batch_size"], raw.get("threads"), entries,
-                   raw.get("environment", {}), float(raw.get("seconds", 0.0)))
+                   raw.get("environment", {}), float(raw.get("seconds", 0.0)), int(raw.get("align", 1)))
 
     def check_matches(self, other: LatencyTable, where: str) -> None:
-        """Raise ValueError when ``other`` was measured elsewhere (runtime, device, batch, threads)."""
+        """Raise ValueError when ``other`` was measured elsewhere (runtime, device, batch, threads, alignment)."""
         for key in _MATCHED:
             if getattr(self, key) != getattr(other, key):
                 raise ValueError(f"{where}: the table was measured with {key}={getattr(other, key)!r}, this run uses "
@@ -328,7 +330,7 @@ def build_latency_table(model: Any, example_inputs: Any, graph: Any, *, runtime:
     """Time the layer shapes of ``model`` (``graph``: its dependency graph) on ``runtime``.
 
     With ``path``, an existing table there is reused (it must have been measured with the same
-    runtime, device, batch size and threads) and the shapes it lacks are added and saved back.
+    runtime, device, batch size, threads and alignment) and the shapes it lacks are added and saved back.
 
     Returns:
         The table and the shape of every entry of ``graph.layers``.
@@ -336,7 +338,7 @@ def build_latency_table(model: Any, example_inputs: Any, graph: Any, *, runtime:
     from ._env import collect_environment
 
     shapes = layer_shapes(model, example_inputs, graph)
-    table = LatencyTable(runtime, device, batch_size, threads, environment=collect_environment([device]))
+    table = LatencyTable(runtime, device, batch_size, threads, environment=collect_environment([device]), align=align)
     if path is not None and Path(path).exists():
         cached = LatencyTable.load(path)
         table.check_matches(cached, str(path))

@@ -204,6 +204,7 @@ def _quick_prune(raw: dict[str, Any]) -> dict[str, Any]:
 def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     """Prune the current model physically with a criterion, a target and a strategy."""
     from ._criteria import get_criterion
+    from ._deploy import pruning_alignment
     from ._strategies import run_strategy
 
     model = _current(ctx)
@@ -214,7 +215,9 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     eval_set = spec.eval_sets()[0] if spec else None
-    result = run_strategy(model, _example(ctx), config.prune, config.strategy,
+    # the alignment is probed with the threads the pipeline deploys with
+    prune = config.prune if config.prune.threads else dataclasses.replace(config.prune, threads=threads)
+    result = run_strategy(model, _example(ctx), prune, config.strategy,
                           train_data=spec.train_set() if spec else None, eval_data=eval_set,
                           train_config=train_config, progress=ctx.progress)
     epochs = sum(p.get("epochs", 0) for p in result.history)
@@ -223,7 +226,8 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     summary = {k: v for k, v in result.to_dict().items() if k != "recipe"}
     return {"model": path, "pruned": True, "epochs_total": ctx.state.get("epochs_total", 0) + epochs,
             "results": {**summary, "top1": top1, "criterion": config.prune.criterion,
-                        "strategy": config.strategy.name, "target": list(config.prune.target)}}
+                        "strategy": config.strategy.name, "target": list(config.prune.target),
+                        "alignment": pruning_alignment(getattr(result.model, "compressor_metadata", None))}}
 
 
 def _parse_empty(raw: dict[str, Any], where: str) -> dict[str, Any]:

@@ -192,9 +192,10 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
         else:
             lo = mid
     below, above = cost(hi) / base, cost(lo) / base
-    # aligned widths move in steps: meet the target when that lands within the tolerance,
-    # else land on the reachable value nearest to it
-    meets = value - below <= TARGET_TOLERANCE or value - below <= above - value
+    # aligned widths move in steps: meet the target when that lands within the tolerance, else
+    # land on the reachable value nearest to it; without alignment the target is a hard budget
+    aligned = bool((align > 1).any())
+    meets = not aligned or value - below <= TARGET_TOLERANCE or value - below <= above - value
     chosen = hi if meets else lo
     reached = cost(chosen) / base
     if abs(reached - value) > TARGET_TOLERANCE:
