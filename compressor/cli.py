@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from . import _api
-from ._config import PruneConfig
+from ._config import DEPLOY_RUNTIMES, PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
 from ._serialize import SPEC_FILE, load_model, read_spec, save_model
@@ -79,7 +79,11 @@ def _config(args: argparse.Namespace) -> PruneConfig:
 
     searched = args.target_latency_ms is not None  # the FLOPs target is what the latency search chooses
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
-                       target_flops=1.0 if searched else args.target_flops, target_params=args.target_params, round_to=args.round_to,
+                       target_flops=1.0 if searched else args.target_flops, target_params=args.target_params,
+                       round_to=args.round_to, runtime=args.runtime or ("onnxruntime" if searched else None),
+                       device=args.device,
+                       batch_size=(args.latency_batch_size or args.batch_size) if searched else args.batch_size,
+                       threads=args.threads,
                        min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
                        allow_renormalization=not args.no_renormalization, submodule=args.submodule,
                        criterion_options=parse_assignments(args.criterion_option or [], "--criterion-option"),
@@ -147,8 +151,8 @@ def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torc
 
         data = parse_data_spec(args.data, size).train_set()
     result = prune_to_latency(model, tuple(size), config, args.target_latency_ms, method=args.latency_method,
-                              compare=not args.no_latency_compare, runtime=args.runtime,
-                              batch_size=args.latency_batch_size, threads=args.threads, data=data,
+                              compare=not args.no_latency_compare, runtime=args.runtime or "onnxruntime",
+                              batch_size=args.latency_batch_size or args.batch_size, threads=args.threads, data=data,
                               table_path=args.latency_table, progress=None if args.quiet else lambda m: print(f"  {m}"))
     _print_latency_result(result, args)
     return result.model, {"latency_search": result.to_dict(samples=False)}
@@ -218,19 +222,39 @@ def _is_detection(name: str) -> bool:
     return name.split(":", 1)[1] in tvm.list_models(module=tvm.detection)
 
 
+def _round_to(text: str) -> int | str:
+    """--round-to: 'auto' or an integer >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {value}")
+    return value
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
+    from ._align import alignment_summary, resolve_alignment
+
     config = _config(args)
     model, name = _load_source(args)
     size = _input_size(args.input_size, name, model)
     example: Any = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
-    if args.image_list or _is_detection(name):
+    detection = bool(args.image_list or _is_detection(name))
+    if detection:
         example = (list(example),)
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    config = resolve_alignment(config)
+    print(alignment_summary(config))
     pruned, facts = _run_pruning(args, config, model, example, size)
     seconds = time.perf_counter() - t0
     before, after = count_cost(model, example), count_cost(pruned, example)
+    checks = None if args.no_speed_check else _speed_check(args, config, model, pruned, size, detection,
+                                                           before.macs / after.macs if after.macs else 1.0)
     summary = {
         "schema_version": _api.SCHEMA_VERSION,
         "model": name,
@@ -243,6 +267,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         "params_ratio": after.params / before.params,
         **facts,
         "seconds": {**facts.get("seconds", {}), "total": seconds},
+        "speed_check": checks,
     }
     if "layers" not in summary:
         summary["layers"] = _layer_rows(model, pruned, example)
@@ -263,7 +288,57 @@ def cmd_prune(args: argparse.Namespace) -> int:
              else f"strategy {args.strategy}") + f" in {seconds:.2f}s"
           + (f"; top-1 {summary['eval_top1']:.2%} on {args.data}" if "eval_top1" in summary else ""))
     print(f"saved to {out}/ ({SPEC_FILE}, weights.pt, {SUMMARY_FILE})")
+    if checks and checks.get("error"):
+        print(f"error: the speed check could not measure: {checks['error']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _speed_check(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module, pruned: torch.nn.Module,
+                 size: tuple[int, ...], detection: bool, theoretical: float) -> dict[str, Any]:
+    """Time the pruned model against the unpruned one on the target runtime(s); print the verdict."""
+    from benchmarks._speed_guard import speed_check
+
+    from ._align import default_runtimes
+
+    if detection or args.submodule:
+        note = "skipped: the speed check exports single-tensor classifiers; benchmark detectors with compressor bench"
+        print(note)
+        return {"skipped": note}
+    runtimes = [config.runtime] if config.runtime else default_runtimes()
+    round_to = config.round_to if config.round_to != "auto" else max(config.alignment["kinds"].values())
+    print(f"speed check: pruned vs unpruned on {', '.join(runtimes)} ({config.device}, batch {config.batch_size}, "
+          f"threads {config.threads or 'default'}), interleaved ...", flush=True)
+    try:
+        checks = speed_check(model, pruned, size, runtimes, theoretical=theoretical, device=config.device,
+                             batch_size=config.batch_size, threads=config.threads, alignment=int(round_to))
+    except Exception as exc:  # the model was pruned and is saved; the measurement is what failed
+        return {"error": f"{type(exc).__name__}: {exc}", "checks": []}
+    _print_speed_checks(checks)
+    explicit = bool(config.runtime)
+    errors = [c for c in checks if c.error]
+    out: dict[str, Any] = {"checks": [c.to_dict() for c in checks]}
+    if errors and (explicit or len(errors) == len(checks)):
+        out["error"] = "; ".join(f"{c.runtime}: {c.error}" for c in errors)
+    return out
+
+
+def _print_speed_checks(checks: list[Any]) -> None:
+    from rich.console import Console
+
+    console = Console()
+    for c in checks:
+        if c.error:
+            console.print(f"[yellow]speed check on {c.runtime}: not measured ({c.error})[/yellow]")
+            continue
+        line = (f"speed check on {c.runtime} (batch {c.batch_size}): {c.practical:.2f}x faster "
+                f"[{c.practical_ci[0]:.2f}, {c.practical_ci[1]:.2f}] against {c.theoretical:.2f}x theoretical, "
+                f"efficiency {c.efficiency:.2f} ({c.unpruned_ms_median:.3f} -> {c.pruned_ms_median:.3f} ms)")
+        if c.ok:
+            console.print(f"[green]{line}[/green]")
+        else:
+            console.print(f"[bold red]WARNING: {line}[/bold red]")
+            console.print(f"[bold red]  {c.verdict.get('message', '')}[/bold red]")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -592,8 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--target-params", type=float, help="fraction of parameters to keep")
     target.add_argument("--target-latency-ms", type=float, help="latency budget per batch, measured on --runtime "
                         "(the least pruning whose measured latency meets it; see --latency-method)")
-    p.add_argument("--runtime", default="onnxruntime", help="runtime of --target-latency-ms (onnxruntime, openvino ...)")
-    p.add_argument("--latency-batch-size", type=int, default=1, help="batch size of --target-latency-ms")
+    p.add_argument("--runtime", choices=list(DEPLOY_RUNTIMES),
+                   help="the runtime the model ships to: it sets the channel alignment, the speed check and "
+                   "--target-latency-ms (default: the CPU runtimes of this machine, onnxruntime and OpenVINO; "
+                   "onnxruntime for --target-latency-ms)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "gpu"], help="the device it ships to")
+    p.add_argument("--latency-batch-size", type=int, help="batch size of --target-latency-ms (default --batch-size)")
     p.add_argument("--latency-method", default="lut", choices=["lut", "search"],
                    help="lut: a per-layer latency table on --runtime ranks channels by importance per ms saved "
                    "(NetAdapt/HALP); search: a measured search over the FLOPs target (default lut)")
@@ -601,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "when not given")
     p.add_argument("--no-latency-compare", action="store_true", help="lut: skip the FLOPs-target search at the "
                    "same budget that shows what latency-awareness bought (halves the measuring time)")
-    p.add_argument("--round-to", type=int, default=1, help="kept channel counts are multiples of this")
+    p.add_argument("--round-to", type=_round_to, default="auto",
+                   help="kept channel counts are multiples of this; 'auto' (default) measures the alignment the "
+                   "target runtime needs per layer kind (cached) and falls back to the CPU's vector width")
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")
     p.add_argument("--seed", type=int, default=0)
@@ -609,8 +690,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "outputs are kept, so the heads are untouched")
     p.add_argument("--image-list", action="store_true", help="the model takes a list of images "
                    "(torchvision detection models); implied for torchvision detection names")
-    p.add_argument("--batch-size", type=int, default=1, help="batch of the example input")
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
+    p.add_argument("--batch-size", type=int, default=1, help="the deployment batch size: the example input's "
+                   "batch, the alignment probe's and the speed check's")
+    p.add_argument("--threads", type=int, help="intra-op threads of torch, the alignment probe and the speed check")
+    p.add_argument("--no-speed-check", action="store_true", help="skip the closing check that times the pruned "
+                   "model against the unpruned one on the target runtime(s)")
     p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None,
                    help="declare whether the --weights were trained (recorded in model.json)")
     p.add_argument("--output", required=True, help="output directory (replaced atomically)")
