@@ -15,7 +15,7 @@ from ._criteria import CriterionContext, get_criterion
 from ._graph import DependencyGraph, _as_tuple, build_dependency_graph
 from ._modes import evaluating
 from ._select import select_removal
-from ._surgery import prune_channels_, pruned_copy
+from ._surgery import copy_module_tree, prune_channels_, pruned_copy
 
 SCHEMA_VERSION = 1
 
@@ -36,7 +36,14 @@ class LayerChange:
 
 @dataclass
 class PruneReport:
-    """What pruning did. FLOPs = 2 x MACs; MACs are per sample at the example input's size."""
+    """What pruning did. FLOPs = 2 x MACs; MACs are per sample at the example input's size.
+
+    ``seconds`` holds the wall-clock time of each phase: ``graph`` (trace and channel groups),
+    ``select`` (scoring and choosing the channels), ``surgery`` (slicing, and the copy unless in
+    place), ``verify`` (the pruned model's shapes checked; 0 with ``verify=False``), ``cost``
+    (this report), ``refit`` (only for criteria that refit the kept weights) and ``total``
+    (their sum).
+    """
 
     config: dict[str, Any]
     macs_before: float
@@ -71,6 +78,17 @@ class PruneReport:
         out.update(flops_before=self.flops_before, flops_after=self.flops_after,
                    flops_ratio=self.flops_ratio, params_ratio=self.params_ratio)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneReport":
+        """The report :meth:`to_dict` wrote (derived ratios are recomputed, not read)."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"prune report schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        names = {f for f in cls.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in names}
+        fields["layers"] = [LayerChange(**row) for row in data.get("layers", [])]
+        return cls(**fields)
 
 
 @dataclass
@@ -136,14 +154,18 @@ class PruningPlan:
               record: dict[str, Any] | None = None) -> PruneResult:
         """Remove the atoms flagged in ``removed`` (and run the criterion's refit, if it has one)."""
         spec = get_criterion(self.config.criterion)
-        original = copy.deepcopy(self.model) if inplace and spec.after_removal else self.model
+        original = copy_module_tree(self.model)[0] if inplace and spec.after_removal else self.model
         result = apply_removal(self.model, self.example_inputs, self.graph, removed, self.config, inplace=inplace,
                                verify=verify, record=record)
+        seconds = {**self.seconds, **result.report.seconds}
         if spec.after_removal:
+            t0 = time.perf_counter()
             after = spec.after_removal(original, result.model, self.graph, removed, self.context)
             if after:
                 result.report.config["after_removal"] = after
-        result.report.seconds = {**self.seconds, **result.report.seconds}
+            seconds["refit"] = time.perf_counter() - t0
+        seconds.pop("total", None)
+        result.report.seconds = {**seconds, "total": sum(seconds.values())}
         return result
 
 
@@ -188,21 +210,25 @@ def apply_removal(model: nn.Module, example_inputs: Any, graph: DependencyGraph,
         target = pruned_copy(model, graph, removed)
     t1 = time.perf_counter()
     if verify:
-        _verify_runs(target, example_inputs)
+        _verify_runs(target, example_inputs, graph)
+    t2 = time.perf_counter()
+    # the graph has the unpruned cost; the pruned one follows from the kept channel counts
     kept = graph.kept_counts(removed)
-    macs_after, _ = graph.cost(kept)
+    macs_after, params_after = graph.cost(kept)
     report = PruneReport(
         config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after,
-        params_before=graph.params, params_after=sum(p.numel() for p in target.parameters()),
+        params_before=graph.params, params_after=int(round(params_after)),
         channels_removed=int(removed.sum()), channels_removable=int(graph.removable.size),
         layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
-        seconds={"surgery": t1 - t0},
+        seconds={"surgery": t1 - t0, "verify": t2 - t1},
     )
     metadata = dict(getattr(model, "compressor_metadata", {}) or {})
     entry = record if record is not None else {"step": "prune", "config": config.to_dict()}
     metadata["history"] = [*metadata.get("history", []),
                            {**entry, "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio}]
     target.compressor_metadata = metadata
+    report.seconds["cost"] = time.perf_counter() - t2
+    report.seconds["total"] = sum(report.seconds.values())
     return PruneResult(target, report, graph, removed)
 
 
@@ -284,14 +310,34 @@ def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]
     return list(rows.values())
 
 
-def _verify_runs(model: nn.Module, example_inputs: Any) -> None:
+def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph | None = None) -> None:
+    """Check that the pruned ``model`` runs on ``example_inputs``; shapes are what surgery can get wrong.
+
+    With the ``graph`` it was pruned by (traced on meta tensors), the traced forward runs again on
+    meta tensors with the pruned layers: every layer's weights are checked against the shapes that
+    reach it, and its size attributes against its tensors (a few ms). If that check cannot run the
+    model, the model's own forward runs on fake tensors, which decides.
+
+    Raises:
+        CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ._graph import _as_tuple
+    from ._shape_exec import LayerMismatch, run_shapes
     from .errors import CompressorError
 
-    try:  # shapes are what surgery can get wrong; fake tensors check them without arithmetic
+    inputs = _as_tuple(example_inputs)
+    if graph is not None and graph.traced is not None and graph.execution == "meta":
+        try:
+            with evaluating(model):
+                run_shapes(graph.traced, model, inputs)
+            return
+        except LayerMismatch as exc:
+            raise CompressorError(f"internal error: a pruned layer disagrees with its tensors: {exc}") from exc
+        except Exception:  # noqa: BLE001  (the model's own forward below decides)
+            pass
+    try:  # fake tensors check the shapes without arithmetic
         with evaluating(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-            model(*_as_tuple(example_inputs))
+            model(*inputs)
     except Exception as exc:
         raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc

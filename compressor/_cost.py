@@ -13,12 +13,13 @@ Conventions (stated once, used everywhere):
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 @dataclass
@@ -53,6 +54,34 @@ class CostReport:
         return out
 
 
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# CPU attention kernels torch's counter does not know (it knows the CUDA ones)
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
+def flop_counter() -> FlopCounterMode:
+    """torch's FLOP counter, also counting CPU attention (``scaled_dot_product_attention``)."""
+    return FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
+
+
+@contextlib.contextmanager
+def attention_counted() -> Iterator[None]:
+    """Turn off ``nn.MultiheadAttention``'s inference fast path for the duration.
+
+    The fast path is one fused op that no counter knows; the regular path's projections and
+    attention are counted like any matmul. The global flag is put back afterwards.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
     """Measure the cost of ``model`` on ``example_inputs`` (one forward, eval, no grad).
 
@@ -75,7 +104,7 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
 
     handles = [m.register_forward_hook(hook(n)) for n, m in layers]
     try:
-        with evaluating(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with evaluating(model), torch.no_grad(), attention_counted(), flop_counter() as counter:
             model(*inputs)
     finally:
         for h in handles:

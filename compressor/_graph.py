@@ -1,9 +1,10 @@
 """Dependency graph: trace a model, propagate channel labels, and group coupled channels.
 
 ``build_dependency_graph(model, example_inputs)`` symbolically traces the model with torch.fx,
-then executes the traced graph node by node on the example inputs (under ``torch.no_grad`` and
-``FlopCounterMode``), computing every node's real value *and* its channel labels (see
-``_labels``). Op semantics live in ``_ops``. The result is a :class:`DependencyGraph`:
+then executes the traced graph node by node on meta tensors of the example inputs' shapes
+(``_shape_exec``; fake, then real tensors if an op needs values), computing every node's
+output shape *and* its channel labels (see ``_labels``). Op semantics live in ``_ops``. The
+result is a :class:`DependencyGraph`:
 
 * **members**: every prunable tensor dimension (a conv's output rows, a BatchNorm's channels,
   a Linear's input features ...) with the raw channel id of each of its indices;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -27,11 +28,12 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx import GraphModule, Node, Tracer
-from torch.utils.flop_counter import FlopCounterMode
+from torch.fx import Graph, GraphModule, Node, Tracer
 
+from ._cost import attention_counted, flop_counter
 from ._labels import Coupling
 from ._modes import evaluating
+from ._shape_exec import MetaExecutor
 from .errors import TraceError
 
 PRODUCER_KINDS = ("conv_out", "linear_out")
@@ -132,15 +134,22 @@ class DependencyGraph:
     param_per_index: list[int]  # parameters per index of each bn/norm/param member (0 for others)
     unsupported: dict[str, int] = field(default_factory=dict)  # reason -> blocked atoms
     residual: np.ndarray | None = None  # bool per atom: a channel where feature maps are added (residual stream)
+    traced: Graph | None = None  # the fx graph the labels were computed on (pruned models are checked on it)
+    execution: str = "meta"  # what the trace ran on: meta | fake | real tensors
 
     def __post_init__(self) -> None:
-        self._member_atoms = []
-        for member in self.members:
-            ids = member.ids.numpy()
-            atoms = np.full(ids.shape, -1, dtype=np.int64)
-            ok = ids >= 0
-            atoms[ok] = self.atom_of_id[ids[ok]]
-            self._member_atoms.append(atoms)
+        sizes = [member.size for member in self.members]
+        ids = np.concatenate([member.ids.numpy().reshape(-1) for member in self.members]) if self.members \
+            else np.zeros(0, dtype=np.int64)
+        atoms = np.full(ids.shape, -1, dtype=np.int64)
+        ok = ids >= 0
+        atoms[ok] = self.atom_of_id[ids[ok]]
+        atoms.flags.writeable = False  # member_atoms() hands out views of it
+        self._member_atoms = np.split(atoms, np.cumsum(sizes)[:-1]) if self.members else []
+        # every member's indices, flattened: kept counts for a removal are one bincount
+        self._flat_atoms = atoms
+        self._flat_member = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        self._sizes = np.array(sizes, dtype=np.int64)
 
     # ---- atoms ---------------------------------------------------------------------------
     def member_atoms(self, m: int) -> np.ndarray:
@@ -153,7 +162,11 @@ class DependencyGraph:
 
     def kept_counts(self, removed: np.ndarray) -> np.ndarray:
         """Kept index count of every member, given a bool-per-atom removal mask."""
-        return np.array([self.kept_mask(m, removed).sum() for m in range(len(self.members))], dtype=np.int64)
+        atoms = self._flat_atoms
+        gone = np.zeros(atoms.shape, dtype=bool)
+        ok = atoms >= 0
+        gone[ok] = removed[atoms[ok]]
+        return self._sizes - np.bincount(self._flat_member[gone], minlength=len(self.members))
 
     def kept_mask(self, m: int, removed: np.ndarray) -> np.ndarray:
         """Which indices of member ``m`` survive a bool-per-atom removal mask."""
@@ -203,27 +216,70 @@ class _LeafTracer(Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-def symbolic_trace(model: nn.Module) -> GraphModule:
+def trace_graph(model: nn.Module) -> Graph:
+    """The torch.fx graph of ``model`` (torch.nn's modules are leaves); raises :class:`TraceError`."""
     try:
-        graph = _LeafTracer().trace(model)
+        return _LeafTracer().trace(model)
     except Exception as exc:  # fx raises many types; the user needs the model name and cause
         raise TraceError(
             f"cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}. "
             "Models with data-dependent control flow cannot be pruned as a whole; prune a "
             "traceable submodule instead (PruneConfig(submodule='backbone'), CLI --submodule backbone)."
         ) from exc
-    return GraphModule(model, graph)
+
+
+def symbolic_trace(model: nn.Module) -> GraphModule:
+    return GraphModule(model, trace_graph(model))
+
+
+class _EagerExecutor:
+    """Runs every node on fake (shapes only) or real tensors, counting its FLOPs."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], fake: bool):
+        self.model = model
+        self.modules = modules
+        self.mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
+
+    def placeholder(self, value: Any) -> Any:
+        return value
+
+    def execute(self, node: Node, args: tuple, kwargs: dict) -> tuple[Any, float]:
+        # FlopCounterMode resets on entry, so each node gets its own counter and the run sums them
+        counter = flop_counter()
+        with torch.no_grad(), self.mode, counter:
+            if node.op == "get_attr":
+                value: Any = self.model
+                for part in str(node.target).split("."):
+                    value = getattr(value, part)
+            elif node.op == "call_module":
+                value = self.modules[str(node.target)](*args, **kwargs)
+            elif node.op == "call_function":
+                value = node.target(*args, **kwargs)
+            elif node.op == "call_method":
+                self_obj, *rest = args
+                value = getattr(self_obj, str(node.target))(*rest, **kwargs)
+            else:
+                raise TraceError(f"unexpected fx node op {node.op!r}")
+        return value, float(counter.get_total_flops())
 
 
 class _Run:
     """Executes a traced graph, keeping values and labels for every node."""
 
-    def __init__(self, model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...], context: Callable[[], Any]):
+    def __init__(self, model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str):
+        from ._op_table import is_flop_free
+
         self.model = model
-        self.context = context  # entered around every node's execution (fake tensors, FLOP counting)
-        self.gm = gm
+        self.graph = graph
         self.inputs = inputs
         self.modules = dict(model.named_modules())
+        self.execution = execution
+        if execution == "meta":
+            self.executor: Any = MetaExecutor(model, self.modules, count_flops=True, flop_free=is_flop_free)
+        else:
+            self.executor = _EagerExecutor(model, self.modules, fake=execution == "fake")
+        self.counted_flops = 0.0  # FLOPs counted by FlopCounterMode, per batch
+        self.counted_modelled_macs = 0.0  # the share of them the layer list models too (per sample)
         self.coupling = Coupling()
         self.members: list[Member] = []
         self.member_index: dict[tuple[str, str], int] = {}
@@ -276,54 +332,49 @@ class _Run:
 
     # -- execution --------------------------------------------------------------------------
     def run(self) -> None:
-        from . import _op_table, _ops  # noqa: F401  (_op_table registers the handlers)
+        from . import _ops
 
         last_use: dict[Node, Node] = {}
-        for node in self.gm.graph.nodes:
+        for node in self.graph.nodes:
             for arg in node.all_input_nodes:
                 last_use[arg] = node
         values: dict[Node, Any] = {}
         labels: dict[Node, Any] = {}
         placeholders = iter(self.inputs)
-        for node in self.gm.graph.nodes:
-            self.node = node
-            if node.op == "placeholder":
-                try:
-                    value = next(placeholders)
-                except StopIteration:
-                    value = node.args[0] if node.args else None  # default argument
-                if isinstance(value, torch.Tensor) and not values:
-                    self.batch = int(value.shape[0]) if value.dim() else 1
-                values[node], labels[node] = value, _ops.fresh_labels(value)
-            elif node.op == "output":
-                _ops.block_structure(self, _ops.map_labels(node.args[0], labels), "model output (protected)")
-            else:
-                args = _ops.map_values(node.args, values)
-                kwargs = _ops.map_values(node.kwargs, values)
-                with self.context():
-                    value = self._execute(node, args, kwargs)
-                values[node] = value
-                labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
-            for arg in node.all_input_nodes:
-                if last_use.get(arg) is node:
-                    values.pop(arg, None)
-                    labels.pop(arg, None)
+        execute = self.executor.execute
+        with torch.no_grad():
+            for node in self.graph.nodes:
+                self.node = node
+                if node.op == "placeholder":
+                    try:
+                        value = next(placeholders)
+                    except StopIteration:
+                        value = node.args[0] if node.args else None  # default argument
+                    if isinstance(value, torch.Tensor) and not values:
+                        self.batch = int(value.shape[0]) if value.dim() else 1
+                    values[node], labels[node] = self.executor.placeholder(value), _ops.fresh_labels(value)
+                elif node.op == "output":
+                    _ops.block_structure(self, _ops.map_labels(node.args[0], labels), "model output (protected)")
+                else:
+                    args = _ops.map_values(node.args, values)
+                    kwargs = _ops.map_values(node.kwargs, values)
+                    layers_before = len(self.layers)
+                    value, flops = execute(node, args, kwargs)
+                    values[node] = value
+                    labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
+                    if flops is not None:
+                        self.counted_flops += flops
+                        self.counted_modelled_macs += sum(layer.macs(layer.out_size, layer.in_size)
+                                                          for layer in self.layers[layers_before:])
+                for arg in node.all_input_nodes:
+                    if last_use.get(arg) is node:
+                        values.pop(arg, None)
+                        labels.pop(arg, None)
         self.node = None
 
-    def _execute(self, node: Node, args: tuple, kwargs: dict) -> Any:
-        if node.op == "get_attr":
-            obj: Any = self.model
-            for part in str(node.target).split("."):
-                obj = getattr(obj, part)
-            return obj
-        if node.op == "call_module":
-            return self.modules[str(node.target)](*args, **kwargs)
-        if node.op == "call_function":
-            return node.target(*args, **kwargs)
-        if node.op == "call_method":
-            self_obj, *rest = args
-            return getattr(self_obj, str(node.target))(*rest, **kwargs)
-        raise TraceError(f"unexpected fx node op {node.op!r}")
+    def other_macs(self) -> float:
+        """MACs per sample that the layer list does not model (attention matmuls, functional convs ...)."""
+        return max(self.counted_flops / 2 / max(self.batch, 1) - self.counted_modelled_macs, 0.0)
 
 
 def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
@@ -364,21 +415,27 @@ def build_dependency_graph(
     inputs = _as_tuple(example_inputs)
     names = [n for n, _ in model.named_modules() if n]
     patterns = _compile_excludes(exclude, names)
-    with evaluating(model):  # trace the deployed (eval) behaviour; per-module modes come back after
-        gm = symbolic_trace(model)
-        try:  # shapes are all the labels need: run on fake tensors, no arithmetic
-            run, flops = _execute_graph(model, gm, inputs, fake=True)
-        except _ExecutionFailed:  # data-dependent ops (item(), nonzero ...) need real values
+    # trace the deployed (eval) behaviour; per-module modes come back after
+    with evaluating(model), attention_counted():
+        graph = trace_graph(model)
+        # shapes are all the labels need: meta tensors first; fake tensors where an op needs a
+        # tensor created in forward; real values for data-dependent ops (item(), nonzero ...)
+        for execution in EXECUTIONS:
             try:
-                run, flops = _execute_graph(model, gm, inputs, fake=False)
+                run = _execute_graph(model, graph, inputs, execution)
+                break
             except _ExecutionFailed as failed:
-                raise TraceError(f"running the traced {type(model).__name__} failed at {failed.where}: "
-                                 f"{type(failed.__cause__).__name__}: {failed.__cause__}") from failed.__cause__
+                if execution == EXECUTIONS[-1]:
+                    raise TraceError(f"running the traced {type(model).__name__} failed at {failed.where}: "
+                                     f"{type(failed.__cause__).__name__}: {failed.__cause__}") from failed.__cause__
     for pattern in patterns:
         for member in run.members:
             if pattern.fullmatch(member.module):
                 run.coupling.block(member.ids, f"excluded by user ({pattern.pattern})")
-    return _finish(model, run, flops / 2 / max(run.batch, 1), allow_renormalization, residual)
+    return _finish(model, run, allow_renormalization, residual)
+
+
+EXECUTIONS = ("meta", "fake", "real")
 
 
 class _ExecutionFailed(Exception):
@@ -387,27 +444,16 @@ class _ExecutionFailed(Exception):
         self.where = where
 
 
-def _execute_graph(model: nn.Module, gm: GraphModule, inputs: tuple[Any, ...], fake: bool) -> tuple[_Run, float]:
-    """Run the traced graph (labels are computed outside the modes); returns the total FLOPs."""
-    fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext()
-    flops = [0.0]
-
-    @contextlib.contextmanager
-    def context():
-        # FlopCounterMode resets on entry, so each node gets its own counter and we sum them
-        counter = FlopCounterMode(display=False)
-        with torch.no_grad(), fake_mode, counter:
-            yield
-        flops[0] += counter.get_total_flops()
-
-    run = _Run(model, gm, inputs, context)
+def _execute_graph(model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str) -> _Run:
+    """Run the traced graph on ``execution`` tensors (labels are computed outside any mode)."""
+    run = _Run(model, graph, inputs, execution)
     try:
         run.run()
     except TraceError:
         raise
     except Exception as exc:
         raise _ExecutionFailed(run.where()) from exc
-    return run, flops[0]
+    return run
 
 
 def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Pattern[str]]:
@@ -425,32 +471,33 @@ def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Patte
     return patterns
 
 
-def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: bool,
-            residual_policy: str = "coupled") -> DependencyGraph:
+def _finish(model: nn.Module, run: _Run, allow_renormalization: bool, residual_policy: str = "coupled"
+            ) -> DependencyGraph:
     coupling = run.coupling
     n = max(coupling.next_id, 1)
     if coupling.edges:
         edges = torch.cat(coupling.edges, dim=1).numpy()
-        adj = coo_matrix((np.ones(edges.shape[1], dtype=np.int8), (edges[0], edges[1])), shape=(n, n))
+        adj = coo_matrix((np.ones(edges.shape[1], dtype=bool), (edges[0], edges[1])), shape=(n, n))
     else:
-        adj = coo_matrix((n, n), dtype=np.int8)
+        adj = coo_matrix((n, n), dtype=bool)
     num_atoms, atom_of_id = connected_components(adj, directed=False)
     atom_of_id = atom_of_id.astype(np.int64)
 
     blocked = np.zeros(num_atoms, dtype=bool)
     reason: dict[int, str] = {}
-    for ids, why in coupling.blocks:
-        for atom in np.unique(atom_of_id[ids.numpy()]):
-            if not blocked[atom]:
-                blocked[atom] = True
-                reason[int(atom)] = why
+    for ids, why in coupling.blocks:  # the first reason recorded for an atom is the one reported
+        atoms = np.unique(atom_of_id[ids.numpy()])
+        new = atoms[~blocked[atoms]]
+        blocked[new] = True
+        reason.update(dict.fromkeys(new.tolist(), why))
     renorm = np.zeros(num_atoms, dtype=bool)
     for ids in coupling.renormalized:
         renorm[atom_of_id[ids.numpy()]] = True
     if not allow_renormalization:
-        for atom in np.flatnonzero(renorm & ~blocked):
-            blocked[atom] = True
-            reason[int(atom)] = "normalised by a LayerNorm over channels (allow_renormalization=False)"
+        new = np.flatnonzero(renorm & ~blocked)
+        blocked[new] = True
+        why = "normalised by a LayerNorm over channels (allow_renormalization=False)"
+        reason.update(dict.fromkeys(new.tolist(), why))
     residual = np.zeros(num_atoms, dtype=bool)
     for ids in coupling.merged:
         ids = ids.numpy()
@@ -471,14 +518,15 @@ def _finish(model: nn.Module, run: _Run, macs: float, allow_renormalization: boo
     for atom, why in reason.items():
         if producer[atom]:
             unsupported[why] = unsupported.get(why, 0) + 1
-    modelled_macs = sum(layer.macs(layer.out_size, layer.in_size) for layer in run.layers)
+    other_macs = run.other_macs()
+    macs = sum(layer.macs(layer.out_size, layer.in_size) for layer in run.layers) + other_macs
     total_params = sum(p.numel() for p in model.parameters())
     graph = DependencyGraph(
         members=run.members, atom_of_id=atom_of_id, num_atoms=num_atoms, blocked=blocked,
         block_reason=reason, renormalized=renorm, producer=producer, groups=groups, layers=run.layers,
-        macs=macs, params=total_params, other_macs=max(macs - modelled_macs, 0.0),
+        macs=macs, params=total_params, other_macs=other_macs,
         other_params=total_params - modelled_params, batch_size=run.batch, param_per_index=per_index,
-        unsupported=unsupported, residual=residual,
+        unsupported=unsupported, residual=residual, traced=run.graph, execution=run.execution,
     )
     return graph
 
@@ -502,31 +550,45 @@ def _modelled_params(run: _Run) -> tuple[int, list[int]]:
 
 def _groups(members: list[Member], atom_of_id: np.ndarray, num_atoms: int, blocked: np.ndarray,
             producer: np.ndarray, reason: dict[int, str]) -> list[ChannelGroup]:
-    """Connected components of the member-atom incidence graph."""
+    """Connected components of the member-atom incidence graph, in order of their first member."""
+    if not members:
+        return []
+    n_members = len(members)
     rows, cols = [], []
     for m, member in enumerate(members):
         ids = member.ids.numpy()
-        atoms = np.unique(atom_of_id[ids[ids >= 0]])
-        rows.append(np.full(atoms.shape, m))
-        cols.append(atoms)
-    if not members:
-        return []
+        ids = ids[ids >= 0]
+        rows.append(np.full(ids.shape, m))
+        cols.append(ids)
     r = np.concatenate(rows)
-    c = np.concatenate(cols) + len(members)
-    size = len(members) + num_atoms
-    adj = coo_matrix((np.ones(r.shape, dtype=np.int8), (r, c)), shape=(size, size))
+    c = atom_of_id[np.concatenate(cols).astype(np.int64)] + n_members
+    size = n_members + num_atoms
+    adj = coo_matrix((np.ones(r.shape, dtype=bool), (r, c)), shape=(size, size))
     _, comp = connected_components(adj, directed=False)
-    groups: dict[int, tuple[list[int], list[int]]] = {}
-    for m in range(len(members)):
-        groups.setdefault(int(comp[m]), ([], []))[0].append(m)
-    for atom in range(num_atoms):
-        key = int(comp[len(members) + atom])
-        if key in groups:
-            groups[key][1].append(atom)
+    member_comp, atom_comp = comp[:n_members], comp[n_members:]
+    keys, first = np.unique(member_comp, return_index=True)
+    group_of_comp = np.full(int(comp.max()) + 1, -1, dtype=np.int64)
+    group_of_comp[keys[np.argsort(first)]] = np.arange(keys.size)
+    member_group = group_of_comp[member_comp]
+    atom_group = group_of_comp[atom_comp]
+    member_lists = _split_by(member_group, keys.size)
+    atom_lists = _split_by(atom_group, keys.size)
+    reasons: list[set[str]] = [set() for _ in range(keys.size)]
+    for atom, why in reason.items():
+        g = atom_group[atom]
+        if g >= 0:
+            reasons[g].add(why)
     out = []
-    for index, (ms, atoms) in enumerate(groups.values()):
-        atoms_arr = np.array(sorted(atoms), dtype=np.int64)
+    for index in range(keys.size):
+        atoms_arr = atom_lists[index]
         removable = atoms_arr[producer[atoms_arr] & ~blocked[atoms_arr]]
-        reasons = sorted({reason[int(a)] for a in atoms_arr if int(a) in reason})
-        out.append(ChannelGroup(index, ms, atoms_arr, removable, reasons))
+        out.append(ChannelGroup(index, member_lists[index].tolist(), atoms_arr, removable, sorted(reasons[index])))
     return out
+
+
+def _split_by(group: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """Indices of ``group`` (-1 = none), split per group value 0..n_groups-1, each ascending."""
+    order = np.argsort(group, kind="stable")
+    counts = np.bincount(group[group >= 0], minlength=n_groups)
+    skip = int((group < 0).sum())
+    return np.split(order[skip:].astype(np.int64), np.cumsum(counts)[:-1])

@@ -113,3 +113,13 @@ _register(METHOD_HANDLERS, ["repeat"], s.repeat)
 _register(METHOD_HANDLERS, ["mean", "amax", "amin", "std", "var", "logsumexp"], o._reduction)
 _register(METHOD_HANDLERS, ["sum"], o._sum)
 _register(METHOD_HANDLERS, ["softmax", "log_softmax"], o._softmax)
+
+
+def is_flop_free(node) -> bool:
+    """A call of a function or tensor method of this table: none multiplies matrices or convolves,
+    so ``FlopCounterMode`` would count 0 for it (modules are decided by ``_shape_exec``'s rules)."""
+    if node.op == "call_function":
+        return o.function_handler(node.target) is not None
+    if node.op == "call_method":
+        return node.target in METHOD_HANDLERS
+    return False

@@ -36,6 +36,7 @@ def _register(table: dict, keys: list, handler: Handler) -> None:
         if key in table:
             raise ValueError(f"op handler for {key!r} registered twice")
         table[key] = handler
+    _MODULE_HANDLER_CACHE.clear()
 
 
 # ---- structure helpers -----------------------------------------------------------------------
@@ -77,6 +78,14 @@ def fresh_labels(value: Any) -> Any:
     return None
 
 
+def shape_only(obj: Any) -> bool:
+    """Whether ``obj`` holds a tensor without values (meta or fake): an op applied to labels with
+    it as an argument (an index, a shift) would read values that do not exist."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(t.device.type == "meta" or isinstance(t, FakeTensor) for t in _flatten(obj))
+
+
 def _flatten(obj: Any) -> list[Labels]:
     if isinstance(obj, torch.Tensor):
         return [obj]
@@ -106,24 +115,43 @@ def propagate(run, node: Node, args: tuple, kwargs: dict, labels: dict[Node, Any
     handler = None
     if node.op == "call_module":
         module = run.modules[str(node.target)]
-        for cls in type(module).__mro__:
-            if cls in MODULE_HANDLERS:
-                handler = MODULE_HANDLERS[cls]
-                break
+        handler = module_handler(type(module))
         if handler is not None:
             return handler(run, node, module, args, kwargs, labels, value)
     elif node.op == "call_function":
-        handler = FUNCTION_HANDLERS.get(node.target)
-        if handler is None:
-            from ._op_table import NAMED_FUNCTION_HANDLERS
-
-            target = node.target
-            handler = NAMED_FUNCTION_HANDLERS.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}")
+        handler = function_handler(node.target)
     elif node.op == "call_method":
         handler = METHOD_HANDLERS.get(str(node.target))
     if handler is not None:
         return handler(run, node, args, kwargs, labels, value)
     return _unknown(run, node, labels, value)
+
+
+_MODULE_HANDLER_CACHE: dict[type, Handler | None] = {}
+
+
+def module_handler(cls: type) -> Handler | None:
+    """The handler of the nearest class in ``cls``'s MRO that has one (cached per class)."""
+    try:
+        return _MODULE_HANDLER_CACHE[cls]
+    except KeyError:
+        pass
+    handler = next((MODULE_HANDLERS[c] for c in cls.__mro__ if c in MODULE_HANDLERS), None)
+    _MODULE_HANDLER_CACHE[cls] = handler
+    return handler
+
+
+def function_handler(target: Any) -> Handler | None:
+    """The handler of a called function: by object, else by qualified name (optional packages)."""
+    try:
+        handler = FUNCTION_HANDLERS.get(target)
+    except TypeError:  # an unhashable callable
+        return None
+    if handler is None:
+        from ._op_table import NAMED_FUNCTION_HANDLERS
+
+        handler = NAMED_FUNCTION_HANDLERS.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}")
+    return handler
 
 
 def _unknown(run, node: Node, labels: dict[Node, Any], value: Any) -> Any:
@@ -211,15 +239,15 @@ def _conv(run, node, module: nn.modules.conv._ConvNd, args, kwargs, labels, valu
         unprunable_in = (ins < 0).any(dim=1)
         if bool(unprunable_in.any()):
             c.block(outs[unprunable_in], f"conv groups fed by unprunable channels at {run.where()}")
-        c.union_within_rows(torch.cat([outs, torch.where(ins >= 0, ins, outs[:, :1])], dim=1))
+        _couple_rows(c, torch.cat([outs, torch.where(ins >= 0, ins, outs[:, :1])], dim=1))
     elif mode == "width":
         # every group keeps the same slots: slot i is removed from all groups at once
         ins, outs = in_ids.view(g, in_pg), out_ids.view(g, out_pg)
         bad = (ins < 0).any(dim=0)
         if bool(bad.any()):
             c.block(ins[:, bad], f"grouped conv slots fed by unprunable channels at {run.where()}")
-        c.union_within_rows(ins.t().contiguous())
-        c.union_within_rows(outs.t().contiguous())
+        _couple_rows(c, ins.t())
+        _couple_rows(c, outs.t())
     spatial = math.prod(value.shape[cdim + 1:])
     kernel = math.prod(module.kernel_size)
     batch = value.shape[0] if cdim == 1 else 1
@@ -228,6 +256,20 @@ def _conv(run, node, module: nn.modules.conv._ConvNd, args, kwargs, labels, valu
                   macs_per_unit=kernel * spatial * batch / max(run.batch, 1) if cdim == 1 else kernel * spatial,
                   params_per_unit=kernel, bias=module.bias is not None)
     return from_vector(out_ids, value.shape, cdim)
+
+
+def _couple_rows(coupling, ids: torch.Tensor) -> None:
+    """Couple every label of each row of a 2-D ``ids`` with the row's first one.
+
+    ``Coupling.union_within_rows`` without its de-duplication: a conv's own ids pair up at most
+    once, and the atoms (connected components) do not mind repeated edges.
+    """
+    if ids.numel() and ids.size(1) > 1:
+        a = ids[:, :1].expand_as(ids).reshape(-1)
+        b = ids.reshape(-1)
+        keep = (a >= 0) & (b >= 0) & (a != b)
+        if bool(keep.any()):
+            coupling.edges.append(torch.stack([a[keep], b[keep]]))
 
 
 def _linear(run, node, module: nn.Linear, args, kwargs, labels, value):

@@ -13,7 +13,7 @@ import torch
 from torch.fx import Node
 
 from ._labels import Labels, binary_union, has_labels, normalize, unlabelled, varying_dims
-from ._ops import _arg, _lab, _node_arg, fresh_labels
+from ._ops import _arg, _lab, _node_arg, fresh_labels, shape_only
 
 
 def _dims_of_index(index: Any, ndim: int) -> list[tuple[int, Any]]:
@@ -54,6 +54,10 @@ def getitem(run, node, args, kwargs, labels, value):
     if src_lab is None:
         return fresh_labels(value)
     lab = normalize(src_lab)
+    if shape_only(index):  # a tensor index whose values this run does not have: labels cannot follow
+        if has_labels(lab):
+            run.coupling.block(lab, f"indexing with a tensor at {run.where()}")
+        return unlabelled(value.shape)
     vary = set(varying_dims(lab))
     for d, item in _dims_of_index(index, source.dim()):
         if d in vary and not _is_full_slice(item, source.size(d)):
@@ -148,11 +152,20 @@ def same_op(run, node, args, kwargs, labels, value):
     src = _lab(labels, node.args[0])
     if src is None or not isinstance(value, torch.Tensor):
         return fresh_labels(value)
+    if shape_only((args[1:], kwargs)):
+        return _tensor_argument(run, src, value)
     if node.op == "call_method":
         out = getattr(src, str(node.target))(*args[1:], **kwargs)
     else:
         out = node.target(src, *args[1:], **kwargs)
     return normalize(out) if isinstance(out, torch.Tensor) else out
+
+
+def _tensor_argument(run, lab: Labels, value):
+    """An op whose tensor arguments have no values in this run: labels cannot follow the data."""
+    if has_labels(lab):
+        run.coupling.block(lab, f"tensor argument at {run.where()}")
+    return fresh_labels(value)
 
 
 def cast(run, node, args, kwargs, labels, value):
@@ -181,6 +194,8 @@ def along_dims(run, node, args, kwargs, labels, value, dims: set[int], what: str
     if src is None:
         return fresh_labels(value)
     lab = normalize(src)
+    if shape_only((args[1:], kwargs)):
+        return _tensor_argument(run, lab, value)
     if set(varying_dims(lab)) & dims:
         run.coupling.block(lab, f"{what} along a channel dim at {run.where()}")
     if node.op == "call_method":

@@ -6,7 +6,9 @@ layers: no masks, no hooks, no zeroed filters. Device, dtype and train/eval mode
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+import functools
+from collections import OrderedDict, defaultdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -95,23 +97,84 @@ def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarra
 
 
 def pruned_copy(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -> nn.Module:
-    """A pruned deep copy of ``model``; the original is untouched.
+    """A pruned copy of ``model``; the original is untouched and shares no tensor with the copy.
 
-    Sliced tensors are handed to ``deepcopy`` through its memo, so the large tensors that are
-    about to be replaced are never copied in full.
+    The copy is built module by module (:func:`copy_module_tree`): sliced tensors are the new
+    ones, every other parameter and buffer is cloned, and nothing is copied twice.
     """
     plan, groups = _slice_plan(model, graph, removed)
     modules = dict(model.named_modules())
-    memo: dict[int, torch.Tensor] = {}
+    replacements: dict[int, torch.Tensor] = {}
     for path, tensors in plan.items():
         for name, tensor in tensors.items():
             old = getattr(modules[path], name)
-            memo[id(old)] = _wrap(old, tensor)
-    copy_ = copy.deepcopy(model, memo)
-    copies = dict(copy_.named_modules())
+            replacements[id(old)] = _wrap(old, tensor)
+    copy_, copies = copy_module_tree(model, replacements)
     for path in set(plan) | set(groups):
         _fix_attributes(copies[path], groups.get(path))
     return copy_
+
+
+_COPY_PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__")
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.memory_format,
+           torch.layout)
+_EMPTY_CONTAINERS = (dict, OrderedDict, list, set)
+
+
+@functools.lru_cache(maxsize=None)
+def _copies_like_a_module(cls: type) -> bool:
+    """Whether ``copy.deepcopy`` would copy an instance of ``cls`` as it copies any nn.Module."""
+    return all(getattr(cls, name, None) is getattr(nn.Module, name, None) for name in _COPY_PROTOCOL)
+
+
+def copy_module_tree(model: nn.Module, replacements: dict[int, torch.Tensor] | None = None
+                     ) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """``copy.deepcopy(model, memo)``, without deepcopy's per-object overhead for modules.
+
+    ``replacements`` maps ``id(tensor)`` to the tensor the copy gets instead (a sliced one).
+    Every other parameter and buffer is cloned; module attributes that are not numbers,
+    strings or empty containers are deep-copied with the same memo, so that references between
+    modules and tensors land on the copies. A model with a class that customises copying
+    (``__deepcopy__``, ``__getstate__`` ...) is copied by ``copy.deepcopy`` itself.
+
+    Returns the copy and its ``{name: module}``.
+    """
+    memo: dict[int, Any] = dict(replacements or {})
+    named = list(model.named_modules())
+    if not all(_copies_like_a_module(type(m)) for _, m in named):
+        copy_ = copy.deepcopy(model, memo)
+        return copy_, dict(copy_.named_modules())
+    for _, module in named:
+        for tensor in (*module._parameters.values(), *module._buffers.values()):
+            if tensor is not None and id(tensor) not in memo:
+                memo[id(tensor)] = _clone(tensor, memo)
+    shells = {}
+    for _, module in named:
+        shell = object.__new__(type(module))
+        memo[id(module)] = shell
+        shells[id(module)] = shell
+    for _, module in named:
+        state = {}
+        for key, value in module.__dict__.items():
+            if key in ("_parameters", "_buffers", "_modules"):
+                state[key] = {k: None if v is None else memo[id(v)] for k, v in value.items()}
+            elif type(value) in _ATOMIC or (type(value) is tuple and all(type(v) in _ATOMIC for v in value)):
+                state[key] = value
+            elif type(value) in _EMPTY_CONTAINERS and not value:
+                state[key] = type(value)()
+            else:
+                state[key] = copy.deepcopy(value, memo)
+        shells[id(module)].__setstate__(state)  # as deepcopy does (_ConvNd fills in defaults there)
+    return memo[id(model)], {name: memo[id(module)] for name, module in model.named_modules(remove_duplicate=False)}
+
+
+def _clone(tensor: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:
+    if type(tensor) is nn.Parameter and tensor.layout == torch.strided and not tensor.__dict__:
+        return nn.Parameter(tensor.detach().clone(memory_format=torch.preserve_format), tensor.requires_grad)
+    if type(tensor) is torch.Tensor and tensor.layout == torch.strided and not tensor.__dict__ and tensor.is_leaf:
+        out = tensor.detach().clone(memory_format=torch.preserve_format)
+        return out.requires_grad_(tensor.requires_grad)
+    return copy.deepcopy(tensor, memo)  # subclasses, sparse, quantized ...: torch's own rules
 
 
 def _fix_attributes(module: nn.Module, groups: int | None) -> dict[str, int]:
