@@ -246,6 +246,8 @@ SHAPE_RULES: dict[type, Rule] = {
 def _binary(a: Any, b: Any, **kwargs: Any) -> torch.Tensor:
     if kwargs or not isinstance(a, torch.Tensor) or not isinstance(b, (torch.Tensor, int, float, bool)):
         raise _NoRule
+    if isinstance(b, torch.Tensor) and b.device != a.device and b.dim():  # torch refuses; let it say so
+        raise _NoRule
     dtype = torch.result_type(a, b)
     if not dtype.is_floating_point:  # integer division, promotion corner cases: torch decides
         raise _NoRule
