@@ -413,8 +413,8 @@ def build_dependency_graph(
     if residual not in RESIDUAL_POLICIES:
         raise ValueError(f"residual must be one of {RESIDUAL_POLICIES}, got {residual!r}")
     inputs = _as_tuple(example_inputs)
-    names = [n for n, _ in model.named_modules() if n]
-    patterns = _compile_excludes(exclude, names)
+    exclude = list(exclude)
+    patterns = _compile_excludes(exclude, [n for n, _ in model.named_modules() if n]) if exclude else []
     # trace the deployed (eval) behaviour; per-module modes come back after
     with evaluating(model), attention_counted():
         graph = trace_graph(model)
@@ -512,7 +512,6 @@ def _finish(model: nn.Module, run: _Run, allow_renormalization: bool, residual_p
             ids = member.ids.numpy()
             producer[atom_of_id[ids[ids >= 0]]] = True
 
-    groups = _groups(run.members, atom_of_id, num_atoms, blocked, producer, reason)
     modelled_params, per_index = _modelled_params(run)
     unsupported: dict[str, int] = {}
     for atom, why in reason.items():
@@ -520,14 +519,16 @@ def _finish(model: nn.Module, run: _Run, allow_renormalization: bool, residual_p
             unsupported[why] = unsupported.get(why, 0) + 1
     other_macs = run.other_macs()
     macs = sum(layer.macs(layer.out_size, layer.in_size) for layer in run.layers) + other_macs
-    total_params = sum(p.numel() for p in model.parameters())
+    total_params = sum(p.numel() for p in {id(p): p for m in run.modules.values()
+                                           for p in m._parameters.values() if p is not None}.values())
     graph = DependencyGraph(
         members=run.members, atom_of_id=atom_of_id, num_atoms=num_atoms, blocked=blocked,
-        block_reason=reason, renormalized=renorm, producer=producer, groups=groups, layers=run.layers,
+        block_reason=reason, renormalized=renorm, producer=producer, groups=[], layers=run.layers,
         macs=macs, params=total_params, other_macs=other_macs,
         other_params=total_params - modelled_params, batch_size=run.batch, param_per_index=per_index,
         unsupported=unsupported, residual=residual, traced=run.graph, execution=run.execution,
     )
+    graph.groups = _groups(graph)
     return graph
 
 
@@ -548,42 +549,34 @@ def _modelled_params(run: _Run) -> tuple[int, list[int]]:
     return total, per_index
 
 
-def _groups(members: list[Member], atom_of_id: np.ndarray, num_atoms: int, blocked: np.ndarray,
-            producer: np.ndarray, reason: dict[int, str]) -> list[ChannelGroup]:
+def _groups(graph: DependencyGraph) -> list[ChannelGroup]:
     """Connected components of the member-atom incidence graph, in order of their first member."""
-    if not members:
+    n_members = len(graph.members)
+    if not n_members:
         return []
-    n_members = len(members)
-    rows, cols = [], []
-    for m, member in enumerate(members):
-        ids = member.ids.numpy()
-        ids = ids[ids >= 0]
-        rows.append(np.full(ids.shape, m))
-        cols.append(ids)
-    r = np.concatenate(rows)
-    c = atom_of_id[np.concatenate(cols).astype(np.int64)] + n_members
-    size = n_members + num_atoms
-    adj = coo_matrix((np.ones(r.shape, dtype=bool), (r, c)), shape=(size, size))
+    flat_atoms, flat_member = graph._flat_atoms, graph._flat_member
+    ok = flat_atoms >= 0
+    size = n_members + graph.num_atoms
+    adj = coo_matrix((np.ones(int(ok.sum()), dtype=bool), (flat_member[ok], flat_atoms[ok] + n_members)),
+                     shape=(size, size))
     _, comp = connected_components(adj, directed=False)
     member_comp, atom_comp = comp[:n_members], comp[n_members:]
     keys, first = np.unique(member_comp, return_index=True)
+    n_groups = keys.size
     group_of_comp = np.full(int(comp.max()) + 1, -1, dtype=np.int64)
-    group_of_comp[keys[np.argsort(first)]] = np.arange(keys.size)
-    member_group = group_of_comp[member_comp]
+    group_of_comp[keys[np.argsort(first)]] = np.arange(n_groups)
     atom_group = group_of_comp[atom_comp]
-    member_lists = _split_by(member_group, keys.size)
-    atom_lists = _split_by(atom_group, keys.size)
-    reasons: list[set[str]] = [set() for _ in range(keys.size)]
-    for atom, why in reason.items():
+    member_lists = _split_by(group_of_comp[member_comp], n_groups)
+    atom_lists = _split_by(atom_group, n_groups)
+    removable = graph.producer & ~graph.blocked
+    removable_lists = _split_by(np.where(removable, atom_group, -1), n_groups)
+    reasons: list[set[str]] = [set() for _ in range(n_groups)]
+    for atom, why in graph.block_reason.items():
         g = atom_group[atom]
         if g >= 0:
             reasons[g].add(why)
-    out = []
-    for index in range(keys.size):
-        atoms_arr = atom_lists[index]
-        removable = atoms_arr[producer[atoms_arr] & ~blocked[atoms_arr]]
-        out.append(ChannelGroup(index, member_lists[index].tolist(), atoms_arr, removable, sorted(reasons[index])))
-    return out
+    return [ChannelGroup(index, member_lists[index].tolist(), atom_lists[index], removable_lists[index],
+                         sorted(reasons[index])) for index in range(n_groups)]
 
 
 def _split_by(group: np.ndarray, n_groups: int) -> list[np.ndarray]:

@@ -205,10 +205,23 @@ def _get_attr(run, node: Node, value: Any) -> Any:
 # ---- modules with weights ---------------------------------------------------------------------
 
 
+def _vector_along(lab: Labels, dim: int) -> torch.Tensor | None:
+    """The labels along ``dim`` when ``lab`` is a vector broadcast along every other dim (what
+    ``from_vector`` makes, and most labels are), read from its strides; None otherwise."""
+    stride, shape = lab.stride(), lab.shape
+    for d in range(lab.dim()):
+        if d != dim and stride[d] and shape[d] != 1:
+            return None
+    return lab.as_strided((shape[dim],), (stride[dim],), lab.storage_offset()).contiguous()
+
+
 def _channel_vector_or_block(run, lab: Labels | None, dim: int, size: int, what: str) -> torch.Tensor:
     """Labels along ``dim`` (length ``size``); blocks and returns -1s if they vary elsewhere."""
     if lab is None:
         return torch.full((size,), -1, dtype=torch.long)
+    vec = _vector_along(lab, dim)
+    if vec is not None:
+        return vec
     lab = normalize(lab)
     others = [d for d in varying_dims(lab) if d != dim]
     if others:
@@ -381,6 +394,10 @@ def _elementwise(run, node, args, kwargs, labels, value, module=None):
     """Every tensor argument meets the output element by element (with broadcasting)."""
     if not isinstance(value, torch.Tensor):
         return fresh_labels(value)
+    if len(node.all_input_nodes) == 1:  # an activation: nothing meets, the labels pass through
+        lab = _lab(labels, node.all_input_nodes[0])
+        if lab is not None and lab.shape == value.shape:
+            return lab
     labs = [_lab(labels, a) for a in node.all_input_nodes]
     return binary_union(run.coupling, [l for l in labs if l is not None], value.shape, run.where())
 

@@ -252,8 +252,8 @@ def _binary(a: Any, b: Any, **kwargs: Any) -> torch.Tensor:
     if not dtype.is_floating_point:  # integer division, promotion corner cases: torch decides
         raise _NoRule
     shape = torch.broadcast_shapes(a.shape, b.shape) if isinstance(b, torch.Tensor) else a.shape
-    if shape == a.shape and dtype == a.dtype:
-        return torch.empty_like(a)  # the layout (strides) of the first operand, as TensorIterator does
+    if shape == a.shape and dtype == a.dtype:  # the layout (strides) of the first operand, as TensorIterator does
+        return torch.empty_strided(a.shape, a.stride(), dtype=dtype, device=META)
     return torch.empty(shape, dtype=dtype, device=META)
 
 

@@ -42,14 +42,13 @@ def _replace(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
         raise CompressorError(f"'{name}' is neither a parameter nor a buffer of {type(module).__name__}")
 
 
-def _slice_plan(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
+def _slice_plan(modules: dict[str, nn.Module], graph: DependencyGraph, removed: np.ndarray
                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
     """New (sliced) tensors per module and attribute, and new conv group counts."""
     if bool((removed & ~(graph.producer & ~graph.blocked)).any()):
         bad = np.flatnonzero(removed & ~(graph.producer & ~graph.blocked))[:5]
         raise CompressorError(f"atoms {bad.tolist()} are blocked and cannot be removed")
-    modules = dict(model.named_modules())
-    slices: dict[str, list[tuple[str, int, np.ndarray]]] = defaultdict(list)
+    slices: dict[str, list[tuple[str, int, torch.Tensor]]] = defaultdict(list)
     groups: dict[str, int] = {}
     for m, member in enumerate(graph.members):
         kept = graph.kept_mask(m, removed)
@@ -58,16 +57,20 @@ def _slice_plan(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
                 groups[member.module] = int(kept.reshape(member.groups, -1).all(axis=1).sum())
             kept = _group_layout(member, kept)
         if not kept.all():
+            index = torch.from_numpy(np.flatnonzero(kept))  # one index for every tensor of the member
             for name, axis in member.tensors:
-                slices[member.module].append((name, axis, np.flatnonzero(kept)))
+                slices[member.module].append((name, axis, index))
     plan: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     with torch.no_grad():
         for path, items in slices.items():
+            module, sliced = modules[path], plan[path]
             for name, axis, index in items:
-                tensor = plan[path].get(name, getattr(modules[path], name))
+                tensor = sliced.get(name, getattr(module, name))
                 if tensor is None:
                     continue
-                plan[path][name] = tensor.index_select(axis, torch.from_numpy(index).to(tensor.device))
+                if index.device != tensor.device:
+                    index = index.to(tensor.device)
+                sliced[name] = tensor.index_select(axis, index)
     return plan, groups
 
 
@@ -88,8 +91,8 @@ def prune_channels_(model: nn.Module, graph: DependencyGraph, removed: np.ndarra
     Returns:
         ``{module name: {attribute: new value}}`` for every resized module.
     """
-    plan, groups = _slice_plan(model, graph, removed)
     modules = dict(model.named_modules())
+    plan, groups = _slice_plan(modules, graph, removed)
     for path, tensors in plan.items():
         for name, tensor in tensors.items():
             _replace(modules[path], name, tensor)
@@ -102,23 +105,24 @@ def pruned_copy(model: nn.Module, graph: DependencyGraph, removed: np.ndarray) -
     The copy is built module by module (:func:`copy_module_tree`): sliced tensors are the new
     ones, every other parameter and buffer is cloned, and nothing is copied twice.
     """
-    plan, groups = _slice_plan(model, graph, removed)
     modules = dict(model.named_modules())
+    plan, groups = _slice_plan(modules, graph, removed)
     replacements: dict[int, torch.Tensor] = {}
     for path, tensors in plan.items():
         for name, tensor in tensors.items():
             old = getattr(modules[path], name)
             replacements[id(old)] = _wrap(old, tensor)
-    copy_, copies = copy_module_tree(model, replacements)
+    copy_, copies = copy_module_tree(model, replacements, modules)
     for path in set(plan) | set(groups):
         _fix_attributes(copies[path], groups.get(path))
     return copy_
 
 
 _COPY_PROTOCOL = ("__deepcopy__", "__reduce_ex__", "__reduce__", "__getstate__")
-_ATOMIC = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.memory_format,
-           torch.layout)
-_EMPTY_CONTAINERS = (dict, OrderedDict, list, set)
+_ATOMIC = frozenset((type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
+                     torch.memory_format, torch.layout))
+_EMPTY_CONTAINERS = frozenset((dict, OrderedDict, list, set))
+_TENSOR_DICTS = ("_parameters", "_buffers", "_modules")
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,8 +131,14 @@ def _copies_like_a_module(cls: type) -> bool:
     return all(getattr(cls, name, None) is getattr(nn.Module, name, None) for name in _COPY_PROTOCOL)
 
 
-def copy_module_tree(model: nn.Module, replacements: dict[int, torch.Tensor] | None = None
-                     ) -> tuple[nn.Module, dict[str, nn.Module]]:
+@functools.lru_cache(maxsize=None)
+def _restores_only_missing_defaults(cls: type) -> bool:
+    """torch.nn's own ``__setstate__`` methods only add attributes an old pickle lacks."""
+    return getattr(cls.__setstate__, "__module__", "").startswith("torch.nn.")
+
+
+def copy_module_tree(model: nn.Module, replacements: dict[int, torch.Tensor] | None = None,
+                     modules: dict[str, nn.Module] | None = None) -> tuple[nn.Module, dict[str, nn.Module]]:
     """``copy.deepcopy(model, memo)``, without deepcopy's per-object overhead for modules.
 
     ``replacements`` maps ``id(tensor)`` to the tensor the copy gets instead (a sliced one).
@@ -137,35 +147,38 @@ def copy_module_tree(model: nn.Module, replacements: dict[int, torch.Tensor] | N
     modules and tensors land on the copies. A model with a class that customises copying
     (``__deepcopy__``, ``__getstate__`` ...) is copied by ``copy.deepcopy`` itself.
 
-    Returns the copy and its ``{name: module}``.
+    ``modules`` is ``dict(model.named_modules())`` when the caller has it. Returns the copy and
+    its modules by the same names.
     """
     memo: dict[int, Any] = dict(replacements or {})
-    named = list(model.named_modules())
-    if not all(_copies_like_a_module(type(m)) for _, m in named):
+    modules = modules if modules is not None else dict(model.named_modules())
+    if not all(_copies_like_a_module(type(m)) for m in modules.values()):
         copy_ = copy.deepcopy(model, memo)
         return copy_, dict(copy_.named_modules())
-    for _, module in named:
+    for module in modules.values():
         for tensor in (*module._parameters.values(), *module._buffers.values()):
             if tensor is not None and id(tensor) not in memo:
                 memo[id(tensor)] = _clone(tensor, memo)
-    shells = {}
-    for _, module in named:
-        shell = object.__new__(type(module))
-        memo[id(module)] = shell
-        shells[id(module)] = shell
-    for _, module in named:
-        state = {}
-        for key, value in module.__dict__.items():
-            if key in ("_parameters", "_buffers", "_modules"):
+    for module in modules.values():
+        memo[id(module)] = object.__new__(type(module))
+    for module in modules.values():
+        state = dict(module.__dict__)
+        for key, value in state.items():
+            kind = type(value)
+            if kind in _ATOMIC:
+                continue
+            if key in _TENSOR_DICTS:
                 state[key] = {k: None if v is None else memo[id(v)] for k, v in value.items()}
-            elif type(value) in _ATOMIC or (type(value) is tuple and all(type(v) in _ATOMIC for v in value)):
-                state[key] = value
-            elif type(value) in _EMPTY_CONTAINERS and not value:
-                state[key] = type(value)()
-            else:
+            elif kind in _EMPTY_CONTAINERS and not value:
+                state[key] = kind()
+            elif not (kind is tuple and all(type(v) in _ATOMIC for v in value)):
                 state[key] = copy.deepcopy(value, memo)
-        shells[id(module)].__setstate__(state)  # as deepcopy does (_ConvNd fills in defaults there)
-    return memo[id(model)], {name: memo[id(module)] for name, module in model.named_modules(remove_duplicate=False)}
+        shell = memo[id(module)]
+        if _restores_only_missing_defaults(type(module)):
+            shell.__dict__ = state  # a live module's state lacks nothing
+        else:
+            shell.__setstate__(state)  # as deepcopy does
+    return memo[id(model)], {name: memo[id(module)] for name, module in modules.items()}
 
 
 def _clone(tensor: torch.Tensor, memo: dict[int, Any]) -> torch.Tensor:

@@ -126,7 +126,7 @@ def test_copy_module_tree_keeps_sharing_inside_the_copy_and_nothing_with_the_ori
     assert copy_.a.weight is not model.a.weight and not copy_.a.weight.requires_grad
     assert isinstance(copy_.a.weight, nn.Parameter) and isinstance(copy_.scale, torch.Tensor)
     assert copy_.notes == model.notes and copy_.notes is not model.notes
-    assert named["shared"] is copy_.a and named["b"] is copy_.b
+    assert named["a"] is copy_.a and named["b"] is copy_.b
     assert not _storages(model) & _storages(copy_)
     x = torch.randn(1, 3, 5, 5)
     assert torch.equal(copy_(x), model(x))
