@@ -68,12 +68,16 @@ def table_alignment(runtime: str, device: str) -> dict[str, int]:
     return {kind: value for kind in KINDS}
 
 
-def default_runtimes() -> list[str]:
-    """The CPU runtimes installed here (onnxruntime, OpenVINO); torch when neither is."""
+@lru_cache(maxsize=1)
+def _installed_cpu_runtimes() -> tuple[str, ...]:
     from runtimes import get_runtime
 
-    found = [name for name in DEFAULT_CPU_RUNTIMES if get_runtime(name).is_available("cpu") is None]
-    return found or ["torch"]
+    return tuple(name for name in DEFAULT_CPU_RUNTIMES if get_runtime(name).is_available("cpu") is None)
+
+
+def default_runtimes() -> list[str]:
+    """The CPU runtimes installed here (onnxruntime, OpenVINO); torch when neither is."""
+    return list(_installed_cpu_runtimes()) or ["torch"]
 
 
 def resolve_alignment(config: PruneConfig, *, refresh: bool = False) -> PruneConfig:
@@ -97,7 +101,20 @@ def resolve_alignment(config: PruneConfig, *, refresh: bool = False) -> PruneCon
     return dataclasses.replace(config, alignment=alignment)
 
 
+_RESOLVED: dict[tuple[Any, ...], tuple[dict[str, int], str, str]] = {}  # per process: no file read per prune
+
+
 def _runtime_alignment(runtime: str, config: PruneConfig, refresh: bool) -> tuple[dict[str, int], str, str]:
+    """(alignment per kind, source, note) for one runtime, remembered for the process."""
+    key = (runtime, config.device, config.batch_size, config.threads)
+    if refresh or key not in _RESOLVED:
+        found, source, note = _measured_alignment(runtime, config, refresh)
+        _RESOLVED[key] = (found, "cache" if source == "probe" else source, note)
+        return found, source, note
+    return _RESOLVED[key]
+
+
+def _measured_alignment(runtime: str, config: PruneConfig, refresh: bool) -> tuple[dict[str, int], str, str]:
     """(alignment per kind, source, note) for one runtime: measured, cached, or the ISA table."""
     if runtime == "tensorrt" or config.device in ("cuda", "gpu"):
         return table_alignment(runtime, config.device), "isa-table", "GPU targets are not probed"

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._align import resolve_alignment
 from ._config import PruneConfig
 from ._criteria import CriterionContext, get_criterion
 from ._graph import DependencyGraph, _as_tuple, build_dependency_graph
@@ -117,6 +118,7 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages);
         ValueError when a data-based criterion gets no ``data``.
     """
+    config = resolve_alignment(config)
     if config.submodule:
         _check_data(config, data)
         return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
@@ -175,6 +177,7 @@ def plan_pruning(model: nn.Module, example_inputs: Any, config: PruneConfig, *, 
     _check_data(config, data)
     if config.submodule:
         raise ValueError("plan_pruning takes the whole model; a submodule is pruned by prune_model")
+    config = resolve_alignment(config)
     spec = get_criterion(config.criterion)
     t0 = time.perf_counter()
     graph = graph_for(model, example_inputs, config)

@@ -54,6 +54,12 @@ def test_pipeline_runs_end_to_end_in_quick_mode(path, tmp_path, request):
             assert labels[:2] == ["unpruned", "pruned"] and any("ThinResNet" in m for m in labels)
     if "bundle" in state:
         assert (tmp_path / "run" / state["bundle"] / "manifest.json").is_file()
+    if path == DEFAULT_PIPELINE:  # the demo prunes with the deployment-aware default and records it
+        alignment = results["02_prune"]["alignment"]
+        assert alignment["round_to"] == "auto" and set(alignment["auto"]["kinds"]) == {"conv", "depthwise", "linear"}
+        assert set(alignment["auto"]["runtimes"]) >= {"onnxruntime", "openvino"}
+        manifest = json.loads((tmp_path / "run" / state["bundle"] / "manifest.json").read_text())
+        assert manifest["alignment"] == alignment
 
 
 def test_resume_skips_unchanged_steps_and_redoes_changed_ones(tmp_path):
