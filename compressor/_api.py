@@ -318,27 +318,32 @@ def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph |
 
     With the ``graph`` it was pruned by (traced on meta tensors), the traced forward runs again on
     meta tensors with the pruned layers: every layer's weights are checked against the shapes that
-    reach it, and its size attributes against its tensors (a few ms). If that check cannot run the
-    model, the model's own forward runs on fake tensors, which decides.
+    reach it, and its size attributes against its tensors (a few ms). If that fails, the pruned
+    model is traced afresh and checked the same way; if that fails too, the model's own forward
+    runs on fake tensors, which decides.
 
     Raises:
         CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from ._graph import trace_graph
     from ._shape_exec import LayerMismatch, run_shapes
     from .errors import CompressorError
 
     inputs = _as_tuple(example_inputs)
     if graph is not None and graph.traced is not None and graph.execution == "meta":
-        try:
-            with evaluating(model):
-                run_shapes(graph.traced, model, inputs)
-            return
-        except LayerMismatch as exc:
-            raise CompressorError(f"internal error: a pruned layer disagrees with its tensors: {exc}") from exc
-        except Exception:  # noqa: BLE001  (the model's own forward below decides)
-            pass
+        # the unpruned model's trace first; a fresh trace when that one holds sizes read from
+        # module attributes surgery has changed (ConvNeXt's LayerNorm2d passes normalized_shape)
+        for traced in (lambda: graph.traced, lambda: trace_graph(model)):
+            try:
+                with evaluating(model):
+                    run_shapes(traced(), model, inputs)
+                return
+            except LayerMismatch as exc:
+                raise CompressorError(f"internal error: a pruned layer disagrees with its tensors: {exc}") from exc
+            except Exception:  # noqa: BLE001  (the model's own forward below decides)
+                pass
     try:  # fake tensors check the shapes without arithmetic
         with evaluating(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             model(*inputs)

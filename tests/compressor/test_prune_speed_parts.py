@@ -175,6 +175,25 @@ def test_verification_catches_attributes_that_disagree_with_the_tensors(monkeypa
         C.prune_model(model, x, _config())
 
 
+class _LayerNorm2d(nn.LayerNorm):
+    """ConvNeXt's: the trace holds ``normalized_shape`` as a literal, which surgery changes."""
+
+    def forward(self, x):
+        x = nn.functional.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def test_a_trace_holding_a_changed_module_size_is_verified_on_a_fresh_trace(monkeypatch):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), _LayerNorm2d(8), nn.Conv2d(8, 4, 1)).eval()
+
+    def no_fake_tensors(*args, **kwargs):
+        raise AssertionError("the meta-tensor checks should have decided")
+
+    monkeypatch.setattr(torch._subclasses.fake_tensor, "FakeTensorMode", no_fake_tensors)
+    result = C.prune_model(model, torch.randn(1, 3, 8, 8), _config())
+    assert result.model[1].normalized_shape == (6,)
+
+
 def _cpu_ones(x: torch.Tensor) -> torch.Tensor:
     return torch.ones(x.shape[0], 1, x.shape[2], x.shape[3])  # on the CPU whatever x is
 
