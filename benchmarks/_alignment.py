@@ -41,7 +41,7 @@ KINDS = ("conv", "depthwise", "linear")
 MAX_ALIGNMENT = 16
 TOLERANCE = 0.03  # a class must run this much slower than its neighbours predict to count
 CACHE_FILE = "alignment.json"
-PROBE_BUDGET_S = 6.0  # per runtime: all kinds together
+PROBE_BUDGET_S = 8.0  # per runtime: all kinds together
 _CLASSES = (1, 2, 4, 8)  # width classes: w = m + a, between multiples m and m + 2a of 2a
 _BASES = (96, 128)  # two 32-wide windows: every class has members in both
 
@@ -238,7 +238,7 @@ def work(kind: str, width: int) -> float:
     return float(sum(k * k * (cin // groups) * cout for k, cin, cout, groups in _layers(kind, width)))
 
 
-def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | None, *, rounds: int = 9,
+def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | None, *, rounds: int = 21,
                     warmup: int = 2, deadline: float | None = None) -> Measure:
     """A measure function that times chains on ``runtime``: one session per width, interleaved rounds."""
     from runtimes import SessionConfig, get_runtime
