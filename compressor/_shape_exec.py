@@ -57,10 +57,12 @@ def to_meta(obj: Any) -> Any:
 def meta_twin(module: nn.Module) -> nn.Module:
     """A shallow copy of ``module`` whose parameters and buffers (recursively) are meta tensors."""
     twin = object.__new__(type(module))
-    twin.__dict__ = dict(module.__dict__)
-    twin._parameters = {k: None if v is None else meta_like(v) for k, v in module._parameters.items()}
-    twin._buffers = {k: None if v is None else meta_like(v) for k, v in module._buffers.items()}
-    twin._modules = {k: None if v is None else meta_twin(v) for k, v in module._modules.items()}
+    twin.__dict__ = {
+        **module.__dict__,
+        "_parameters": {k: None if v is None else meta_like(v) for k, v in module._parameters.items()},
+        "_buffers": {k: None if v is None else meta_like(v) for k, v in module._buffers.items()},
+        "_modules": {k: None if v is None else meta_twin(v) for k, v in module._modules.items()},
+    }
     return twin
 
 
