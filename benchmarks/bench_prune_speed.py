@@ -158,7 +158,7 @@ def _torch_pruning(model: nn.Module, x: torch.Tensor, classifier: str) -> Callab
 def _measure(name: str, size: int, repeats: int) -> dict[str, Any]:
     import torchvision
 
-    row: dict[str, Any] = {"model": name, "size": size}
+    row: dict[str, Any] = {"model": name, "size": size, "load_avg_1m": os.getloadavg()[0]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = torchvision.models.get_model(name).eval()
@@ -220,7 +220,9 @@ def summary_markdown(payload: dict[str, Any]) -> str:
         "",
         f"Machine: {env.get('cpu_model')}, {env.get('cpu_cores_available')} cores; torch "
         f"{env.get('versions', {}).get('torch')}; git {str(env.get('git_sha'))[:10]}"
-        f"{' (dirty)' if env.get('git_dirty') else ''}.",
+        f"{' (dirty)' if env.get('git_dirty') else ''}; 1-minute load average before each model "
+        f"{min(r['load_avg_1m'] for r in rows):.1f}-{max(r['load_avg_1m'] for r in rows):.1f} "
+        "(other processes share the machine: read the ratios, which interleaving protects, more than the ms).",
         "",
     ]
     compared = [r for r in rows if "ratio" in r]
