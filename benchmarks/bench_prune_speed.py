@@ -225,6 +225,12 @@ def summary_markdown(payload: dict[str, Any]) -> str:
         "(other processes share the machine: read the ratios, which interleaving protects, more than the ms).",
         "",
     ]
+    import torchvision
+
+    every = torchvision.models.list_models(module=torchvision.models)
+    lines.append(f"Models: {len({r['model'] for r in rows})} of the {len(every)} torchvision classification "
+                 f"models, at {', '.join(str(s) for s in payload['sizes'])} px.")
+    lines.append("")
     compared = [r for r in rows if "ratio" in r]
     for size in sorted({r["size"] for r in rows}):
         at = [r for r in compared if r["size"] == size]
@@ -250,6 +256,17 @@ def summary_markdown(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _torch_pruning_version(module: Any) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("torch-pruning")
+    except PackageNotFoundError:
+        installed = "?"
+    declared = getattr(module, "__version__", "?")
+    return installed if declared == installed else f"{installed} (module __version__ {declared})"
+
+
 def sweep(args: argparse.Namespace) -> None:
     try:
         import torch_pruning
@@ -267,7 +284,7 @@ def sweep(args: argparse.Namespace) -> None:
     payload: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "kind": "prune_speed_sweep", "threads": args.threads,
         "repeats": args.repeats, "sizes": sizes, "models": names,
-        "torch_pruning": getattr(torch_pruning, "__version__", "?"), "environment": collect_environment(),
+        "torch_pruning": _torch_pruning_version(torch_pruning), "environment": collect_environment(),
         "rows": [],
     }
     for name in names:
