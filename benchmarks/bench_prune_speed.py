@@ -7,7 +7,7 @@ verify, cost, total), median (min/max) over the repeats after one warm-up call, 
 call of a fresh process (imports, then the first call) measured in a subprocess.
 
     python benchmarks/bench_prune_speed.py --sweep [--models resnet50,mobilenet_v2] [--sizes 64,224]
-        [--repeats 5] [--out benchmarks/results/prune_speed]
+        [--repeats 5] [--out benchmarks/results/prune_speed] [--resume]
 
 ``compressor.prune(model, x, "l2", ratio=0.3, round_to=1)`` against Torch-Pruning's
 ``BasePruner`` (L2 ``GroupMagnitudeImportance``, ``pruning_ratio=0.3``, the final classifier
@@ -18,7 +18,8 @@ Torch-Pruning prunes). Random weights, batch 1. Each round runs both, in alterna
 after one warm-up call each; the medians and their ratio are reported. Torch-Pruning prunes in
 place, so it gets a fresh ``deepcopy`` of the model before each call, outside its timing
 (compressor's time includes its copy and its verification); the copy's time is recorded apart.
-Torch-Pruning is a benchmark-only dependency (``pip install torch-pruning``); without it the
+Each model and size runs in its own process (a crash or the out-of-memory killer costs one row;
+``--resume`` keeps the rows already written). Torch-Pruning is a benchmark-only dependency (``pip install torch-pruning``); without it the
 sweep prints ``skipped: torch-pruning not installed``.
 """
 from __future__ import annotations
@@ -244,7 +245,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
               "graph | select | surgery | verify |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "ratio" not in r:
-            errors = "; ".join(f"{k[:-6]}: {v}" for k, v in r.items() if k.endswith("_error"))
+            errors = "; ".join(f"{k[:-6] or 'both'}: {v}" for k, v in r.items() if k.endswith("error"))
             lines.append(f"| {r['model']} | {r['size']} | | | | | | | | {errors[:120]} |")
             continue
         ph = r["ours_phases_median_s"]
@@ -267,6 +268,26 @@ def _torch_pruning_version(module: Any) -> str:
     return installed if declared == installed else f"{installed} (module __version__ {declared})"
 
 
+def _measure_apart(name: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One model at one size in its own process: a crash, a leak or the OOM killer costs one row."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", name, "--sizes", str(size),
+           "--repeats", str(args.repeats), "--threads", str(args.threads)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_per_model)
+    except subprocess.TimeoutExpired:
+        return {"model": name, "size": size, "error": f"more than {args.timeout_per_model} s"}
+    if proc.returncode != 0:
+        killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
+        return {"model": name, "size": size,
+                "error": f"exit code {proc.returncode}{killed}: {proc.stderr.strip()[-300:]}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure_one(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    print(json.dumps(_measure(args.measure_one, int(args.sizes), args.repeats)))
+
+
 def sweep(args: argparse.Namespace) -> None:
     try:
         import torch_pruning
@@ -277,7 +298,6 @@ def sweep(args: argparse.Namespace) -> None:
 
     from benchmarks._env import collect_environment
 
-    torch.set_num_threads(args.threads)
     names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
     sizes = [int(s) for s in args.sizes.split(",")]
     out = Path(args.out)
@@ -287,16 +307,19 @@ def sweep(args: argparse.Namespace) -> None:
         "torch_pruning": _torch_pruning_version(torch_pruning), "environment": collect_environment(),
         "rows": [],
     }
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    if args.resume and (out / "results.json").exists():
+        done = {(r["model"], r["size"]): r for r in json.loads((out / "results.json").read_text())["rows"]}
     for name in names:
         for size in sizes:
-            row = _measure(name, size, args.repeats)
+            row = done.get((name, size)) or _measure_apart(name, size, args)
             payload["rows"].append(row)
             _write(out, payload)
             if "ratio" in row:
                 print(f"{name:24s} {size:4d}  ours {row['ours_median_s'] * 1000:7.1f} ms  "
                       f"tp {row['tp_median_s'] * 1000:7.1f} ms  ratio {row['ratio']:.2f}", flush=True)
             else:
-                errors = "; ".join(f"{k}: {v}" for k, v in row.items() if k.endswith("_error"))
+                errors = "; ".join(f"{k}: {v}" for k, v in row.items() if k.endswith("error"))
                 print(f"{name:24s} {size:4d}  {errors}", flush=True)
     print(f"wrote {out / 'results.json'} and {out / 'summary.md'}")
 
@@ -314,8 +337,13 @@ def main() -> None:
     parser.add_argument("--models", help="sweep: comma-separated torchvision names (default: all classification)")
     parser.add_argument("--sizes", default="64,224", help="sweep: input sizes")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="sweep: results directory")
+    parser.add_argument("--resume", action="store_true", help="sweep: keep the rows already in --out")
+    parser.add_argument("--timeout-per-model", type=float, default=1800, help="sweep: seconds per model and size")
+    parser.add_argument("--measure-one", help=argparse.SUPPRESS)  # the sweep's child process
     args = parser.parse_args()
-    if args.sweep:
+    if args.measure_one:
+        measure_one(args)
+    elif args.sweep:
         sweep(args)
     else:
         phases(args)
