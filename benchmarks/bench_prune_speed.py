@@ -210,6 +210,7 @@ def _write(out: Path, payload: dict[str, Any]) -> None:
 def summary_markdown(payload: dict[str, Any]) -> str:
     rows = payload["rows"]
     env = payload["environment"]
+    loads = [r["load_avg_1m"] for r in rows if r.get("load_avg_1m") is not None] or [float("nan")]
     lines = [
         "# compressor.prune against Torch-Pruning",
         "",
@@ -222,7 +223,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
         f"Machine: {env.get('cpu_model')}, {env.get('cpu_cores_available')} cores; torch "
         f"{env.get('versions', {}).get('torch')}; git {str(env.get('git_sha'))[:10]}"
         f"{' (dirty)' if env.get('git_dirty') else ''}; 1-minute load average before each model "
-        f"{min(r['load_avg_1m'] for r in rows):.1f}-{max(r['load_avg_1m'] for r in rows):.1f} "
+        f"{min(loads):.1f}-{max(loads):.1f} "
         "(other processes share the machine: read the ratios, which interleaving protects, more than the ms).",
         "",
     ]
@@ -270,15 +271,16 @@ def _torch_pruning_version(module: Any) -> str:
 
 def _measure_apart(name: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
     """One model at one size in its own process: a crash, a leak or the OOM killer costs one row."""
+    load = os.getloadavg()[0]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-one", name, "--sizes", str(size),
            "--repeats", str(args.repeats), "--threads", str(args.threads)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout_per_model)
     except subprocess.TimeoutExpired:
-        return {"model": name, "size": size, "error": f"more than {args.timeout_per_model} s"}
+        return {"model": name, "size": size, "load_avg_1m": load, "error": f"more than {args.timeout_per_model} s"}
     if proc.returncode != 0:
         killed = " (killed: out of memory?)" if proc.returncode in (-9, 137) else ""
-        return {"model": name, "size": size,
+        return {"model": name, "size": size, "load_avg_1m": load,
                 "error": f"exit code {proc.returncode}{killed}: {proc.stderr.strip()[-300:]}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
