@@ -128,7 +128,11 @@ def test_built_on_onnxruntime_and_reused_from_its_file(tmp_path, monkeypatch):
     assert table.predict_ms(shapes, graph, half) < full
     # a second build reads the file and times nothing
     monkeypatch.setattr(lt, "time_model", lambda *a, **k: pytest.fail("timed a layer the file already has"))
-    again, _ = build_latency_table(model, example, graph, runtime="onnxruntime", batch_size=2, threads=1, path=path)
+    again, _ = build_latency_table(model, example, graph, runtime="onnxruntime", batch_size=2, threads=1, align=4,
+                                   path=path)
     assert again.predict_ms(shapes, graph) == pytest.approx(full)
+    # a table timed on a 4-channel grid is not silently reused for another alignment
+    with pytest.raises(ValueError, match="measured with align=4, this run uses 16"):
+        build_latency_table(model, example, graph, runtime="onnxruntime", batch_size=2, threads=1, align=16, path=path)
     with pytest.raises(ValueError, match="measured with threads=1, this run uses 2"):
-        build_latency_table(model, example, graph, runtime="onnxruntime", batch_size=2, threads=2, path=path)
+        build_latency_table(model, example, graph, runtime="onnxruntime", batch_size=2, threads=2, align=4, path=path)

@@ -1,5 +1,7 @@
 """Data-based criteria (taylor, entropy, aux_loss): the channels they should pick, their side effects,
 their option checks, and masked-oracle parity on resnet20 with the digits data."""
+# These tests pin which channels a criterion removes, so they prune without channel alignment
+# (round_to=1); the default alignment is tested in test_align.py.
 from __future__ import annotations
 
 import copy
@@ -71,7 +73,7 @@ def test_dead_channel_is_pruned_first(criterion, bn):
     assert scores[layer_a[dead]] == 0.0
     assert all(scores[layer_a[j]] > 0 for j in range(4) if j != dead)
 
-    result = C.prune_model(model, x, C.PruneConfig(criterion=criterion, ratio=0.25, calib_batches=4,
+    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, calib_batches=4,
                                                    calib_batch_size=16), data=data)
     keep = [j for j in range(4) if j != dead]
     assert result.model.a.out_channels == 3
@@ -132,13 +134,13 @@ def test_entropy_of_known_histograms():
 @pytest.mark.parametrize("bins", [1, 2.5, True])
 def test_entropy_rejects_bad_bins(bins):
     with pytest.raises(ValueError, match="bins"):
-        C.PruneConfig(criterion="entropy", criterion_options={"bins": bins}, ratio=0.5)
+        C.PruneConfig(round_to=1, criterion="entropy", criterion_options={"bins": bins}, ratio=0.5)
 
 
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
 def test_data_criteria_need_data(criterion):
     with pytest.raises(ValueError, match="needs calibration data"):
-        C.prune_model(ConvNet(), torch.randn(1, 1, 8, 8), C.PruneConfig(criterion=criterion, ratio=0.5))
+        C.prune_model(ConvNet(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.5))
 
 
 AUX = {"epochs": 1, "lam": 1.0, "lr": 1e-3, "batch_size": 32}  # the fatuous loss dominates the task loss
@@ -158,7 +160,7 @@ def test_aux_loss_prunes_the_filter_it_moves_most_and_leaves_the_model_alone():
     model, data, x = tiny_filter_model(), tiny_data(), torch.randn(1, 1, 8, 8)
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    result = C.prune_model(model, x, C.PruneConfig(criterion="aux_loss", ratio=0.25, criterion_options=AUX), data=data)
+    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion="aux_loss", ratio=0.25, criterion_options=AUX), data=data)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training
     assert torch.equal(torch.get_rng_state(), rng)  # train() seeds globally; the criterion restores it
@@ -196,7 +198,7 @@ def test_aux_loss_scores_are_minus_the_normalised_ratio():
 def test_aux_loss_rejects_bad_options():
     for options in ({"epochs": 0}, {"lam": 0.0}, {"lr": -1.0}, {"batch_size": 1.5}):
         with pytest.raises(ValueError, match=next(iter(options))):
-            C.PruneConfig(criterion="aux_loss", criterion_options=options, ratio=0.5)
+            C.PruneConfig(round_to=1, criterion="aux_loss", criterion_options=options, ratio=0.5)
 
 
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
@@ -208,7 +210,7 @@ def test_resnet20_on_digits_matches_the_masked_oracle(criterion):
         data = torch.utils.data.Subset(data, range(128))
     x = data[0][0].unsqueeze(0).repeat(2, 1, 1, 1) + 0.1 * torch.randn(2, 1, 32, 32)
     options = {"epochs": 1, "batch_size": 64} if criterion == "aux_loss" else {}
-    config = C.PruneConfig(criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
+    config = C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
                            criterion_options=options)
     result = C.prune_model(model, x, config, data=data)
     assert result.report.flops_ratio <= 0.5

@@ -1,4 +1,6 @@
 """Criteria: the registry's errors, and l1/l2/random picking the channels they should."""
+# These tests pin which channels a criterion removes, so they prune without channel alignment
+# (round_to=1); the default alignment is tested in test_align.py.
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,7 @@ def test_registry_errors():
     with pytest.raises(ValueError, match="known criteria: .*l1.*l2.*random"):
         C.get_criterion("fpgm-typo")
     with pytest.raises(ValueError, match="unknown criterion"):
-        C.PruneConfig(criterion="nope", ratio=0.5)
+        C.PruneConfig(round_to=1, criterion="nope", ratio=0.5)
 
 
 @pytest.mark.parametrize("criterion", ["l1", "l2"])
@@ -32,7 +34,7 @@ def test_weak_filter_is_pruned_first(criterion):
     with torch.no_grad():
         model.a.weight[2].zero_() if criterion == "l1" else model.a.weight[1].mul_(1e-3)
     weak = 2 if criterion == "l1" else 1
-    pruned = C.prune(model, torch.randn(1, 3, 8, 8), criterion, ratio=0.25)
+    pruned = C.prune(model, torch.randn(1, 3, 8, 8), criterion, ratio=0.25, round_to=1)
     keep = [i for i in range(4) if i != weak]
     assert pruned.a.out_channels == 3 and pruned.b.in_channels == 3
     assert torch.equal(pruned.a.weight, model.a.weight[keep])

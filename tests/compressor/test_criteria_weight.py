@@ -1,4 +1,6 @@
 """fpgm, simc, bn_scale and nisp pick the channels they should on models where the answer is known."""
+# These tests pin which channels a criterion removes, so they prune without channel alignment
+# (round_to=1); the default alignment is tested in test_align.py.
 from __future__ import annotations
 
 import copy
@@ -84,7 +86,7 @@ def test_fpgm_prunes_the_filter_at_the_geometric_median():
         rows[3] = rows[:3].mean(dim=0)  # ... and their centroid, the geometric median
         rows -= rows[0].clone()  # a shift keeps the distances; filter 0 is now what l1/l2 would prune
         model.a.weight.copy_(rows.view(4, 3, 3, 3))
-    pruned = C.prune(model, x_img(), "fpgm", ratio=0.25)
+    pruned = C.prune(model, x_img(), "fpgm", ratio=0.25, round_to=1)
     assert_kept(pruned, model, [0, 1, 2])
 
 
@@ -93,7 +95,7 @@ def test_fpgm_prunes_one_of_a_duplicated_cluster():
     with torch.no_grad():
         model.a.weight[1:3] = 5 * model.a.weight[0]  # filters 0, 1, 2 identical and the largest; 3, 4 distinct
         model.a.weight[0] *= 5
-    pruned = C.prune(model, x_img(), "fpgm", ratio=0.2)
+    pruned = C.prune(model, x_img(), "fpgm", ratio=0.2, round_to=1)
     rows = list(pruned.a.weight)
     assert len(rows) == 4
     assert sum(torch.equal(r, model.a.weight[0]) for r in rows) == 2
@@ -126,7 +128,7 @@ def test_simc_prunes_the_smaller_of_two_parallel_filters(tau):
         model.a.weight[2] = 3 * model.a.weight[0]
     l1 = model.a.weight.abs().sum(dim=(1, 2, 3))
     assert l1[0] > max(l1[1], l1[3]), "filter 0 must not be the one l1 would prune"
-    config = C.PruneConfig(criterion="simc", ratio=0.25, criterion_options={"tau": tau})
+    config = C.PruneConfig(round_to=1, criterion="simc", ratio=0.25, criterion_options={"tau": tau})
     pruned = C.prune_model(model, x_img(), config).model
     assert_kept(pruned, model, [1, 2, 3])
 
@@ -134,12 +136,12 @@ def test_simc_prunes_the_smaller_of_two_parallel_filters(tau):
 @pytest.mark.parametrize("tau", [0, 1.5, -1, "0.5", True])
 def test_simc_rejects_bad_tau(tau):
     with pytest.raises(ValueError, match=r"tau must be in \(0, 1\]"):
-        C.PruneConfig(criterion="simc", criterion_options={"tau": tau}, ratio=0.5)
+        C.PruneConfig(round_to=1, criterion="simc", criterion_options={"tau": tau}, ratio=0.5)
 
 
 def test_simc_rejects_unknown_options():
     with pytest.raises(ValueError, match=r"unknown option.*'taux'.*allowed: \['tau'\]"):
-        C.PruneConfig(criterion="simc", criterion_options={"taux": 0.5}, ratio=0.5)
+        C.PruneConfig(round_to=1, criterion="simc", criterion_options={"taux": 0.5}, ratio=0.5)
 
 
 # ---- bn_scale --------------------------------------------------------------------------------------
@@ -149,7 +151,7 @@ def test_bn_scale_prunes_the_smallest_gamma():
     model = seeded(ConvBN())
     with torch.no_grad():
         model.bn.weight.copy_(torch.tensor([1.0, 0.01, -0.8, 1.2]))  # |gamma| counts: -0.8 is large
-    result = C.prune_model(model, x_img(), C.PruneConfig(criterion="bn_scale", ratio=0.25))
+    result = C.prune_model(model, x_img(), C.PruneConfig(round_to=1, criterion="bn_scale", ratio=0.25))
     assert_kept(result.model, model, [0, 2, 3])
     assert torch.equal(result.model.bn.weight, model.bn.weight[[0, 2, 3]])
     scores = C.get_criterion("bn_scale")(model, result.graph)
@@ -159,7 +161,7 @@ def test_bn_scale_prunes_the_smallest_gamma():
 @pytest.mark.parametrize("model", [TwoConv(), ConvBN(affine=False)], ids=["no_bn", "bn_without_affine"])
 def test_bn_scale_needs_affine_batchnorm(model):
     with pytest.raises(ValueError, match=f"needs BatchNorm layers with affine weights; {type(model).__name__} has none"):
-        C.prune(model, x_img(), "bn_scale", ratio=0.25)
+        C.prune(model, x_img(), "bn_scale", ratio=0.25, round_to=1)
 
 
 # ---- nisp ------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def test_nisp_prunes_a_channel_the_next_layer_ignores():
     graph = C.build_dependency_graph(model, x_img())
     ctx = C.CriterionContext(example_inputs=(x_img(),))
     assert C.get_criterion("nisp")(model, graph, ctx)[member_atoms(graph, "a", "conv_out")][2] == 0
-    assert_kept(C.prune(model, x_img(), "nisp", ratio=0.25), model, [0, 1, 3])
+    assert_kept(C.prune(model, x_img(), "nisp", ratio=0.25, round_to=1), model, [0, 1, 3])
 
 
 @pytest.mark.parametrize("bn,affine,act", [(False, True, None), (True, True, None), (True, False, None),
@@ -219,7 +221,7 @@ def test_resnet20_half_flops_matches_the_masked_oracle(criterion):
     model = randomize_(models.create_model("resnet20", in_chans=1).eval(), seed=1)
     x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     state = copy.deepcopy(model.state_dict())
-    result = C.prune_model(model, x, C.PruneConfig(criterion=criterion, target_flops=0.5))
+    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5))
     assert result.report.flops_ratio <= 0.5
     masked = copy.deepcopy(model)
     C.zero_channels_(masked, result.graph, result.removed)

@@ -152,13 +152,13 @@ def test_at_least_one_channel_is_kept_in_every_layer():
     assert min(widths.values()) == 1, "global_ratio=0.99 should take some layer down to the floor"
     assert all(c >= 1 for c in widths.values())
     oracle.check_pruned(p, x)
-    floor4 = C.prune(model, x, "random", global_ratio=0.99, min_channels=4, allow_renormalization=False)
+    floor4 = C.prune(model, x, "random", global_ratio=0.99, min_channels=4, allow_renormalization=False, round_to=1)
     assert min(conv_out_channels(floor4).values()) == 4
 
 
 def test_target_flops_half_is_met_as_measured_by_flop_counter():
     model, x = zoo_model("resnet56"), zoo_input("resnet56", batch=1)
-    result = C.prune_model(model, x, C.PruneConfig(criterion="l2", target_flops=0.5))
+    result = C.prune_model(model, x, C.PruneConfig(criterion="l2", target_flops=0.5, round_to=1))
     measured = oracle.count_flops(result.model, x) / oracle.count_flops(model, x)
     assert 0.45 <= measured <= 0.5
     assert result.report.flops_ratio == pytest.approx(measured, abs=0.01)

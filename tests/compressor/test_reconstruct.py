@@ -4,6 +4,8 @@ These criteria change the kept weights after the surgery, so the pruned model is
 to the masked oracle (``zero_channels_``) by design; the parity sweep does not apply to them.
 Here they are checked against known answers instead.
 """
+# These tests pin which channels a criterion removes, so they prune without channel alignment
+# (round_to=1); the default alignment is tested in test_align.py.
 import copy
 
 import numpy as np
@@ -42,7 +44,7 @@ def test_channel_the_next_layer_ignores_is_removed(criterion, options):
     model = _two_conv()
     with torch.no_grad():
         model.b.weight[:, 2] = 0  # channel 2 of a contributes nothing to b's output
-    config = C.PruneConfig(criterion=criterion, ratio=0.25, criterion_options=options)
+    config = C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, criterion_options=options)
     result = C.prune_model(model, torch.randn(1, 1, 8, 8), config, data=_data())
     pruned = result.model
     assert pruned.a.out_channels == 3 and pruned.b.in_channels == 3
@@ -58,7 +60,7 @@ def test_refit_folds_a_duplicate_channel_where_zeroing_cannot():
         model.a.bias[2] = model.a.bias[1]
         model.b.weight[:, 2] *= 0.05
     example = torch.randn(1, 1, 8, 8)
-    result = C.prune_model(model, example, C.PruneConfig(criterion="thinet", ratio=0.25), data=_data())
+    result = C.prune_model(model, example, C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25), data=_data())
     assert torch.equal(result.model.a.weight, model.a.weight[[0, 1, 3]])
 
     x = torch.randn(16, 1, 8, 8)
@@ -93,7 +95,7 @@ def test_linear_consumer_after_flatten(criterion):
     model = ConvFlattenLinear().eval()
     with torch.no_grad():
         model.fc.weight.view(5, 4, 16)[:, 1] = 0
-    result = C.prune_model(model, torch.randn(1, 1, 8, 8), C.PruneConfig(criterion=criterion, ratio=0.25),
+    result = C.prune_model(model, torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25),
                            data=_data())
     assert torch.equal(result.model.a.weight, model.a.weight[[0, 2, 3]])
     assert result.model.fc.in_features == 48 and "fc" in result.report.config["after_removal"]["refit"]
@@ -134,7 +136,7 @@ def test_resnet20_on_digits(criterion):
     assert data[0][0].shape == (1, 32, 32)
     torch.manual_seed(0)
     model = models.create_model("resnet20", in_chans=1).eval()
-    config = C.PruneConfig(criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
+    config = C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
                            criterion_options={"points": 512})  # fewer rows than a 64x9 layer has weights: ridge path
     result = C.prune_model(model, torch.randn(1, 1, 32, 32), config, data=data)
     assert result.report.flops_ratio <= 0.5
@@ -154,9 +156,9 @@ def test_resnet20_on_digits(criterion):
 ])
 def test_bad_options(criterion, options, name):
     with pytest.raises(ValueError, match=f"option {name} must be"):
-        C.PruneConfig(criterion=criterion, ratio=0.25, criterion_options=options)
+        C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, criterion_options=options)
 
 
 def test_data_is_required():
     with pytest.raises(ValueError, match="needs calibration data"):
-        C.prune_model(_two_conv(), torch.randn(1, 1, 8, 8), C.PruneConfig(criterion="thinet", ratio=0.25))
+        C.prune_model(_two_conv(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25))
