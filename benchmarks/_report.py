@@ -14,7 +14,8 @@ directory holding :data:`REPORT_FILES`:
   speed warnings stand highlighted at its top.
 
 The directory is written with :func:`compressor._serialize.atomic_directory`: a failure leaves
-an older report in place, never a half-written one. Numbers are rounded only when printed.
+an older report in place, never a half-written one, and Ctrl-C waits until the report is written.
+Numbers are rounded only when printed.
 """
 from __future__ import annotations
 
@@ -543,7 +544,8 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
     """Validate ``results`` and write the report directory ``out_dir`` atomically.
 
     Writes :data:`REPORT_FILES` (see the module docstring). An existing ``out_dir`` is replaced
-    only once the new report is complete; on any failure it is left as it was.
+    only once the new report is complete; on any failure it is left as it was. Ctrl-C during the
+    write is held back until the report is complete, then raised (``KeyboardInterrupt``).
 
     Args:
         results: the benchmark results (``benchmarks/results.schema.json``).
@@ -556,20 +558,22 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
         ValueError: ``results`` are invalid (see :func:`validate_results`); nothing is written.
         FileExistsError: ``out_dir`` exists and is not a directory.
     """
+    from compressor._outputs import deferred_sigint
     from compressor._serialize import atomic_directory  # lazily: it imports torch
 
-    plain = _plain(results)
+    with deferred_sigint():  # Ctrl-C waits for the report: its measurements took minutes
+        plain = _plain(results)
+        return atomic_directory(out_dir, functools.partial(_write_report_files, plain))
 
-    def write(tmp: Path) -> None:
-        (tmp / "results.json").write_text(json.dumps(plain, indent=1) + "\n", encoding="utf-8")
-        with open(tmp / "results.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)  # None is written as an empty field
-            writer.writeheader()
-            writer.writerows(_csv_rows(plain))
-        (tmp / "summary.md").write_text(_markdown(plain), encoding="utf-8")
-        plots = _plots(plain)
-        for name, png in plots.items():
-            (tmp / name).write_bytes(png)
-        (tmp / "report.html").write_text(_html(plain, plots), encoding="utf-8")
 
-    return atomic_directory(out_dir, write)
+def _write_report_files(plain: dict[str, Any], tmp: Path) -> None:
+    (tmp / "results.json").write_text(json.dumps(plain, indent=1) + "\n", encoding="utf-8")
+    with open(tmp / "results.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)  # None is written as an empty field
+        writer.writeheader()
+        writer.writerows(_csv_rows(plain))
+    (tmp / "summary.md").write_text(_markdown(plain), encoding="utf-8")
+    plots = _plots(plain)
+    for name, png in plots.items():
+        (tmp / name).write_bytes(png)
+    (tmp / "report.html").write_text(_html(plain, plots), encoding="utf-8")

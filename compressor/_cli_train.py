@@ -48,9 +48,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ._datasets import build_model, parse_data_spec
     from ._evaluate import evaluate_classification, evaluate_reid_model
     from ._losses import ReIDLoss
-    from ._serialize import save_model
-    from ._train import TrainConfig, is_main_process, train
+    from ._outputs import claim_output
+    from ._serialize import atomic_directory, save_model
+    from ._train import TrainConfig, TrainResult, is_main_process, train
 
+    output = Path(args.output)
+    claimed = claim_output(output, "train", force=args.force, inputs=(args.model, args.data.partition(":")[2] or None))
     spec = parse_data_spec(args.data, _size(args.input_size))
     train_set = spec.train_set()
     eval_sets = spec.eval_sets()
@@ -78,19 +81,33 @@ def cmd_train(args: argparse.Namespace) -> int:
             result = evaluate_classification(m, eval_sets[0], threads=args.threads)
             return {"top1": result.top1, "top5": result.top5}
 
-    output = Path(args.output)
+    # A new or empty --output is trained in place, so an interrupted run can be --resume'd. One holding an
+    # earlier output (--resume continues it) is replaced only once the new training and model are complete.
+    in_place = claimed == "new" or (args.resume and claimed == "own")
+
+    def run(out: Path) -> TrainResult:
+        result = train(model, train_set, config, loss_fn=loss_fn, eval_fn=eval_fn, output=out,
+                       resume=args.resume and in_place, sampler=sampler, progress=not args.quiet)
+        if is_main_process():  # under torchrun, rank 0 writes the model and reports
+            model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
+                                         "weights": {"origin": f"compressor train on {args.data}", "trained": True},
+                                         "input_size": list(spec.input_size),
+                                         "training": {"data": args.data, "epochs": result.epochs_completed,
+                                                      "final_metrics": result.final_metrics}}
+            save_model(model.eval(), out / "model", arch=arch)
+        return result
+
     start = time.perf_counter()
-    result = train(model, train_set, config, loss_fn=loss_fn, eval_fn=eval_fn, output=output, resume=args.resume,
-                   sampler=sampler, progress=not args.quiet)
+    if in_place or not is_main_process():  # the other ranks write nothing
+        result = run(output)
+    else:
+        done: list[TrainResult] = []
+        atomic_directory(output, lambda tmp: done.append(run(tmp)))
+        result = done[0]
     seconds = time.perf_counter() - start
-    if not is_main_process():  # under torchrun, rank 0 writes the model and reports
+    if not is_main_process():
         return 0
-    model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
-                                 "weights": {"origin": f"compressor train on {args.data}", "trained": True},
-                                 "input_size": list(spec.input_size),
-                                 "training": {"data": args.data, "epochs": result.epochs_completed,
-                                              "final_metrics": result.final_metrics}}
-    saved = save_model(model.eval(), output / "model", arch=arch)
+    saved = output / "model"
     metrics = ", ".join(f"{k} {v:.2%}" for k, v in (result.final_metrics or {}).items())
     print(f"trained {args.model} on {args.data} for {result.epochs_completed} epochs in {seconds:.1f}s: {metrics}")
     print(f"model saved to {saved}/; checkpoints and history.json in {output}/")
@@ -135,6 +152,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ._outputs import FORCE_HELP
+
     data_help = "digits (bundled, no download), folder:PATH (ImageFolder with train/ and val/), or market:PATH"
     t = sub.add_parser("train", help="train or fine-tune a model (digits, ImageFolder or Market-1501 data)")
     t.add_argument("--model", required=True, help="zoo name (e.g. resnet20) or a saved (pruned) model directory")
@@ -159,6 +178,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, help="torch intra-op threads")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     t.add_argument("--output", required=True, help="checkpoints, history.json and the final model (OUTPUT/model)")
+    t.add_argument("--force", action="store_true", help=FORCE_HELP)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
 

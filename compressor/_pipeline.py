@@ -39,6 +39,7 @@ from typing import Any, Callable
 import yaml
 
 from ._config import is_int
+from ._outputs import check_output_location
 from ._serialize import atomic_directory
 
 RUN_FILE = "run.json"
@@ -259,6 +260,7 @@ def _write_json(path: Path, data: Any) -> None:
 
 def _claim(run_dir: Path, identity: dict[str, Any], force: bool, source: str) -> None:
     """Make ``run_dir`` ours: new, or the same run (resume), or wiped with ``force``."""
+    check_output_location(run_dir)  # never the working directory, even with force
     if run_dir.exists() and not run_dir.is_dir():
         raise PipelineError(f"output {run_dir} exists and is not a directory")
     if run_dir.is_dir() and any(run_dir.iterdir()):

@@ -15,6 +15,7 @@ from . import _api
 from ._config import DEPLOY_RUNTIMES, PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
+from ._outputs import FORCE_HELP, claim_output
 from ._serialize import SPEC_FILE, load_model, read_spec, save_model
 from ._strategies import list_strategies
 from .errors import CompressorError
@@ -239,6 +240,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ._align import alignment_summary, resolve_alignment
 
     config = _config(args)
+    claim_output(args.output, "prune", force=args.force, inputs=(args.model, args.weights))
     model, name = _load_source(args)
     size = _input_size(args.input_size, name, model)
     example: Any = torch.randn(args.batch_size, *size, generator=torch.Generator().manual_seed(0))
@@ -358,6 +360,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     for target, reason in missing_runtimes(targets).items():  # fail before any work
         print(f"error: cannot export to {target}: {reason}", file=sys.stderr)
         return 2
+    claim_output(args.output, "export", force=args.force, inputs=(args.model, args.weights))
     model, name = _load_source(args)
     size = _input_size(args.input_size, name, model)
     try:
@@ -426,6 +429,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             min_seconds=args.min_seconds, max_seconds=args.max_seconds),
         memory=not args.no_memory, memory_runs=args.memory_runs, inputs=args.inputs, seed=args.seed,
         runtime_options=_runtime_options(args.runtime_option or []))
+    claim_output(args.output, "bench", force=args.force, inputs=(*args.bundles, args.baseline, args.inputs))
     try:
         with warnings.catch_warnings():  # printed once, below, from the results
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -433,7 +437,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     except BundleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = write_report(results, args.output)
+    try:
+        out = write_report(results, args.output)
+    except KeyboardInterrupt:  # write_report holds Ctrl-C back until the report is complete
+        print(f"interrupted: the results measured so far are in {args.output}/", file=sys.stderr)
+        return 130
     _print_speedups(results)
     _print_speed_warnings(results)  # a warning, not a failure: the exit code stays 0
     for message in results["warnings"]:
@@ -698,6 +706,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None,
                    help="declare whether the --weights were trained (recorded in model.json)")
     p.add_argument("--output", required=True, help="output directory (replaced atomically)")
+    p.add_argument("--force", action="store_true", help=FORCE_HELP)
     p.add_argument("--json", help="also write the summary JSON here")
     p.add_argument("--changed-only", action="store_true", help="table shows only resized layers")
     p.add_argument("--quiet", action="store_true")
@@ -718,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="declare whether the --weights were trained (recorded in the manifest; default: unknown "
                         "for a weights file, no for random initialisation)")
     e.add_argument("--output", required=True, help="bundle directory (replaced atomically)")
+    e.add_argument("--force", action="store_true", help=FORCE_HELP)
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
     e.add_argument("--opset", type=int, default=18)
     e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
@@ -757,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--runtime-option", action="append", metavar="RUNTIME.OPTION=VALUE",
                    help="a runtime constructor option, e.g. onnxruntime.allow_spinning=true (repeatable)")
     b.add_argument("--output", required=True, help="report directory (replaced atomically)")
+    b.add_argument("--force", action="store_true", help=FORCE_HELP)
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(func=cmd_bench)
 
@@ -797,9 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:  # outputs are swapped in only when complete: an interrupt leaves the old ones
+        print("interrupted", file=sys.stderr)
+        return 130
     except (CompressorError, ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
