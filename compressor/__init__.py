@@ -26,11 +26,11 @@ from ._select_cost import RemovalPath, cost_aware_path
 from ._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, recalibrate_batchnorm_, register_strategy, run_strategy
 from ._serialize import load_model, save_model
 from ._surgery import prune_channels_, zero_channels_
-from .errors import CompressorError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
+from .errors import CompressorError, ModelEntryError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
 
 __all__ = [
     "StrategyConfig", "StrategyResult", "get_strategy", "list_strategies", "psfp_schedule", "recalibrate_batchnorm_", "register_strategy",
-    "run_strategy", "ChannelGroup", "CompressorError", "CriterionContext", "CriterionSpec", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelFormatError",
+    "run_strategy", "ChannelGroup", "CompressorError", "CriterionContext", "CriterionSpec", "ExportConfig", "FoldReport", "OnnxInfo", "export_onnx", "fold_batchnorm", "CostReport", "LayerCostRow", "count_cost", "load_model", "save_model", "DependencyGraph", "LayerChange", "Member", "ModelEntryError", "ModelFormatError",
     "PruneConfig", "PruneReport", "PruneResult", "TraceError", "UnprunableModelError", "UnreachableTargetError",
     "aggregate_member_scores", "build_dependency_graph", "get_criterion", "list_criteria", "prune", "prune_channels_",
     "prune_model", "register_criterion", "select_removal", "zero_channels_", "PruningPlan", "plan_pruning",

@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     reid = spec.task == "reid"
     outputs = train_set.num_ids if reid else train_set.num_classes
     torch.manual_seed(args.seed)  # the initial weights too: same seed, same run
-    model, arch = build_model(args.model, spec, outputs, parse_assignments(args.model_arg or [], "--model-arg"))
+    model, arch = _train_model(args, spec, outputs)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.p * args.k if reid else args.batch_size, lr=args.lr,
         optimizer=args.optimizer, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -118,6 +118,37 @@ def _is_pcb(model: torch.nn.Module) -> bool:
     return getattr(model, "parts", 0) > 0
 
 
+def _train_model(args: argparse.Namespace, spec: Any, outputs: int) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """--model built for the data (a model name) or loaded as it is (a saved model, a pickled module), with
+    its --weights; and its architecture spec (None: the saved model's own)."""
+    from ._datasets import build_model
+    from ._model_entry import PICKLE_WARNING, ModelSource, is_model_name, load_source, load_weights_, saved_model_dir
+
+    if args.allow_pickle:
+        print(PICKLE_WARNING, file=sys.stderr)
+    model_args = parse_assignments(args.model_arg or [], "--model-arg")
+    if saved_model_dir(args.model) is None and is_model_name(args.model):  # sized for the classes/identities
+        model, arch = build_model(args.model, spec, outputs, model_args)
+        if args.weights:
+            load_weights_(model, args.weights, allow_pickle=args.allow_pickle, target=args.model)
+        return model, arch
+    loaded = load_source(ModelSource(args.model, model_args, weights=args.weights, allow_pickle=args.allow_pickle))
+    return loaded.model, None
+
+
+def _eval_source(args: argparse.Namespace) -> Any:
+    """The directory itself (a bundle, a saved model, a train output: the evaluator opens it), or the model
+    built from a model name with --model-arg/--weights."""
+    from ._model_entry import PICKLE_WARNING, ModelSource, load_source
+
+    if args.allow_pickle:
+        print(PICKLE_WARNING, file=sys.stderr)
+    if Path(args.path).is_dir() and not (args.model_arg or args.weights):
+        return args.path
+    model_args = parse_assignments(args.model_arg or [], "--model-arg")
+    return load_source(ModelSource(args.path, model_args, weights=args.weights, allow_pickle=args.allow_pickle)).model
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a saved model, a `compressor train` output or a bundle on a runtime."""
     from runtimes import BundleError
@@ -127,17 +158,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     spec = parse_data_spec(args.data, _size(args.input_size))
     sets = spec.eval_sets()
+    source = _eval_source(args)
     try:
         if spec.task == "reid":
-            result = evaluate_reid_model(args.path, *sets, metric=args.metric, runtime=args.runtime,
-                                         batch_size=args.batch_size, threads=args.threads)
+            result = evaluate_reid_model(source, *sets, metric=args.metric, runtime=args.runtime,
+                                         batch_size=args.batch_size, threads=args.threads,
+                                         allow_pickle=args.allow_pickle)
             summary: dict[str, Any] = {"task": "reid", **result.to_dict()}
             summary.pop("ap_per_query", None)
             line = (f"rank-1 {result.rank1:.2%}, rank-5 {result.rank5:.2%}, rank-10 {result.rank10:.2%}, "
                     f"mAP {result.mAP:.2%} ({result.num_valid_queries} queries)")
         else:
-            result = evaluate_classification(args.path, sets[0], runtime=args.runtime, batch_size=args.batch_size,
-                                             threads=args.threads)
+            result = evaluate_classification(source, sets[0], runtime=args.runtime, batch_size=args.batch_size,
+                                             threads=args.threads, allow_pickle=args.allow_pickle)
             summary = {"task": "classification", **result.to_dict()}
             line = (f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.samples} samples "
                     f"({result.runtime}, {result.seconds:.2f}s)")
@@ -152,13 +185,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from ._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
+
     from ._outputs import FORCE_HELP
 
     data_help = "digits (bundled, no download), folder:PATH (ImageFolder with train/ and val/), or market:PATH"
     t = sub.add_parser("train", help="train or fine-tune a model (digits, ImageFolder or Market-1501 data)")
-    t.add_argument("--model", required=True, help="zoo name (e.g. resnet20) or a saved (pruned) model directory")
-    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
-                   help="zoo model argument, e.g. width=8 (repeatable)")
+    t.add_argument("--model", required=True, help=f"{MODEL_HELP}; a model name is built with the data's classes "
+                   "(num_classes, or num_ids for ReID) and input channels")
+    t.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help=MODEL_ARG_HELP)
+    t.add_argument("--weights", help=f"{WEIGHTS_HELP}: the starting point of the fine-tuning")
+    t.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     t.add_argument("--data", default="digits", help=data_help)
     t.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
     t.add_argument("--epochs", type=int, default=10)
@@ -183,7 +220,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="accuracy of a saved model, a train output or a bundle on a runtime")
-    e.add_argument("path", help="saved model directory, `compressor train` output, or bundle directory")
+    e.add_argument("path", help="saved model directory, `compressor train` output, bundle directory, or a model "
+                   "name (zoo, torchvision:NAME, timm:NAME, package.module:factory) with --model-arg/--weights")
+    e.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help=MODEL_ARG_HELP)
+    e.add_argument("--weights", help=WEIGHTS_HELP)
+    e.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     e.add_argument("--data", default="digits", help=data_help)
     e.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
     e.add_argument("--runtime", help="for a bundle: onnxruntime (default), openvino, tensorrt, torch")

@@ -9,9 +9,12 @@ A saved model is a directory:
   cannot run code.
 
 Loading rebuilds the architecture by name, resizes each module to the recorded shapes and
-loads the weights strictly. ``format="pickle"`` saves the whole module instead (for models
-that cannot be rebuilt by name); loading it runs arbitrary code from the file, so
-:func:`load_model` refuses unless ``allow_pickle=True``.
+loads the weights strictly. An architecture recorded as ``package.module:factory`` (a user's
+own model) is rebuilt by importing that module and calling the factory with the recorded
+kwargs, so such a ``model.json`` runs code from your environment: load only directories you
+trust. ``format="pickle"`` saves the whole module instead (for models that cannot be rebuilt
+by name); loading it runs arbitrary code from the file, so :func:`load_model` refuses unless
+``allow_pickle=True``.
 
 Writes go to a temporary directory next to the target that is renamed into place, so a
 failure never leaves a half-written model.

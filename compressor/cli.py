@@ -16,7 +16,7 @@ from ._config import DEPLOY_RUNTIMES, PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
 from ._outputs import FORCE_HELP, claim_output
-from ._serialize import SPEC_FILE, load_model, read_spec, save_model
+from ._serialize import SPEC_FILE, read_spec, save_model
 from ._strategies import list_strategies
 from .errors import CompressorError
 
@@ -38,23 +38,15 @@ def _input_size(text: str | None, model_name: str, model: torch.nn.Module | None
 
 
 def _load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
-    """The model named by --model (zoo/torchvision/timm name or a saved model directory)."""
-    source = Path(args.model)
-    if (source / SPEC_FILE).is_file():
-        model = load_model(source)
-        name = (read_spec(source).get("arch") or {}).get("name", str(source))
-    else:
-        from models import create_model
+    """The model named by --model and --model-arg, with its --weights (see compressor._model_entry)."""
+    from ._cli_train import parse_assignments
+    from ._model_entry import PICKLE_WARNING, ModelSource, load_source
 
-        model = create_model(args.model)
-        name = args.model
-    if args.weights:
-        path = Path(args.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights file {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    return model, name
+    if args.allow_pickle:
+        print(PICKLE_WARNING, file=sys.stderr)
+    loaded = load_source(ModelSource(args.model, parse_assignments(args.model_arg or [], "--model-arg"),
+                                     weights=args.weights, allow_pickle=args.allow_pickle))
+    return loaded.model, loaded.name
 
 
 def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dict[str, Any]:
@@ -66,10 +58,14 @@ def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dic
     declared = getattr(args, "trained", None)
     if args.weights:
         return {"origin": f"file:{args.weights}", "trained": declared}
+    from ._model_entry import is_model_name, saved_model_dir
+
     inherited = (getattr(model, "compressor_metadata", None) or {}).get("weights")
-    if (Path(args.model) / SPEC_FILE).is_file():
+    if saved_model_dir(args.model) is not None:
         base = dict(inherited) if isinstance(inherited, dict) else {"origin": f"saved model {args.model}", "trained": None}
         return {**base, "trained": declared if declared is not None else base.get("trained")}
+    if not is_model_name(args.model) and Path(args.model).is_file():  # a pickled module (--allow-pickle)
+        return {"origin": f"pickled module {args.model}", "trained": declared}
     if declared:
         raise ValueError(f"--trained was given, but {args.model} is built with random weights (no --weights file)")
     return {"origin": "random-init", "trained": False}
@@ -639,13 +635,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
+
     parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True, help="zoo name (see models.list_models), torchvision:NAME, "
-                       "timm:NAME, or a saved model directory")
-        p.add_argument("--weights", help="state_dict file to load into the model (loaded with weights_only=True)")
+        p.add_argument("--model", required=True, help=MODEL_HELP)
+        p.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help=MODEL_ARG_HELP)
+        p.add_argument("--weights", help=WEIGHTS_HELP)
+        p.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
         p.add_argument("--input-size", help="example input C,H,W (default: the model's natural size)")
         p.add_argument("--exclude", action="append", help="layer name or regex to keep whole (repeatable)")
 
@@ -718,8 +717,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_graph)
 
     e = sub.add_parser("export", help="fold BN, export ONNX/OpenVINO/TensorRT and verify parity")
-    e.add_argument("model", help="saved model directory or a zoo/torchvision name")
-    e.add_argument("--weights", help="state_dict file to load into the model (weights_only)")
+    e.add_argument("model", help=MODEL_HELP)
+    e.add_argument("--model-arg", action="append", metavar="KEY=VALUE", help=MODEL_ARG_HELP)
+    e.add_argument("--weights", help=WEIGHTS_HELP)
+    e.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     e.add_argument("--input-size", help="input C,H,W (default: the model's natural size)")
     e.add_argument("--to", default="onnx,openvino,torch",
                    help="comma-separated targets: onnx, openvino, tensorrt, torch (the folded PyTorch model)")

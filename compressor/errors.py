@@ -20,3 +20,7 @@ class UnreachableTargetError(CompressorError, ValueError):
 
 class ModelFormatError(CompressorError, ValueError):
     """A saved model is missing files, has a wrong schema, or does not match its weights."""
+
+
+class ModelEntryError(CompressorError, ValueError):
+    """A model source, its arguments or its weights file cannot be used; the message names which and why."""

@@ -7,13 +7,14 @@ Usage::
     model = create_model("resnet56", width=8)           # ThinResNet-56 at half width
     size = default_input_size("resnet56")               # (3, 32, 32)
     tv = create_model("torchvision:resnet18")           # needs torchvision; never downloads weights
+    own = create_model("mypkg.nets:build_net", width=32)  # your own callable returning an nn.Module
 
 Every zoo model is a plain ``nn.Module`` of standard layers whose eval-mode forward can be traced
 by ``torch.fx.symbolic_trace`` (no hard-coded channel counts), so the pruning engine can trace it
 and slice channels. This package depends only on torch; torchvision and timm are imported lazily.
 """
 
-from ._registry import create_model, default_input_size, list_models, register_model
+from ._registry import create_model, default_input_size, is_factory_spec, list_models, register_model
 
 # Importing the family modules registers their models.
 from ._cifar_resnet import CifarBasicBlock, CifarResNet
@@ -28,6 +29,7 @@ __all__ = [
     "list_models",
     "create_model",
     "default_input_size",
+    "is_factory_spec",
     "CifarBasicBlock",
     "CifarResNet",
     "Bottleneck",

@@ -4,21 +4,26 @@ Follows the timm ``register_model`` / ``list_models`` / ``create_model`` pattern
 difference: registering a name twice is an error (timm only warns).
 
 Names with a ``torchvision:`` or ``timm:`` prefix are forwarded to those libraries, which are
-imported lazily inside the functions below so that ``import models`` costs only torch.
+imported lazily inside the functions below so that ``import models`` costs only torch. A name of
+the form ``package.module:factory`` imports that module and calls ``factory(**kwargs)``: the way to
+bring your own ``nn.Module`` class or builder function.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import importlib
 import inspect
+import re
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-__all__ = ["register_model", "list_models", "create_model", "default_input_size"]
+__all__ = ["register_model", "list_models", "create_model", "default_input_size", "is_factory_spec"]
 
 InputSize = tuple[int, int, int]
 ModelFactory = Callable[..., nn.Module]
@@ -26,6 +31,8 @@ _F = TypeVar("_F", bound=ModelFactory)
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
+# package.module:attribute, each part a Python identifier (the entry-point syntax of setuptools)
+_FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 # Natural example inputs (C, H, W) for torchvision models, by task.
 _TV_CLASSIFICATION_SIZE: InputSize = (3, 224, 224)
@@ -111,8 +118,52 @@ def _unknown_model_error(name: str) -> ValueError:
     known = ", ".join(list_models())
     return ValueError(
         f"unknown model {name!r}. Known zoo models: {known}. "
-        f"Other models: '{TORCHVISION_PREFIX}NAME' (torchvision.models) or '{TIMM_PREFIX}NAME' (timm)."
+        f"Other models: '{TORCHVISION_PREFIX}NAME' (torchvision.models), '{TIMM_PREFIX}NAME' (timm) or "
+        "'package.module:factory' (your own callable returning an nn.Module)."
     )
+
+
+def _close_matches(name: str, known: list[str]) -> str:
+    """`` Did you mean: a, b?`` for the known names closest to ``name``, or ``""``."""
+    matches = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    return f" Did you mean: {', '.join(matches)}?" if matches else ""
+
+
+def is_factory_spec(name: str) -> bool:
+    """Whether ``name`` has the ``package.module:factory`` form (torchvision:/timm: names do not count)."""
+    if name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
+        return False
+    return _FACTORY_SPEC.fullmatch(name) is not None
+
+
+def _resolve_factory(spec: str) -> Callable[..., Any]:
+    """The callable named by ``package.module:factory``; ImportError/ValueError naming ``spec``."""
+    module_name, _, attr_path = spec.partition(":")
+    if module_name.split(".")[0] in sys.stdlib_module_names or module_name == "builtins":
+        raise ValueError(f"model factory {spec!r} names the standard library module {module_name!r}, "
+                         "not a model")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ImportError(f"model factory {spec!r}: cannot import {module_name!r} ({err}); is its package "
+                          "installed or its directory on PYTHONPATH?") from err
+    target: Any = module
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            public = [n for n in dir(target) if not n.startswith("_")]
+            raise ValueError(f"model factory {spec!r}: {getattr(target, '__name__', module_name)!r} has no "
+                             f"attribute {part!r}.{_close_matches(part, public)}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"model factory {spec!r} is a {type(target).__name__}, not a callable")
+    return target
+
+
+def _create_from_factory(spec: str, kwargs: dict[str, Any]) -> nn.Module:
+    model = _resolve_factory(spec)(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model factory {spec!r} returned a {type(model).__name__}, not an nn.Module")
+    return model
 
 
 def _reject_pretrained_kwargs(name: str, kwargs: dict[str, Any], keys: tuple[str, ...]) -> None:
@@ -130,7 +181,10 @@ def _create_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
     _import_optional("torchvision")
     tv_models = importlib.import_module("torchvision.models")
     _reject_pretrained_kwargs(TORCHVISION_PREFIX + tv_name, kwargs, ("weights", "weights_backbone"))
-    builder = tv_models.get_model_builder(tv_name)  # raises ValueError for unknown names
+    if tv_name not in tv_models.list_models():
+        raise ValueError(f"unknown torchvision model {tv_name!r}."
+                         f"{_close_matches(tv_name, tv_models.list_models())}")
+    builder = tv_models.get_model_builder(tv_name)
     if "weights_backbone" in inspect.signature(builder).parameters:
         # Detection/segmentation builders default to ImageNet backbone weights: switch that off.
         kwargs["weights_backbone"] = None
@@ -140,6 +194,8 @@ def _create_torchvision(tv_name: str, kwargs: dict[str, Any]) -> nn.Module:
 def _create_timm(timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
     timm = _import_optional("timm")
     _reject_pretrained_kwargs(TIMM_PREFIX + timm_name, kwargs, ("pretrained",))
+    if not timm.is_model(timm_name):  # timm raises a bare RuntimeError for unknown names
+        raise ValueError(f"unknown timm model {timm_name!r}.{_close_matches(timm_name, timm.list_models())}")
     return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
@@ -149,7 +205,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     Args:
         name: a zoo name (see :func:`list_models`), ``"torchvision:NAME"`` (built with
             ``torchvision.models.get_model(NAME, weights=None)``, and ``weights_backbone=None``
-            where the builder takes it), or ``"timm:NAME"`` (``timm.create_model(NAME, pretrained=False)``).
+            where the builder takes it), ``"timm:NAME"`` (``timm.create_model(NAME, pretrained=False)``),
+            or ``"package.module:factory"``: any importable callable (a function or an ``nn.Module``
+            class) that returns an ``nn.Module``; that module is imported and the callable run.
         **kwargs: forwarded to the factory, e.g. ``num_classes=100, width=8``.
 
     Returns:
@@ -157,11 +215,16 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         that it can be rebuilt by name (used to reload saved models without pickle).
 
     Raises:
-        ValueError: for an unknown name (the message lists the zoo names and the prefixes), or if
-            weights/pretrained are requested.
-        ImportError: if the name needs torchvision or timm and it is not installed.
+        ValueError: for an unknown name (the message lists the zoo names and the prefixes, or the
+            closest torchvision/timm names), if weights/pretrained are requested, or for a factory
+            that is missing, not callable, in the standard library, or returns no ``nn.Module``.
+        ImportError: if the name needs torchvision or timm and it is not installed, or a factory's
+            module cannot be imported.
+        TypeError: the factory does not take ``kwargs``.
     """
-    if name.startswith(TORCHVISION_PREFIX):
+    if is_factory_spec(name):
+        model = _create_from_factory(name, dict(kwargs))
+    elif name.startswith(TORCHVISION_PREFIX):
         model = _create_torchvision(name[len(TORCHVISION_PREFIX) :], dict(kwargs))
     elif name.startswith(TIMM_PREFIX):
         model = _create_timm(name[len(TIMM_PREFIX) :], dict(kwargs))
@@ -179,7 +242,8 @@ def _torchvision_input_size(tv_name: str) -> InputSize:
     _import_optional("torchvision")
     tv_models = importlib.import_module("torchvision.models")
     if tv_name not in tv_models.list_models():
-        raise ValueError(f"unknown torchvision model {tv_name!r}")
+        raise ValueError(f"unknown torchvision model {tv_name!r}."
+                         f"{_close_matches(tv_name, tv_models.list_models())}")
     if tv_name in tv_models.list_models(module=tv_models.video):
         raise ValueError(f"torchvision:{tv_name} is a video model with 5-D (N, C, T, H, W) inputs")
     if tv_name in tv_models.list_models(module=tv_models.optical_flow):
@@ -211,14 +275,17 @@ def default_input_size(name: str) -> InputSize:
     their pretrained config's size.
 
     Raises:
-        ValueError: for an unknown name, or a torchvision video/optical-flow model whose input is
-            not one (C, H, W) image.
+        ValueError: for an unknown name, a ``package.module:factory`` name (its size is not known),
+            or a torchvision video/optical-flow model whose input is not one (C, H, W) image.
         ImportError: if the name needs torchvision or timm and it is not installed.
     """
     if name.startswith(TORCHVISION_PREFIX):
         return _torchvision_input_size(name[len(TORCHVISION_PREFIX) :])
     if name.startswith(TIMM_PREFIX):
         return _timm_input_size(name[len(TIMM_PREFIX) :])
+    if is_factory_spec(name):
+        raise ValueError(f"{name} is a user model: its input size is not known; give it explicitly "
+                         "(C,H,W; the CLI's --input-size)")
     entry = _MODEL_ENTRIES.get(name)
     if entry is None:
         raise _unknown_model_error(name)
