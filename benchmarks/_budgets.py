@@ -3,6 +3,7 @@
 A budgets file::
 
     confidence: 0.95            # optional, in (0.5, 1): level of the two-sided intervals used
+    decision: point             # optional: point (default), strict or lenient (benchmarks._decision)
     rules:
       - name: edge latency      # optional; defaults to bundle/runtime/device/bsN
         bundle: pruned          # the bundle directory name, as in the report's rows
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ._decision import DECISIONS, DEFAULT_DECISION
 
 __all__ = ["DEFAULT_CONFIDENCE", "METRICS", "BudgetError", "Budgets", "Metric", "Rule", "load_budgets",
            "parse_budgets"]
@@ -70,7 +73,7 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
 )}
 TARGET_KEYS = ("name", "bundle", "runtime", "device", "batch_size")
 RULE_KEYS = (*TARGET_KEYS, *METRICS)
-TOP_KEYS = ("confidence", "rules")
+TOP_KEYS = ("confidence", "decision", "rules")
 
 # ----------------------------------------------------------------------------- value checks
 # Each returns the problem as "must be ..., got ..." or None; callers prefix where it is.
@@ -112,6 +115,10 @@ def _field_problem(key: str, value: Any) -> str | None:
 def _confidence_problem(value: Any) -> str | None:
     ok = _is_number(value) and 0.5 < value < 1
     return None if ok else f"must be a number in (0.5, 1), e.g. 0.95, got {value!r}"
+
+
+def _decision_problem(value: Any) -> str | None:
+    return None if value in DECISIONS else f"must be one of {', '.join(DECISIONS)}, got {value!r}"
 
 
 # ----------------------------------------------------------------------------- the dataclasses
@@ -184,19 +191,25 @@ class Budgets:
         rules: at least one rule; names are unique.
         confidence: level of the two-sided confidence intervals the gate uses, in (0.5, 1).
         source: the file it came from, for messages.
+        decision: how a measurement is judged against a budget, ``"point"`` (default),
+            ``"strict"`` or ``"lenient"`` (:func:`benchmarks._decision.decide`).
 
     Raises:
-        BudgetError: no rules, a bad confidence, or two rules with one name.
+        BudgetError: no rules, a bad confidence or decision, or two rules with one name.
     """
 
     rules: tuple[Rule, ...]
     confidence: float = DEFAULT_CONFIDENCE
     source: str = "<budgets>"
+    decision: str = DEFAULT_DECISION
 
     def __post_init__(self) -> None:
         problem = _confidence_problem(self.confidence)
         if problem:
             raise BudgetError(f"{self.source}: confidence {problem}")
+        problem = _decision_problem(self.decision)
+        if problem:
+            raise BudgetError(f"{self.source}: decision {problem}")
         if not self.rules:
             raise BudgetError(f"{self.source}: rules is empty; give at least one rule")
         seen: set[str] = set()
@@ -207,7 +220,7 @@ class Budgets:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML/JSON form, which :func:`parse_budgets` reads back to an equal ``Budgets``."""
-        return {"confidence": self.confidence, "rules": [r.to_dict() for r in self.rules]}
+        return {"confidence": self.confidence, "decision": self.decision, "rules": [r.to_dict() for r in self.rules]}
 
 
 # ----------------------------------------------------------------------------- YAML with line numbers
@@ -298,6 +311,12 @@ def parse_budgets(text: str, source: str = "<budgets>") -> Budgets:
         problem = _confidence_problem(confidence)
         if problem:
             raise where.error(node, f"confidence {problem}")
+    decision = DEFAULT_DECISION
+    if "decision" in top:
+        node, decision = top["decision"]
+        problem = _decision_problem(decision)
+        if problem:
+            raise where.error(node, f"decision {problem}")
     if "rules" not in top:
         raise where.error(root, "missing required key 'rules' (a list of rules)")
     rules_node, _ = top["rules"]
@@ -310,7 +329,7 @@ def parse_budgets(text: str, source: str = "<budgets>") -> Budgets:
             raise where.error(node, f"rules[{i}]: name {rule.name!r} is already used by rules[{names[rule.name]}]; "
                                     "give the rules distinct names")
         names[rule.name] = i
-    return Budgets(tuple(rules), confidence, source)
+    return Budgets(tuple(rules), confidence, source, decision)
 
 
 def load_budgets(path: str | Path) -> Budgets:

@@ -1,22 +1,24 @@
 """The release gate: check a benchmark report (and accuracies) against the rules of a budgets file.
 
-One :class:`Check` per (rule, metric). Latency, throughput and speedup are noisy, so a check
-fails only when the *confidence bound* of the measurement is beyond the budget:
+One :class:`Check` per (rule, metric). Latency, throughput and speedup are noisy: each comes with
+a two-sided ``confidence`` interval, and the *decision rule* (:mod:`benchmarks._decision`, the
+same function latency-budget pruning uses) says what must be within the budget:
 
-* max-budgets (``max_p50_ms`` ...): pass when the point estimate is within the budget; fail only
-  when the lower end of the two-sided ``confidence`` interval is over it; in between the check
-  passes, marked ``marginal`` ("within noise").
-* min-budgets (``min_throughput_sps``, ``min_speedup``): the same with the upper end.
+* ``point`` (default): the point estimate. A p99 of 11.97 ms against a 10 ms budget fails.
+* ``strict``: the conservative end of the interval (upper for ``max_*``, lower for ``min_*``).
+* ``lenient``: fails only when the whole interval is beyond the budget.
 
-With ``confidence: 0.95`` a check fails only when the budget lies beyond the 97.5% one-sided
-bound. Intervals: p50 -> the report's ``median_ci_ms`` (re-bootstrapped when its level differs);
+Every check records the estimate, both ends of the interval and the margin of the value the rule
+compared; ``marginal`` flags a budget inside the interval (where the rules can disagree).
+Intervals: p50 -> the report's ``median_ci_ms`` (re-bootstrapped when its level differs);
 p90/p99 -> a seeded percentile bootstrap over ``samples_ms``; throughput -> ``batch_size * 1000 /
 latency`` at the median and at the ends of its interval; speedup -> ``practical.speedup_ci``.
 Memory (``measured_bytes``) and accuracy are single values, compared as they are.
 
 Exit codes (:attr:`GateReport.exit_code`): any failed check -> :data:`EXIT_VIOLATED` (a definite
 violation is the actionable verdict, and an unmeasured rule must not hide it); otherwise any
-unmeasured check (missing row, an ``oom``/``error`` row, no accuracy given) ->
+unmeasured check (missing row, an ``oom``/``error`` row, no accuracy given) or an incomplete
+report (``"complete": false``: an interrupted sweep; the absent rows are named) ->
 :data:`EXIT_UNMEASURED`; otherwise :data:`EXIT_PASS`. Exit code 2 is left to the CLI for bad input.
 """
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import Any
 import numpy as np
 
 from ._budgets import METRICS, Budgets, Rule
+from ._completeness import absent_rows, describe_rows
+from ._decision import check_decision, decide
 from ._report import _num, validate_results
 from ._stats import DEFAULT_RESAMPLES, bootstrap_median_ci
 
@@ -41,9 +45,9 @@ __all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION
 EXIT_PASS = 0
 EXIT_VIOLATED = 1
 EXIT_UNMEASURED = 4
-GATE_SCHEMA_VERSION = 1
+GATE_SCHEMA_VERSION = 2  # 2: decision rule, ci_low/ci_high and compared replace bound; report completeness
 PASS, FAIL, UNMEASURED = "pass", "fail", "unmeasured"
-TABLE_HEADERS = ("rule", "metric", "measured", "bound", "budget", "margin", "status")
+TABLE_HEADERS = ("rule", "metric", "estimate", "CI low", "CI high", "budget", "margin", "status")
 _MB = 2 ** 20
 _PERCENTILE = {"max_p50_ms": ("latency_ms_median", 50.0), "max_p90_ms": ("latency_ms_p90", 90.0),
                "max_p99_ms": ("latency_ms_p99", 99.0)}
@@ -63,12 +67,15 @@ class Check:
         status: ``"pass"``, ``"fail"`` or ``"unmeasured"``.
         budget: the budget, in the metric's unit.
         measured: the point estimate (median, percentile, MB, top-1 ...), None when unmeasured.
-        bound: the confidence bound compared with the budget (lower end for max-budgets, upper
-            end for min-budgets); None when the metric has no interval or was not measured.
-        margin: headroom in the metric's unit, positive when within budget: ``budget - measured``
-            for max-budgets, ``measured - budget`` for min-budgets.
-        marginal: passed only because the bound is within budget while the point estimate is not.
+        low, high: the ends of the two-sided confidence interval; None when the metric has no
+            interval (memory, accuracy) or was not measured.
+        margin: headroom of the value the decision rule compared (``compared``), in the metric's
+            unit; >= 0 exactly when the check passed: ``budget - value`` for max-budgets,
+            ``value - budget`` for min-budgets.
+        marginal: the budget lies inside the interval: another decision rule could decide otherwise.
         detail: why, in words (the reason for an unmeasured check).
+        decision: the decision rule applied (:data:`benchmarks._decision.DECISIONS`).
+        compared: ``"estimate"``, ``"upper bound"`` or ``"lower bound"``.
     """
 
     rule: Rule
@@ -76,10 +83,13 @@ class Check:
     status: str
     budget: float
     measured: float | None = None
-    bound: float | None = None
+    low: float | None = None
+    high: float | None = None
     margin: float | None = None
     marginal: bool = False
     detail: str = ""
+    decision: str = "point"
+    compared: str = "estimate"
 
     def show(self, value: float | None) -> str:
         """``value`` rounded for printing, with the metric's unit; a dash for None."""
@@ -87,20 +97,22 @@ class Check:
         return "—" if value is None else f"{_num(value)} {unit}".rstrip()
 
     def summary(self) -> str:
-        """One line: measured, bound, budget and margin with units, then the detail."""
+        """One line: the estimate, both bounds, budget and margin with units, the rule, then the detail."""
         if self.measured is None:
             return f"unmeasured (budget {self.show(self.budget)}): {self.detail}"
-        bound = f", bound {self.show(self.bound)}" if self.bound is not None else ""
-        return (f"measured {self.show(self.measured)}{bound}, budget {self.show(self.budget)}, "
-                f"margin {self.show(self.margin)}: {self.detail}")
+        interval = (f"CI [{self.show(self.low)}, {self.show(self.high)}]" if self.low is not None
+                    else "no CI (exact value)")
+        return (f"estimate {self.show(self.measured)}, {interval}, budget {self.show(self.budget)}, "
+                f"margin {self.show(self.margin)} ({self.compared}, decision {self.decision}): {self.detail}")
 
     def to_dict(self) -> dict[str, Any]:
         metric = METRICS[self.metric]
         rule = self.rule
         return {"rule": rule.name, "bundle": rule.bundle, "runtime": rule.runtime, "device": rule.device,
                 "batch_size": rule.batch_size, "metric": self.metric, "direction": metric.direction,
-                "unit": metric.unit, "status": self.status, "measured": self.measured, "bound": self.bound,
-                "budget": self.budget, "margin": self.margin, "marginal": self.marginal, "detail": self.detail}
+                "unit": metric.unit, "status": self.status, "measured": self.measured, "ci_low": self.low,
+                "ci_high": self.high, "budget": self.budget, "margin": self.margin, "compared": self.compared,
+                "decision": self.decision, "marginal": self.marginal, "detail": self.detail}
 
 
 @dataclass(frozen=True)
@@ -111,11 +123,16 @@ class GateReport:
         checks: the checks.
         confidence: the level of the intervals used.
         source: the budgets file, for the reports.
+        decision: the decision rule of every check (:data:`benchmarks._decision.DECISIONS`).
+        incomplete: empty for a complete report; else why it is not, and the rows it lacks (one
+            line each). An incomplete report cannot pass: it exits :data:`EXIT_UNMEASURED`.
     """
 
     checks: tuple[Check, ...]
     confidence: float
     source: str = "<budgets>"
+    decision: str = "point"
+    incomplete: tuple[str, ...] = ()
 
     def _with(self, status: str) -> list[Check]:
         return [c for c in self.checks if c.status == status]
@@ -135,22 +152,23 @@ class GateReport:
     @property
     def exit_code(self) -> int:
         """:data:`EXIT_VIOLATED` if any check failed, else :data:`EXIT_UNMEASURED` if any is
-        unmeasured, else :data:`EXIT_PASS`."""
+        unmeasured or the report is incomplete, else :data:`EXIT_PASS`."""
         if self.failed:
             return EXIT_VIOLATED
-        return EXIT_UNMEASURED if self.unmeasured else EXIT_PASS
+        return EXIT_UNMEASURED if self.unmeasured or self.incomplete else EXIT_PASS
 
     @property
     def verdict(self) -> str:
         return {EXIT_PASS: "pass", EXIT_VIOLATED: "violated", EXIT_UNMEASURED: "unmeasured"}[self.exit_code]
 
     def to_dict(self) -> dict[str, Any]:
-        """The machine-readable verdict (``schema_version`` 1), JSON-serialisable."""
+        """The machine-readable verdict (``schema_version`` 2), JSON-serialisable."""
         counts = {s: len(self._with(s)) for s in (PASS, FAIL, UNMEASURED)}
         counts["marginal"] = sum(c.marginal for c in self.checks)
         return {"schema_version": GATE_SCHEMA_VERSION, "kind": "cnn-compressor-gate", "budgets": self.source,
-                "confidence": self.confidence, "verdict": self.verdict, "exit_code": self.exit_code,
-                "counts": counts, "checks": [c.to_dict() for c in self.checks]}
+                "confidence": self.confidence, "decision": self.decision, "verdict": self.verdict,
+                "exit_code": self.exit_code, "counts": counts, "report_complete": not self.incomplete,
+                "incomplete": list(self.incomplete), "checks": [c.to_dict() for c in self.checks]}
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -210,8 +228,9 @@ class _Lookup:
             raise _NotMeasured(f"bundle {rule.bundle!r} is not in the report (bundles: {', '.join(self.bundles)})")
         if table == "speedup" and rule.bundle == self.report_baseline:
             raise _NotMeasured(f"{rule.bundle!r} is the report's baseline; it has no speedup over itself")
+        cut = "" if self.results["complete"] else " (the report is incomplete: the sweep did not finish)"
         raise _NotMeasured(f"the report has no {table} row for {rule.bundle} on {rule.runtime}/{rule.device} at "
-                           f"batch {rule.batch_size}")
+                           f"batch {rule.batch_size}{cut}")
 
     def ok_row(self, table: str, rule: Rule) -> dict[str, Any]:
         row = self.row(table, rule)
@@ -296,29 +315,37 @@ def _measure(lookup: _Lookup, rule: Rule, metric: str) -> _Measurement:
     return _Measurement(base - top1, None, f"baseline top-1 {base:.4f} - top-1 {top1:.4f}")
 
 
-def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float) -> Check:
-    """Apply the confidence-bound rule (module docstring) to one measurement."""
+def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float, decision: str) -> Check:
+    """Apply ``decision`` (:func:`benchmarks._decision.decide`) to one measurement."""
     budget = rule.budgets[metric]
-    is_max = METRICS[metric].direction == "max"
-    margin = budget - m.value if is_max else m.value - budget
-    bound = None if m.interval is None else (m.interval[0] if is_max else m.interval[1])
-    within = (lambda v: v <= budget) if is_max else (lambda v: v >= budget)
-    side, relation = ("lower", "over") if is_max else ("upper", "under")
-    level = f"{confidence:.0%}"
-    if within(m.value):
-        status, marginal, detail = PASS, False, "within budget"
-    elif bound is not None and within(bound):
-        status, marginal = PASS, True
-        detail = f"within noise: the estimate is {relation} budget, the {side} end of the {level} CI is not"
-    else:
-        status, marginal = FAIL, False
-        detail = (f"the {side} end of the {level} CI is {relation} budget" if bound is not None
-                  else f"{relation} budget")
+    direction = METRICS[metric].direction
+    verdict = decide(m.value, m.interval, budget, direction=direction, rule=decision)
+    relation = ("within" if verdict.within else "over") if direction == "max" else \
+        ("within" if verdict.within else "under")
+    detail = f"the {verdict.compared} is {relation} budget"
+    if verdict.budget_in_interval:
+        detail += f"; the budget lies inside the {confidence:.0%} CI"
     detail = f"{detail} ({m.note})" if m.note else detail
-    return Check(rule, metric, status, budget, m.value, bound, margin, marginal, detail)
+    low, high = m.interval if m.interval is not None else (None, None)
+    return Check(rule, metric, PASS if verdict.within else FAIL, budget, m.value, low, high, verdict.margin,
+                 verdict.budget_in_interval, detail, decision, verdict.compared)
 
 
-def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str, Any] | None = None) -> GateReport:
+def _incomplete(results: dict[str, Any]) -> tuple[str, ...]:
+    """Why a report marked ``"complete": false`` is not, and the rows its config asked for but it lacks."""
+    if results["complete"]:
+        return ()
+    why = "interrupted" if results["interrupted"] else "not finished"
+    absent = absent_rows(results)
+    if not absent:
+        return (f"the report is incomplete ({why}, \"complete\": false); no absent row can be named from its "
+                "config, but rows may be missing",)
+    return (f"the report is incomplete ({why}, \"complete\": false): {len(absent)} row(s) absent",
+            *describe_rows(absent))
+
+
+def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str, Any] | None = None, *,
+                  decision: str | None = None) -> GateReport:
     """Check every budget of every rule against a benchmark report.
 
     Args:
@@ -327,24 +354,28 @@ def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str,
         accuracy: top-1 fractions ``{bundle: {runtime: top1}}``, optionally with ``"baseline":
             {runtime: top1}`` for ``max_accuracy_drop`` (without it the report's baseline bundle's
             entry is used); a pipeline evaluate step's ``{"top1": {...}}`` is accepted as well.
+        decision: ``"point"``, ``"strict"`` or ``"lenient"`` (:mod:`benchmarks._decision`);
+            None takes the budgets file's (``point`` unless it says otherwise).
 
     Returns:
         The checks; :attr:`GateReport.exit_code` is the verdict.
 
     Raises:
-        ValueError: ``results`` break the schema, or an accuracy is not a fraction in [0, 1].
+        ValueError: ``results`` break the schema, an accuracy is not a fraction in [0, 1], or an
+            unknown decision rule.
         TypeError: ``accuracy`` is not a mapping of mappings.
     """
+    decision = check_decision(budgets.decision if decision is None else decision)
     validate_results(results)
     lookup = _Lookup(results, accuracy, budgets.confidence)
     checks = []
     for rule in budgets.rules:
         for metric, budget in rule.budgets.items():
             try:
-                checks.append(_decide(rule, metric, _measure(lookup, rule, metric), budgets.confidence))
+                checks.append(_decide(rule, metric, _measure(lookup, rule, metric), budgets.confidence, decision))
             except _NotMeasured as why:
-                checks.append(Check(rule, metric, UNMEASURED, budget, detail=str(why)))
-    return GateReport(tuple(checks), budgets.confidence, budgets.source)
+                checks.append(Check(rule, metric, UNMEASURED, budget, detail=str(why), decision=decision))
+    return GateReport(tuple(checks), budgets.confidence, budgets.source, decision, _incomplete(results))
 
 
 # ----------------------------------------------------------------------------- re-measuring
@@ -381,8 +412,9 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def table_rows(report: GateReport) -> list[tuple[str, ...]]:
     """One row of strings per check, for :data:`TABLE_HEADERS` (plain text or a rich table)."""
-    return [(c.rule.name, c.metric, c.show(c.measured), c.show(c.bound), c.show(c.budget), c.show(c.margin),
-             c.status.upper() + (" (noise)" if c.marginal else "")) for c in report.checks]
+    return [(c.rule.name, c.metric, c.show(c.measured), c.show(c.low), c.show(c.high), c.show(c.budget),
+             c.show(c.margin), c.status.upper() + (" (budget inside CI)" if c.marginal else ""))
+            for c in report.checks]
 
 
 def format_table(report: GateReport) -> str:
@@ -394,10 +426,13 @@ def format_table(report: GateReport) -> str:
     notes = [f"  {c.rule.name}: {c.metric}: {c.detail}" for c in report.checks if c.status != PASS or c.marginal]
     if notes:
         lines += ["", *notes]
+    if report.incomplete:
+        lines += ["", *(f"  {line}" for line in report.incomplete)]
     marginal = sum(c.marginal for c in report.checks)
-    verdict = (f"gate {report.verdict} (exit {report.exit_code}): {len(report.passed)} passed ({marginal} within "
-               f"noise), {len(report.failed)} failed, {len(report.unmeasured)} unmeasured; "
-               f"{report.confidence:.0%} confidence intervals")
+    verdict = (f"gate {report.verdict} (exit {report.exit_code}): {len(report.passed)} passed, "
+               f"{len(report.failed)} failed, {len(report.unmeasured)} unmeasured ({marginal} with the budget inside "
+               f"the CI); decision rule {report.decision}, {report.confidence:.0%} confidence intervals"
+               + ("; the report is incomplete" if report.incomplete else ""))
     lines += ["", verdict]
     return "\n".join(lines) + "\n"
 
@@ -413,22 +448,25 @@ def write_junit(report: GateReport, path: str | Path) -> Path:
     One ``<testsuite name="compressor gate">``; one ``<testcase classname="gate.<bundle>.<runtime>"
     name="<rule>: <metric>">`` per check, with ``<failure type="BudgetViolated">`` when it failed
     and ``<error type="Unmeasured">`` when it could not be measured. The messages (and a passing
-    case's ``<system-out>``) carry measured, bound, budget and margin; the suite's
-    ``<properties>`` the budgets file, confidence and verdict.
+    case's ``<system-out>``) carry the estimate, both bounds, budget, margin and decision rule;
+    the suite's ``<properties>`` the budgets file, confidence, decision rule and verdict. An
+    incomplete report adds ``<testcase classname="gate.report" name="report complete">`` with an
+    ``<error type="Unmeasured">`` naming the absent rows.
 
     Returns:
         ``path`` as a ``Path``.
     """
     path = Path(path)
-    counts = {"tests": len(report.checks), "failures": len(report.failed), "errors": len(report.unmeasured),
-              "skipped": 0}
+    extra = 1 if report.incomplete else 0
+    counts = {"tests": len(report.checks) + extra, "failures": len(report.failed),
+              "errors": len(report.unmeasured) + extra, "skipped": 0}
     attrs = {k: str(v) for k, v in counts.items()} | {"time": "0.000"}
     root = ET.Element("testsuites", {"name": "compressor gate", **attrs})
     suite = ET.SubElement(root, "testsuite", {"name": "compressor gate", **attrs,
                                               "timestamp": datetime.datetime.now().isoformat(timespec="seconds")})
     props = ET.SubElement(suite, "properties")
-    for name, value in (("budgets", report.source), ("confidence", report.confidence), ("verdict", report.verdict),
-                        ("exit_code", report.exit_code)):
+    for name, value in (("budgets", report.source), ("confidence", report.confidence), ("decision", report.decision),
+                        ("verdict", report.verdict), ("exit_code", report.exit_code)):
         ET.SubElement(props, "property", {"name": name, "value": _xml(str(value))})
     for c in report.checks:
         classname = f"gate.{c.rule.bundle.replace('.', '_')}.{c.rule.runtime}"
@@ -441,6 +479,11 @@ def write_junit(report: GateReport, path: str | Path) -> Path:
             ET.SubElement(case, "error", {"message": summary, "type": "Unmeasured"}).text = _xml(c.detail)
         else:
             ET.SubElement(case, "system-out").text = summary
+    if report.incomplete:
+        case = ET.SubElement(suite, "testcase", {"classname": "gate.report", "name": "report complete",
+                                                 "time": "0.000"})
+        ET.SubElement(case, "error", {"message": _xml(report.incomplete[0]), "type": "Unmeasured"}).text = \
+            _xml("\n".join(report.incomplete))
     ET.indent(root)
     from runtimes._files import atomic_write_bytes
 

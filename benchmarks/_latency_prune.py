@@ -2,7 +2,8 @@
 
 Two methods, both accepting a candidate only when the upper bound of the bootstrap confidence
 interval of its median latency on the runtime is within the budget (the release gate's own
-statistics, so a lucky single timing cannot pass a model that is too slow):
+statistics and its ``strict`` decision rule, :func:`benchmarks._decision.decide`, so a lucky
+single timing cannot pass a model that is too slow):
 
 ``lut`` (default): a per-layer latency lookup table (:mod:`._latency_table`, NetAdapt/HALP) is
     built on the runtime, channels are ordered by *importance lost per millisecond saved*
@@ -34,6 +35,7 @@ from ._latency_table import (
     build_latency_table,
     time_model,
 )
+from ._decision import decide
 from ._stats import summarize
 from ._timing import TimingConfig
 
@@ -57,7 +59,8 @@ class LatencyCandidate:
     samples_ms: list[float] = field(repr=False, default_factory=list)
 
     def meets(self, budget_ms: float) -> bool:
-        return self.latency_ms_ci[1] <= budget_ms
+        """The release gate's ``strict`` rule: the upper end of the median's CI is within the budget."""
+        return decide(self.latency_ms_median, self.latency_ms_ci, budget_ms, direction="max", rule="strict").within
 
 
 @dataclass

@@ -355,7 +355,8 @@ class _Sweep:
             "environment": collect_environment(config.devices),
             "config": {**config.to_dict(), "threads": threads, "inputs_description": self.inputs.description,
                        "runtimes": list(config.runtimes or ()),
-                       "batch_sizes": sorted({bs for d in config.devices for bs in config.batch_sizes_for(d)})},
+                       "batch_sizes": sorted({bs for d in config.devices for bs in config.batch_sizes_for(d)}),
+                       "batch_sizes_by_device": {d: list(config.batch_sizes_for(d)) for d in config.devices}},
             "bundles": [b.to_dict() for b in bundles],
             "latency": [], "speedup": [], "memory": [], "skipped": [], "warnings": [],
         }

@@ -446,7 +446,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"interrupted: the results measured so far are in {out}/", file=sys.stderr)
         return 130
     print(f"report written to {out}/ (summary.md, report.html, results.json, results.csv, plots)")
-    return 0
+    return _report_failures(results, oom_is_failure=args.batch_sizes is not None, out=out)
+
+
+def _report_failures(results: dict[str, Any], *, oom_is_failure: bool, out: Path) -> int:
+    """Each failed measurement's cause on stderr; 4 (the gate's "not measured") if any failed, else 0."""
+    from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
+
+    failed = failed_measurements(results, oom_is_failure=oom_is_failure)
+    for row in failed:
+        print(f"measurement failed: {describe_failure(row)}", file=sys.stderr)
+    if not failed:
+        return 0
+    print(f"error: {len(failed)} requested measurement(s) failed (causes above and in {out}/summary.md) "
+          f"-> exit {EXIT_MEASUREMENT_FAILED}", file=sys.stderr)
+    return EXIT_MEASUREMENT_FAILED
 
 
 def _print_speedups(results: dict[str, Any]) -> None:
@@ -573,19 +587,21 @@ def cmd_gate(args: argparse.Namespace) -> int:
             results = _measure_for(list(budgets.rules), args.bundles, args.baseline, args.threads, args.quiet)
         else:
             raise ValueError("give --report (a benchmark report) or --bundles (to measure them now)")
-        report = evaluate_gate(budgets, results, accuracy)
+        report = evaluate_gate(budgets, results, accuracy, decision=args.decision)
         if args.remeasure and report.failed:
             rules = failing_rules(report)
             paths = [b["path"] for b in results.get("bundles", []) if b.get("role") == "candidate"]
             base = next((b["path"] for b in results.get("bundles", []) if b.get("role") == "baseline"), None)
             print(f"re-measuring {len(rules)} failing rule(s) before deciding ...", file=sys.stderr)
             results = merge_results(results, _measure_for(rules, paths, base, args.threads, args.quiet))
-            report = evaluate_gate(budgets, results, accuracy)
+            report = evaluate_gate(budgets, results, accuracy, decision=args.decision)
     except (BudgetError, BundleError, ValueError, TypeError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    _print_rows(f"release gate: {args.budgets} (confidence {budgets.confidence:g})", TABLE_HEADERS,
-                table_rows(report))
+    _print_rows(f"release gate: {args.budgets} (confidence {budgets.confidence:g}, decision {report.decision})",
+                TABLE_HEADERS, table_rows(report))
+    for line in report.incomplete:
+        print(f"not measured: {line}")
     if args.junit:
         write_junit(report, args.junit)
     if args.json:
@@ -745,7 +761,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "slower than its baseline, or below 80% efficiency (practical / theoretical), "
                                    "is a speed warning: printed in bold red, listed at the top of summary.md and "
                                    "report.html. It does not change the exit code (0); gate on speed with "
-                                   "`compressor gate` and a min_speedup budget.")
+                                   "`compressor gate` and a min_speedup budget. Exit codes: 0 every requested "
+                                   "measurement ran (speed warnings included); 4 a requested measurement failed "
+                                   "(an error row, or out of memory at a batch size given with --batch-sizes; "
+                                   "each cause is printed on stderr; the gate's 'not measured' code); 2 bad input "
+                                   "(a bad option, a bundle refused on load); 130 interrupted.")
     b.add_argument("bundles", nargs="+", help="bundle directories written by `compressor export`")
     b.add_argument("--baseline", help="the bundle to compare against (e.g. the unpruned model)")
     b.add_argument("--runtimes", help="comma-separated: torch, onnxruntime, openvino, tensorrt (default: every "
@@ -788,6 +808,12 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--baseline", help="baseline bundle for speedup rules (with --bundles)")
     gt.add_argument("--accuracy", help="JSON {bundle: {runtime: top1}}, or a pipeline run (its summary.json)")
     gt.add_argument("--remeasure", action="store_true", help="re-measure failing rules once before deciding")
+    from benchmarks._decision import DECISIONS
+
+    gt.add_argument("--decision", choices=DECISIONS,
+                    help="how a measurement is judged against its budget: point (the estimate must be within it), "
+                    "strict (the conservative end of its CI must be: upper for max_*, lower for min_*), lenient "
+                    "(fails only when the whole CI is beyond it); default: the budgets file's 'decision', else point")
     gt.add_argument("--threads", type=int, help="runtime threads when measuring")
     gt.add_argument("--junit", help="write a JUnit XML file here")
     gt.add_argument("--json", help="write the gate report as JSON here")

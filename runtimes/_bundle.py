@@ -6,7 +6,8 @@ A bundle directory holds ``model.onnx``, ``openvino/model.xml`` + ``.bin``,
 package versions, the caller's extra facts (cost, pruning recipe ...), the parity report and
 the sha256 of every file. It is written to a temporary directory and renamed into place; a
 runtime that is missing is detected before anything is written. A parity failure is recorded
-in the manifest and raised; :func:`load_bundle` refuses such a bundle unless told otherwise.
+in the manifest and raised; :func:`load_bundle` refuses such a bundle unless told otherwise, and
+checks the manifest's claims against the files (:mod:`runtimes._manifest_check`).
 """
 from __future__ import annotations
 
@@ -61,9 +62,16 @@ class BundleConfig:
 
 @dataclass
 class Bundle:
+    """A bundle directory and its manifest.
+
+    ``unchecked`` lists the manifest claims :func:`load_bundle` could not check against the files
+    (e.g. the FLOPs of a graph with dynamic shapes); empty when everything was checked.
+    """
+
     path: Path
     manifest: dict[str, Any]
     parity: list[dict[str, Any]] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
 
     def artifact(self, target: str) -> Path:
         try:
@@ -184,26 +192,47 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
     return Bundle(Path(path), manifest, manifest["parity"])
 
 
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``manifest.json`` parsed, with its schema version checked; every failure a BundleError naming the file."""
+    if not path.is_file():
+        raise BundleError(f"{path.parent} is not a bundle: {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{path} has schema_version {version!r}; this version reads {SCHEMA_VERSION}")
+    return data
+
+
 def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: bool = False) -> Bundle:
-    """Read a bundle's manifest and check every file's sha256.
+    """Read a bundle's manifest and check it against the bundle's files (torch is not needed).
+
+    With ``verify`` (the default), :func:`runtimes._manifest_check.verify_manifest` checks that the
+    ``files`` table lists every file a runtime of the bundle loads and each one's sha256, that the
+    declared input and output match the ONNX graph's, that ``cost.flops`` matches the graph's
+    MACs, and that the parity record agrees with itself.
+
+    Args:
+        path: the bundle directory.
+        verify: run the checks above; False only reads the manifest (for tools that inspect a
+            bundle they do not run).
+        allow_failed_parity: load a bundle whose recorded parity check failed.
 
     Raises:
-        BundleError: the manifest is missing or invalid, a file is missing, extra or altered,
+        BundleError: the manifest is missing or invalid; its files table is missing, empty or
+            lacks a file a runtime loads; a file is missing or altered; the declared input,
+            output or FLOPs disagree with the ONNX graph; the parity record contradicts itself;
             or the bundle failed its parity check (unless ``allow_failed_parity``).
     """
-    from compressor._serialize import read_versioned_json
+    from ._manifest_check import verify_manifest
 
     root = Path(path)
-    manifest = read_versioned_json(root / MANIFEST, kind="bundle", schema_version=SCHEMA_VERSION, error=BundleError)
-    if verify:
-        for rel, digest in manifest.get("files", {}).items():
-            file = root / rel
-            if not file.is_file():
-                raise BundleError(f"bundle file {file} is missing")
-            if _sha256(file) != digest:
-                raise BundleError(f"bundle file {file} does not match its sha256 in {MANIFEST} (tampered or corrupt)")
+    manifest = _read_manifest(root / MANIFEST)
+    unchecked = verify_manifest(root, manifest, _sha256) if verify else []
     if not manifest.get("parity_passed", False) and not allow_failed_parity:
         failed = [r for r in manifest.get("parity", []) if not r.get("passed")]
         raise BundleError(f"bundle {root} failed its parity check ({len(failed)} failing runs); "
                           "pass allow_failed_parity=True to load it anyway")
-    return Bundle(root, manifest, manifest.get("parity", []))
+    return Bundle(root, manifest, manifest.get("parity", []), unchecked)

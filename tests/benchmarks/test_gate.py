@@ -93,9 +93,9 @@ def _practical(results: dict, bs: int = 1) -> dict:
 
 
 def gate(results: dict, accuracy: dict | None = None, confidence: float = 0.95, bundle: str = "pruned",
-         bs: int = 1, **budgets: float) -> GateReport:
+         bs: int = 1, decision: str | None = None, **budgets: float) -> GateReport:
     rule = Rule(bundle=bundle, runtime=RUNTIME, batch_size=bs, **budgets)
-    return evaluate_gate(Budgets((rule,), confidence), results, accuracy)
+    return evaluate_gate(Budgets((rule,), confidence), results, accuracy, decision=decision)
 
 
 def only(report: GateReport):
@@ -111,25 +111,26 @@ def only(report: GateReport):
 def test_latency_pass_fail_and_within_noise(results, metric, field):
     point = _stats(results)[field]
     ok = only(gate(results, **{metric: point * 1.5}))
-    assert (ok.status, ok.marginal, ok.measured) == ("pass", False, point)
+    assert (ok.status, ok.marginal, ok.measured, ok.decision) == ("pass", False, point, "point")
     assert ok.margin == pytest.approx(point * 0.5)
-    bound = ok.bound
-    assert bound < point  # the lower end of the interval is what a max-budget is compared with
+    low = ok.low
+    assert low < point < ok.high
 
-    noisy = only(gate(results, **{metric: (bound + point) / 2}))  # estimate over, lower bound not
-    assert (noisy.status, noisy.marginal) == ("pass", True)
-    assert noisy.margin < 0 and "within noise" in noisy.detail
+    noisy = only(gate(results, **{metric: (low + point) / 2}))  # estimate over, lower bound not
+    assert (noisy.status, noisy.marginal) == ("fail", True)  # the point rule: no pass "within noise"
+    assert noisy.margin < 0 and "the budget lies inside the 95% CI" in noisy.detail
+    assert only(gate(results, decision="lenient", **{metric: (low + point) / 2})).status == "pass"
 
-    clear = only(gate(results, **{metric: bound * 0.99}))  # even the lower bound is over
+    clear = only(gate(results, **{metric: low * 0.99}))  # even the lower bound is over
     assert (clear.status, clear.marginal) == ("fail", False)
-    assert clear.bound == bound  # the bootstrap is seeded: the same bound every time
-    assert gate(results, **{metric: bound * 0.99}).exit_code == EXIT_VIOLATED
+    assert clear.low == low  # the bootstrap is seeded: the same bound every time
+    assert gate(results, decision="lenient", **{metric: low * 0.99}).exit_code == EXIT_VIOLATED
 
 
 def test_p50_bound_is_the_reports_median_ci_and_rebootstraps_at_another_level(results):
     stats = _stats(results)
-    assert only(gate(results, max_p50_ms=100.0)).bound == stats["median_ci_ms"][0]
-    narrow = only(gate(results, confidence=0.6, max_p50_ms=100.0)).bound
+    assert only(gate(results, max_p50_ms=100.0)).low == stats["median_ci_ms"][0]
+    narrow = only(gate(results, confidence=0.6, max_p50_ms=100.0)).low
     assert stats["median_ci_ms"][0] < narrow <= stats["latency_ms_median"]
 
 
@@ -138,10 +139,13 @@ def test_throughput_min_budget_uses_the_upper_bound(results):
     point, upper = stats["throughput_sps"], 1000.0 / stats["median_ci_ms"][0]
     assert only(gate(results, min_throughput_sps=point * 0.9)).status == "pass"
     noisy = only(gate(results, min_throughput_sps=(point + upper) / 2))
-    assert (noisy.status, noisy.marginal) == ("pass", True)
-    assert noisy.bound == pytest.approx(upper)
-    failed = only(gate(results, min_throughput_sps=upper * 1.01))
-    assert failed.status == "fail" and failed.margin == pytest.approx(point - upper * 1.01)
+    assert (noisy.status, noisy.marginal) == ("fail", True)
+    assert noisy.high == pytest.approx(upper)
+    lenient = only(gate(results, decision="lenient", min_throughput_sps=(point + upper) / 2))
+    assert (lenient.status, lenient.compared) == ("pass", "upper bound")
+    failed = only(gate(results, decision="lenient", min_throughput_sps=upper * 1.01))
+    # the margin is that of the value the rule compared: lenient compares the upper bound
+    assert failed.status == "fail" and failed.margin == pytest.approx(upper - upper * 1.01)
 
 
 def test_speedup_min_budget_both_ways(results):
@@ -150,14 +154,16 @@ def test_speedup_min_budget_both_ways(results):
     assert 1.3 < point < 1.7 and low < point < high
     assert only(gate(results, min_speedup=1.2)).status == "pass"
     noisy = only(gate(results, min_speedup=(point + high) / 2))
-    assert (noisy.status, noisy.marginal, noisy.bound) == ("pass", True, high)
+    assert (noisy.status, noisy.marginal, noisy.high) == ("fail", True, high)
+    assert only(gate(results, decision="lenient", min_speedup=(point + high) / 2)).status == "pass"
     failed = only(gate(results, min_speedup=2.0))
     assert failed.status == "fail" and failed.margin == pytest.approx(point - 2.0)
 
 
 def test_memory_compared_directly_in_mib(results):
     ok = only(gate(results, max_memory_mb=120))
-    assert (ok.status, ok.measured, ok.margin, ok.bound) == ("pass", 100.0, 20.0, None)
+    assert (ok.status, ok.measured, ok.margin, ok.low, ok.high) == ("pass", 100.0, 20.0, None, None)
+    assert only(gate(results, decision="strict", max_memory_mb=120)).status == "pass"  # no CI: the value decides
     failed = only(gate(results, max_memory_mb=99.9))
     assert failed.status == "fail" and failed.margin == pytest.approx(-0.1)
 
@@ -242,12 +248,13 @@ def test_report_dict_and_table(results):
     rules = (Rule("pruned", RUNTIME, 1, max_p50_ms=100, max_memory_mb=50), Rule("pruned", RUNTIME, 4, max_p90_ms=1))
     report = evaluate_gate(Budgets(rules, source="b.yaml"), results)
     data = json.loads(json.dumps(report.to_dict()))
-    assert data["schema_version"] == 1 and data["exit_code"] == 1 and data["budgets"] == "b.yaml"
+    assert data["schema_version"] == 2 and data["exit_code"] == 1 and data["budgets"] == "b.yaml"
     assert data["counts"] == {"pass": 1, "fail": 1, "unmeasured": 1, "marginal": 0}
     assert data["checks"][0]["rule"] == "pruned/onnxruntime/cpu/bs1" and data["checks"][0]["direction"] == "max"
     table = format_table(report)
-    for text in ("rule", "measured", "bound", "budget", "margin", "PASS", "FAIL", "UNMEASURED", "100.0 MB",
-                 "gate violated (exit 1)"):
+    assert data["decision"] == "point" and data["report_complete"] is True
+    for text in ("rule", "estimate", "CI low", "CI high", "budget", "margin", "PASS", "FAIL", "UNMEASURED", "100.0 MB",
+                 "gate violated (exit 1)", "decision rule point"):
         assert text in table
 
 
@@ -340,7 +347,7 @@ def test_wrong_key_names_key_line_and_allowed_keys():
                               "allowed keys: name, bundle, runtime, device, batch_size, max_p50_ms")
     assert "max_p90_ms" in message and "min_throughput_sps" in message and "batch_size" in message
     assert _error("rules: []\nconfidense: 0.9\n") == ("budgets.yaml:2: the top level: unknown key 'confidense' "
-                                                      "(did you mean 'confidence'?); allowed keys: confidence, rules")
+                                                      "(did you mean 'confidence'?); allowed keys: confidence, decision, rules")
 
 
 def test_negative_budget_names_the_line_and_key():

@@ -6,6 +6,7 @@ never compared with an absolute time; the compare-fail case doctors the saved ba
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -93,12 +94,17 @@ def test_compare_fail_catches_a_regression_against_the_saved_baseline(pytester, 
 
 def test_unavailable_runtime_is_skipped_with_the_reason(pytester, bundle, tmp_path):
     # TensorRT never runs on the CPU: whether or not it is installed, this is a skip. The bundle
-    # must list a tensorrt artifact, otherwise it is the missing artifact that is reported; the
-    # manifest is not among the hashed files, so listing one keeps the bundle valid.
+    # must list a tensorrt artifact, otherwise it is the missing artifact that is reported; to
+    # stay loadable, the (stand-in) engine is hashed and has a parity run, as an exported one would.
     listed = tmp_path / "lenet_trt"
     shutil.copytree(bundle, listed)
+    engine = listed / "tensorrt" / "model.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"stand-in engine")
     manifest = json.loads((listed / "manifest.json").read_text())
     manifest["artifacts"]["tensorrt"] = "tensorrt/model.engine"
+    manifest["files"]["tensorrt/model.engine"] = hashlib.sha256(engine.read_bytes()).hexdigest()
+    manifest["parity"].append({**manifest["parity"][0], "runtime": "tensorrt", "device": "cuda"})
     (listed / "manifest.json").write_text(json.dumps(manifest))
     _user_test(pytester, listed, runtime="tensorrt", device="cpu")
     result = pytester.runpytest_subprocess(*PLUGIN, "-rs")
