@@ -1,6 +1,9 @@
 """A pytest fixture that times a bundle with pytest-benchmark, for a quick regression signal.
 
-Enable it with ``pytest -p benchmarks.pytest_plugin``, or in your ``conftest.py``::
+Installing the package enables it in every pytest run of that environment (a ``pytest11`` entry
+point; ``pytest -p no:benchmarks.pytest_plugin`` turns it off). Without the install, enable it with
+``pytest -p benchmarks.pytest_plugin``, or in your ``conftest.py`` (with the install as well, it is
+registered once)::
 
     pytest_plugins = ["benchmarks.pytest_plugin"]
 

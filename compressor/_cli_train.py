@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ._cli_types import fraction_below_one, non_negative_float, open_fraction, positive_float, positive_int, seed
+
 __all__ = ["add_parsers", "parse_assignments", "parse_input_size"]
 
 
@@ -151,7 +153,7 @@ def _eval_source(args: argparse.Namespace) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a saved model, a `compressor train` output or a bundle on a runtime."""
-    from runtimes import BundleError
+    from runtimes import ArtifactError, BundleError
 
     from ._datasets import parse_data_spec
     from ._evaluate import evaluate_classification, evaluate_reid_model
@@ -174,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             summary = {"task": "classification", **result.to_dict()}
             line = (f"top-1 {result.top1:.2%}, top-5 {result.top5:.2%} on {result.samples} samples "
                     f"({result.runtime}, {result.seconds:.2f}s)")
-    except BundleError as exc:
+    except (BundleError, ArtifactError) as exc:  # a damaged bundle, a saved model the runtime cannot load
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary.update({"schema_version": 1, "path": str(args.path), "data": args.data})
@@ -198,21 +200,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--allow-pickle", action="store_true", help=ALLOW_PICKLE_HELP)
     t.add_argument("--data", default="digits", help=data_help)
     t.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=64, help="per process (classification)")
-    t.add_argument("--p", type=int, default=8, help="ReID: identities per batch")
-    t.add_argument("--k", type=int, default=4, help="ReID: images per identity")
-    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--epochs", type=positive_int, default=10)
+    t.add_argument("--batch-size", type=positive_int, default=64, help="per process (classification)")
+    t.add_argument("--p", type=positive_int, default=8, help="ReID: identities per batch")
+    t.add_argument("--k", type=positive_int, default=4, help="ReID: images per identity")
+    t.add_argument("--lr", type=positive_float, default=0.05)
     t.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
     t.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
-    t.add_argument("--warmup-epochs", type=float, default=0.0)
-    t.add_argument("--label-smoothing", type=float, default=0.0)
-    t.add_argument("--ema-decay", type=float, help="keep an EMA of the weights (e.g. 0.999)")
+    t.add_argument("--warmup-epochs", type=non_negative_float, default=0.0)
+    t.add_argument("--label-smoothing", type=fraction_below_one, default=0.0)
+    t.add_argument("--ema-decay", type=open_fraction, help="keep an EMA of the weights (e.g. 0.999)")
     t.add_argument("--freeze", action="append", help="parameter name prefix or regex to freeze (repeatable)")
     t.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="ReID distance")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, help="torch intra-op threads")
+    t.add_argument("--seed", type=seed, default=0)
+    t.add_argument("--threads", type=positive_int, help="torch intra-op threads")
     t.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     t.add_argument("--output", required=True, help="checkpoints, history.json and the final model (OUTPUT/model)")
     t.add_argument("--force", action="store_true", help=FORCE_HELP)
@@ -229,7 +231,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--input-size", help="C,H,W (default: 3,32,32; 3,256,128 for market)")
     e.add_argument("--runtime", help="for a bundle: onnxruntime (default), openvino, tensorrt, torch")
     e.add_argument("--metric", default="euclidean", choices=["euclidean", "cosine"], help="ReID distance")
-    e.add_argument("--batch-size", type=int, default=256)
-    e.add_argument("--threads", type=int)
+    e.add_argument("--batch-size", type=positive_int, default=256)
+    e.add_argument("--threads", type=positive_int)
     e.add_argument("--json", help="also write the figures here")
     e.set_defaults(func=cmd_eval)

@@ -90,6 +90,9 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
         ValueError: a runtime other than torch for a module or a saved model, or a bundle without
             that runtime's artifact.
         runtimes.BundleError: the bundle is damaged or failed its parity check.
+
+    The function raises ValueError, naming the batch's shape, when the model fails on a batch
+    (mostly data of a size it does not take).
     """
     from runtimes import SessionConfig, get_runtime, load_bundle
     from runtimes._bundle import RUNTIME_TARGET
@@ -121,8 +124,18 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
             precision = bundle.manifest.get("precision", "fp32")
             session = get_runtime(name).load(bundle.artifact(target),
                                              SessionConfig(device=device, threads=threads, precision=precision))
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(batch)
+        except (MemoryError, torch.OutOfMemoryError):
+            raise
+        except Exception as exc:  # mostly data of a size or channel count the model does not take
+            raise ValueError(f"{_describe(source)} failed on {name} with a batch of shape {list(batch.shape)} "
+                             f"(does the data's C,H,W match the model's input?): {type(exc).__name__}: {exc}") from exc
+
     try:
-        yield session.run, name
+        yield predict, name
     finally:
         session.close()
 

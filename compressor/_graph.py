@@ -18,6 +18,7 @@ result is a :class:`DependencyGraph`:
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -448,12 +449,26 @@ def _execute_graph(model: nn.Module, graph: Graph, inputs: tuple[Any, ...], exec
     """Run the traced graph on ``execution`` tensors (labels are computed outside any mode)."""
     run = _Run(model, graph, inputs, execution)
     try:
-        run.run()
+        with _quiet_fake_tensor_log() if execution == "fake" else contextlib.nullcontext():
+            run.run()
     except TraceError:
         raise
     except Exception as exc:
         raise _ExecutionFailed(run.where()) from exc
     return run
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Any:
+    """Mute torch's fake-tensor logger: it logs each failing meta kernel with a traceback at ERROR level,
+    and a failure here is expected and handled (the next execution decides, or a TraceError names it)."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _compile_excludes(exclude: Iterable[str], names: list[str]) -> list[re.Pattern[str]]:

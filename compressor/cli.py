@@ -12,6 +12,8 @@ from typing import Any, Sequence
 import torch
 
 from . import _api
+from ._cli_types import (fraction, fraction_below_one, non_negative_float, non_negative_int, positive_float,
+                         positive_int, positive_int_list, seed)
 from ._config import DEPLOY_RUNTIMES, PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
@@ -350,7 +352,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
     bundle_config = BundleConfig(targets=targets, precision=args.precision, threads=args.threads,
-                                 batch_sizes=tuple(int(b) for b in args.batch_sizes.split(",")),
+                                 batch_sizes=args.batch_sizes,
                                  max_batch=args.max_batch, opt_batch=min(8, args.max_batch))
     export_config = ExportConfig(opset=args.opset, exporter=args.exporter)
     for target, reason in missing_runtimes(targets).items():  # fail before any work
@@ -516,16 +518,6 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    spec = read_spec(args.path)
-    summary_path = Path(args.path) / SUMMARY_FILE
-    print(json.dumps({"arch": spec.get("arch"), "format": spec["format"], "metadata": spec.get("metadata")}, indent=1))
-    if summary_path.is_file():
-        s = json.loads(summary_path.read_text())
-        print(f"FLOPs ratio {s['flops_ratio']:.3f}, params ratio {s['params_ratio']:.3f}")
-    return 0
-
-
 def _accuracy_file(path: str | None) -> dict[str, Any] | None:
     """``--accuracy``: ``{bundle: {runtime: top1}}`` JSON, or a pipeline run's ``summary.json``/directory."""
     if not path:
@@ -650,10 +642,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    """The installed distribution's version, else the package's ``__version__`` (a source checkout)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("cnn-compressor")
+    except importlib.metadata.PackageNotFoundError:
+        import compressor
+
+        return getattr(compressor, "__version__", "unknown (not installed)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
 
     parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -673,29 +678,34 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how to reach the target (default: one-shot)")
     p.add_argument("--strategy-option", action="append", metavar="KEY=VALUE",
                    help="StrategyConfig field, e.g. step=0.05, retrain_epochs=4, epochs=10, tolerance=0.01")
-    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning epochs after the final removal")
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=0,
+                   help="fine-tuning epochs after the final removal")
     p.add_argument("--residual", default="coupled", choices=["coupled", "internal"],
                    help="ResNets: also prune the residual stream (coupled) or only inside blocks (internal)")
     p.add_argument("--data", help="data for data-based criteria and training: digits or folder:PATH")
-    p.add_argument("--calib-batches", type=int, default=8, help="calibration batches of data-based criteria")
-    p.add_argument("--calib-batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01, help="learning rate of the training phases")
+    p.add_argument("--calib-batches", type=positive_int, default=8, help="calibration batches of data-based criteria")
+    p.add_argument("--calib-batch-size", type=positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=0.01, help="learning rate of the training phases")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--train-batch-size", type=int, default=64)
+    p.add_argument("--weight-decay", type=non_negative_float, default=5e-4)
+    p.add_argument("--train-batch-size", type=positive_int, default=64)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("--ratio", type=float, help="fraction of channels removed from every group (layer-wise)")
-    target.add_argument("--global-ratio", type=float, help="fraction of removable channels, ranked globally")
-    target.add_argument("--target-flops", type=float, help="fraction of FLOPs to keep")
-    target.add_argument("--target-params", type=float, help="fraction of parameters to keep")
-    target.add_argument("--target-latency-ms", type=float, help="latency budget per batch, measured on --runtime "
+    target.add_argument("--ratio", type=fraction_below_one,
+                        help="fraction of channels removed from every group (layer-wise)")
+    target.add_argument("--global-ratio", type=fraction_below_one,
+                        help="fraction of removable channels, ranked globally")
+    target.add_argument("--target-flops", type=fraction, help="fraction of FLOPs to keep")
+    target.add_argument("--target-params", type=fraction, help="fraction of parameters to keep")
+    target.add_argument("--target-latency-ms", type=positive_float,
+                        help="latency budget per batch, measured on --runtime "
                         "(the least pruning whose measured latency meets it; see --latency-method)")
     p.add_argument("--runtime", choices=list(DEPLOY_RUNTIMES),
                    help="the runtime the model ships to: it sets the channel alignment, the speed check and "
                    "--target-latency-ms (default: the CPU runtimes of this machine, onnxruntime and OpenVINO; "
                    "onnxruntime for --target-latency-ms)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "gpu"], help="the device it ships to")
-    p.add_argument("--latency-batch-size", type=int, help="batch size of --target-latency-ms (default --batch-size)")
+    p.add_argument("--latency-batch-size", type=positive_int,
+                   help="batch size of --target-latency-ms (default --batch-size)")
     p.add_argument("--latency-method", default="lut", choices=["lut", "search"],
                    help="lut: a per-layer latency table on --runtime ranks channels by importance per ms saved "
                    "(NetAdapt/HALP); search: a measured search over the FLOPs target (default lut)")
@@ -706,16 +716,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-to", type=_round_to, default="auto",
                    help="kept channel counts are multiples of this; 'auto' (default) measures the alignment the "
                    "target runtime needs per layer kind (cached) and falls back to the CPU's vector width")
-    p.add_argument("--min-channels", type=int, default=1)
+    p.add_argument("--min-channels", type=positive_int, default=1)
     p.add_argument("--no-renormalization", action="store_true", help="keep channels normalised by a LayerNorm")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--submodule", help="prune only this submodule (e.g. backbone of a detection model); its "
                    "outputs are kept, so the heads are untouched")
     p.add_argument("--image-list", action="store_true", help="the model takes a list of images "
                    "(torchvision detection models); implied for torchvision detection names")
-    p.add_argument("--batch-size", type=int, default=1, help="the deployment batch size: the example input's "
+    p.add_argument("--batch-size", type=positive_int, default=1, help="the deployment batch size: the example input's "
                    "batch, the alignment probe's and the speed check's")
-    p.add_argument("--threads", type=int, help="intra-op threads of torch, the alignment probe and the speed check")
+    p.add_argument("--threads", type=positive_int,
+                   help="intra-op threads of torch, the alignment probe and the speed check")
     p.add_argument("--no-speed-check", action="store_true", help="skip the closing check that times the pruned "
                    "model against the unpruned one on the target runtime(s)")
     p.add_argument("--trained", action=argparse.BooleanOptionalAction, default=None,
@@ -746,11 +757,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--output", required=True, help="bundle directory (replaced atomically)")
     e.add_argument("--force", action="store_true", help=FORCE_HELP)
     e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    e.add_argument("--opset", type=int, default=18)
+    e.add_argument("--opset", type=positive_int, default=18)
     e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
-    e.add_argument("--batch-sizes", default="1,8", help="parity is checked at each of these batch sizes")
-    e.add_argument("--max-batch", type=int, default=64, help="largest batch of the TensorRT profile")
-    e.add_argument("--threads", type=int, help="runtime threads for the parity check")
+    e.add_argument("--batch-sizes", type=positive_int_list, default=(1, 8),
+                   help="parity is checked at each of these batch sizes (default 1,8)")
+    e.add_argument("--max-batch", type=positive_int, default=64, help="largest batch of the TensorRT profile")
+    e.add_argument("--threads", type=positive_int, help="runtime threads for the parity check")
     e.add_argument("--no-fold", action="store_true", help="keep BatchNorm layers")
     e.set_defaults(func=cmd_export)
 
@@ -772,19 +784,20 @@ def build_parser() -> argparse.ArgumentParser:
                                       "runtime the bundles have an artifact for)")
     b.add_argument("--devices", default="cpu", help="comma-separated: cpu, cuda (default: cpu)")
     b.add_argument("--batch-sizes", help="comma-separated (default: 1,2,4,...,64 on CPU; up to 512 on CUDA)")
-    b.add_argument("--threads", type=int, help="intra-op CPU threads of every session (default: the cores "
+    b.add_argument("--threads", type=positive_int, help="intra-op CPU threads of every session (default: the cores "
                                                "available to this process)")
     b.add_argument("--hint", default="latency", choices=["latency", "throughput"], help="OpenVINO performance hint")
     b.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
-    b.add_argument("--warmup", type=int, default=3, help="untimed calls per bundle at each batch size")
-    b.add_argument("--min-runs", type=int, default=10, help="timed rounds per batch size, at least")
-    b.add_argument("--max-runs", type=int, default=500, help="timed rounds per batch size, at most")
-    b.add_argument("--min-seconds", type=float, default=2.0, help="time each batch size for at least this long")
-    b.add_argument("--max-seconds", type=float, default=20.0, help="and at most this long")
+    b.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per bundle at each batch size")
+    b.add_argument("--min-runs", type=positive_int, default=10, help="timed rounds per batch size, at least")
+    b.add_argument("--max-runs", type=positive_int, default=500, help="timed rounds per batch size, at most")
+    b.add_argument("--min-seconds", type=non_negative_float, default=2.0,
+                   help="time each batch size for at least this long")
+    b.add_argument("--max-seconds", type=positive_float, default=20.0, help="and at most this long")
     b.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
-    b.add_argument("--memory-runs", type=int, default=2, help="batches run in each memory subprocess")
+    b.add_argument("--memory-runs", type=positive_int, default=2, help="batches run in each memory subprocess")
     b.add_argument("--inputs", help=".npy file of real samples (N,C,H,W); default: random-normal batches")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=seed, default=0)
     b.add_argument("--runtime-option", action="append", metavar="RUNTIME.OPTION=VALUE",
                    help="a runtime constructor option, e.g. onnxruntime.allow_spinning=true (repeatable)")
     b.add_argument("--output", required=True, help="report directory (replaced atomically)")
@@ -796,9 +809,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_eval_parsers(sub)
 
-    i = sub.add_parser("info", help="describe a saved model")
-    i.add_argument("path")
-    i.set_defaults(func=cmd_info)
+    from ._cli_info import add_parser as add_info_parser
+
+    add_info_parser(sub)
 
     gt = sub.add_parser("gate", help="check latency/throughput/memory/accuracy/speedup budgets; exit 0 pass, "
                         "1 violated, 4 not measured, 2 bad input")
@@ -814,7 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="how a measurement is judged against its budget: point (the estimate must be within it), "
                     "strict (the conservative end of its CI must be: upper for max_*, lower for min_*), lenient "
                     "(fails only when the whole CI is beyond it); default: the budgets file's 'decision', else point")
-    gt.add_argument("--threads", type=int, help="runtime threads when measuring")
+    gt.add_argument("--threads", type=positive_int, help="runtime threads when measuring")
     gt.add_argument("--junit", help="write a JUnit XML file here")
     gt.add_argument("--json", help="write the gate report as JSON here")
     gt.add_argument("--quiet", action="store_true")

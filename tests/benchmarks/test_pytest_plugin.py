@@ -129,3 +129,31 @@ def test_twice(bundle_benchmark):
     result = pytester.runpytest_subprocess(*PLUGIN)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*RuntimeError: bundle_benchmark runs once per test*"])
+
+
+def _entry_point_installed() -> bool:
+    """As pluggy looks: every distribution (entry_points() keeps one per name, and a stale
+    cnn_compressor.egg-info in the working directory would hide the installed one)."""
+    from importlib.metadata import distributions
+
+    return any(ep.group == "pytest11" and ep.value == "benchmarks.pytest_plugin"
+               for dist in distributions() for ep in dist.entry_points)
+
+
+@pytest.mark.skipif(not _entry_point_installed(), reason="the pytest11 entry point is not installed "
+                                                         "(pip install -e . installs it)")
+@pytest.mark.parametrize("how", ["entry point", "-p", "conftest", "conftest and -p"])
+def test_plugin_is_registered_once_however_it_is_enabled(pytester, how):
+    # the entry point bears the module's name, so -p and pytest_plugins find it registered
+    pytester.makepyfile(test_names="""
+import benchmarks.pytest_plugin as plugin
+
+def test_registered_once(request, bundle_benchmark):
+    names = [name for name, p in request.config.pluginmanager.list_name_plugin() if p is plugin]
+    assert names == ["benchmarks.pytest_plugin"]
+""")
+    if "conftest" in how:
+        pytester.makeconftest('pytest_plugins = ["benchmarks.pytest_plugin"]')
+    extra = ("-p", "benchmarks.pytest_plugin") if "-p" in how else ()
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", *extra)
+    result.assert_outcomes(passed=1)
