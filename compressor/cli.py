@@ -847,7 +847,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """Warnings on the command line read as one line each, without the library's source line."""
+    return f"warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    previous_format = warnings.formatwarning
+    warnings.formatwarning = _format_warning
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -857,6 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CompressorError, ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = previous_format
 
 
 if __name__ == "__main__":

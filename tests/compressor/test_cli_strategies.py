@@ -11,6 +11,7 @@ def test_strategy_on_digits_reaches_target_and_recipe_reaches_manifest(tmp_path,
     argv = ["prune", "--model", "lenet5", "--data", "digits", "--criterion", "taylor", "--calib-batches", "2",
             "--strategy", "iterative", "--strategy-option", "step=0.25", "--strategy-option", "retrain_epochs=1",
             "--finetune-epochs", "1", "--optimizer", "adamw", "--lr", "0.003", "--target-flops", "0.5",
+            "--round-to", "1",  # exact steps: the test is about the strategy, not the alignment
             "--threads", "2", "--output", str(out), "--quiet"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -50,3 +51,14 @@ def test_unknown_criterion_and_strategy_list_known(capsys):
         with pytest.raises(SystemExit) as exc:
             main(["prune", "--model", "resnet20", "--ratio", "0.5", "--output", "x", flag, name])
         assert exc.value.code == 2 and known in capsys.readouterr().err
+
+
+def test_unreachable_target_is_one_named_warning_line(tmp_path, capsys):
+    """The CLI says where an aligned target landed, as one line, without the library's source line."""
+    argv = ["prune", "--model", "lenet5", "--target-flops", "0.5", "--round-to", "4", "--no-speed-check",
+            "--output", str(tmp_path / "o"), "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "not reachable exactly" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: target_flops=0.5 is not reachable"), err
+    assert "select_removal(" not in err and ".py:" not in err
