@@ -53,6 +53,16 @@ class PipelineError(ValueError):
     """An invalid pipeline file, a missing step input, or an output directory that is not ours."""
 
 
+class StepFailed(PipelineError):
+    """A step ran, but its result must not pass: ``exit_code`` is the one the same CLI command gives
+    (1 a violated budget, 3 a failed parity check, 4 a failed measurement). The step's directory is
+    kept, marked ``"status": "failed"``, so its outputs can be inspected; a rerun does the step again."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass(frozen=True)
 class StepSpec:
     """A registered step kind: ``parse(raw, where) -> config``, ``run(config, ctx) -> state updates``."""
@@ -287,6 +297,8 @@ def run_pipeline(pipeline: Pipeline, output: str | os.PathLike, *, force: bool =
     Raises:
         PipelineError: the output directory holds another run (without ``force``), or a step's
             input is missing; and whatever a step raises (its directory is then not kept).
+        StepFailed: a step ran but must not pass (a violated gate, a failed parity check or
+            measurement); its directory is kept, marked failed, and the run stops there.
     """
     start = time.perf_counter()
     run_dir = Path(output)
@@ -314,17 +326,29 @@ def run_pipeline(pipeline: Pipeline, output: str | os.PathLike, *, force: bool =
         log(f"[{step.index + 1}/{total}] {step.kind} ...")
         t0 = time.perf_counter()
 
+        failure: list[StepFailed] = []
+
         def execute(tmp: Path, step: Step = step, name: str = name, chain: str = chain) -> None:
             nonlocal state
             ctx = StepContext(pipeline, run_dir, tmp, name, json.loads(json.dumps(state)), progress, log)
-            updates = _STEPS[step.kind].run(step.config, ctx)
+            try:
+                updates = _STEPS[step.kind].run(step.config, ctx)
+            except StepFailed as exc:  # kept for inspection, never taken as done
+                failure.append(exc)
+                _write_json(tmp / STEP_FILE, {"hash": chain, "kind": step.kind, "config": step.raw,
+                                              "status": "failed", "error": str(exc), "exit_code": exc.exit_code,
+                                              "seconds": time.perf_counter() - t0})
+                return
             results = updates.pop("results", None)
             state = {**state, **updates, "results": {**state.get("results", {}),
                                                      **({name: results} if results is not None else {})}}
             _write_json(tmp / STEP_FILE, {"hash": chain, "kind": step.kind, "config": step.raw, "status": "done",
                                           "seconds": time.perf_counter() - t0, "state": state, "results": results})
 
-        atomic_directory(final, execute)  # a failed step leaves neither a half-written nor a stale directory
+        atomic_directory(final, execute)  # a crashed step leaves neither a half-written nor a stale directory
+        if failure:
+            _write_json(run_dir / STATE_FILE, state)
+            raise failure[0]
         seconds = time.perf_counter() - t0
         _write_json(run_dir / STATE_FILE, state)
         result.executed.append(name)

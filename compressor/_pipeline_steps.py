@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ._config import PruneConfig
-from ._pipeline import PipelineError, StepContext, register_step
+from ._pipeline import PipelineError, StepContext, StepFailed, register_step
 from ._strategies import StrategyConfig
 from ._train import TrainConfig
 
@@ -279,6 +279,7 @@ def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
 @register_step("export", _parse_export, quick=lambda raw: {**raw, "batch_sizes": [1, 2]})
 def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
+    from runtimes import ParityError
     from runtimes._bundle import BundleConfig
 
     from ._deploy import export_bundle, missing_runtimes
@@ -298,9 +299,14 @@ def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
         jobs.append(("baseline_bundle", "baseline_model"))
     for out_key, model_key in jobs:
         model = _current(ctx, model_key)
-        exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
-                                 source=ctx.state.get(model_key) or ctx.pipeline.model, weights=(model.compressor_metadata or {}).get("weights"),
-                                 progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"))
+        try:
+                exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
+                                     source=ctx.state.get(model_key) or ctx.pipeline.model,
+                                     weights=(model.compressor_metadata or {}).get("weights"),
+                                     progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"))
+        except ParityError as exc:
+            raise StepFailed(f"{out_key.replace('_', ' ')}: {exc} (the bundle is in {ctx.step_dir / out_key}, "
+                             "the failure recorded in its manifest.json)", 3) from exc
         updates[out_key] = ctx.output(out_key)
         parity[out_key] = [{k: r[k] for k in ("runtime", "batch_size", "max_abs_error", "max_rel_error", "passed")}
                            for r in exported.bundle.parity]
@@ -386,6 +392,7 @@ def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     import warnings
 
     from benchmarks import run_benchmark, write_report
+    from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
 
     baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
     with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
@@ -395,6 +402,10 @@ def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     for message in results["warnings"]:
         ctx.log(f"    warning: {message}")
     write_report(results, ctx.step_dir / "report")
+    failed = failed_measurements(results, oom_is_failure=config.batch_sizes is not None)
+    if failed:  # the report is kept; the run must not pass on measurements that did not happen
+        raise StepFailed(f"{len(failed)} measurement(s) failed: " + "; ".join(describe_failure(r) for r in failed[:5])
+                         + f" (report: {ctx.step_dir / 'report'}/summary.md)", EXIT_MEASUREMENT_FAILED)
     speedups = [{"runtime": r["runtime"], "device": r["device"], "batch_size": r["batch_size"],
                  "practical": (r["practical"] or {}).get("speedup_median"), "theoretical": r["theoretical"],
                  "efficiency": r["efficiency"]} for r in results["speedup"]]
@@ -504,12 +515,8 @@ def _closest(options: Any, build: Any, macs: float, x: torch.Tensor) -> Any:
 # ---- gate ----------------------------------------------------------------------------------------
 
 
-class GateFailed(PipelineError):
+class GateFailed(StepFailed):
     """The gate step's verdict was not a pass; ``exit_code`` is the gate's (1 violated, 4 unmeasured)."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
