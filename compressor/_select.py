@@ -40,21 +40,51 @@ class _Incidence:
                                      shape=(graph.num_atoms, n_members))
         else:
             self.matrix = csr_matrix((graph.num_atoms, n_members), dtype=np.int64)
+        self.matrix.sum_duplicates()  # canonical rows: sorted member indices, one entry each
         self.sizes = np.array([m.size for m in graph.members], dtype=np.int64)
         self.floor = np.minimum(self.sizes, floor)
 
-    def feasible(self, candidates: np.ndarray) -> np.ndarray:
+    def feasible(self, candidates: np.ndarray, group_of: np.ndarray) -> np.ndarray:
+        """The candidates (in their order) whose removal keeps every member at or above its floor.
+
+        Members belong to exactly one group, so each group is decided on its own. In the common
+        group every atom touches the same members the same number of times: its feasible atoms
+        are a prefix whose length one division gives. Other groups take the atom-by-atom loop.
+        """
+        keep = np.zeros(len(candidates), dtype=bool)
+        groups = group_of[candidates]
+        by_group = np.argsort(groups, kind="stable")  # stable: score order within each group
+        cuts = np.flatnonzero(np.diff(groups[by_group])) + 1
+        for chunk in np.split(by_group, cuts):
+            if chunk.size:
+                keep[chunk] = self._feasible_in_group(candidates[chunk])
+        return candidates[keep]
+
+    def _feasible_in_group(self, atoms: np.ndarray) -> np.ndarray:
+        rows = self.matrix[atoms]
+        lengths = np.diff(rows.indptr)
+        n = int(lengths[0])
+        if (lengths == n).all():
+            members, counts = rows.indices.reshape(-1, n), rows.data.reshape(-1, n)
+            if (members == members[0]).all() and (counts == counts[0]).all():
+                out = np.zeros(len(atoms), dtype=bool)
+                if n == 0:
+                    out[:] = True
+                else:
+                    ms, c = members[0], counts[0]
+                    out[:max(int(((self.sizes[ms] - self.floor[ms]) // c).min()), 0)] = True
+                return out
         remaining = self.sizes.copy()
         indptr, indices, data = self.matrix.indptr, self.matrix.indices, self.matrix.data
         floor = self.floor
-        order = []
-        for a in candidates.tolist():
+        out = np.zeros(len(atoms), dtype=bool)
+        for i, a in enumerate(atoms.tolist()):
             ms = indices[indptr[a]:indptr[a + 1]]
             left = remaining[ms] - data[indptr[a]:indptr[a + 1]]
             if (left >= floor[ms]).all():
                 remaining[ms] = left
-                order.append(a)
-        return np.array(order, dtype=np.int64)
+                out[i] = True
+        return out
 
 
 def select_removal(graph: DependencyGraph, scores: np.ndarray, config: PruneConfig) -> np.ndarray:
@@ -94,10 +124,10 @@ def _feasible_order(graph: DependencyGraph, scores: np.ndarray,
     removable = graph.removable
     align = group_alignment(graph, config)
     inc = _Incidence(graph, member_floors(graph, config, align))
-    order = inc.feasible(removable[np.argsort(scores[removable], kind="stable")])
     group_of = np.full(graph.num_atoms, -1, dtype=np.int64)
     for g in graph.groups:
         group_of[g.atoms] = g.index
+    order = inc.feasible(removable[np.argsort(scores[removable], kind="stable")], group_of)
     return order, group_of, align
 
 

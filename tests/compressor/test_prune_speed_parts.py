@@ -281,3 +281,32 @@ def test_shape_rules_refuse_what_the_layer_refuses(module, shape):
         module.eval()(torch.randn(shape))
     with pytest.raises(Exception):
         _shape_exec.SHAPE_RULES[type(module)](module, torch.empty(shape, device="meta"), True)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "torchvision:mobilenet_v2", "torchvision:squeezenet1_1",
+                                  "torchvision:densenet121"])
+def test_feasible_order_equals_the_atom_by_atom_rule(name):
+    """The per-group shortcut of the feasible order gives exactly what the atom-by-atom loop gives."""
+    import numpy as np
+
+    from compressor import _align, _select
+
+    model = create_model(name).eval()
+    graph = C.build_dependency_graph(model, torch.randn(1, 3, 32, 32))
+    group_of = np.full(graph.num_atoms, -1, dtype=np.int64)
+    for g in graph.groups:
+        group_of[g.atoms] = g.index
+    rng = np.random.default_rng(0)
+    for round_to, min_channels in ((1, 1), (8, 1), (4, 10)):
+        config = C.PruneConfig("l2", ratio=0.3, round_to=round_to, min_channels=min_channels)
+        inc = _select._Incidence(graph, _select.member_floors(graph, config, _align.group_alignment(graph, config)))
+        scores = rng.random(graph.num_atoms)
+        candidates = graph.removable[np.argsort(scores[graph.removable], kind="stable")]
+        remaining, expected = inc.sizes.copy(), []
+        for a in candidates.tolist():  # the rule, one atom at a time
+            start, stop = inc.matrix.indptr[a], inc.matrix.indptr[a + 1]
+            members, left = inc.matrix.indices[start:stop], remaining[inc.matrix.indices[start:stop]] - inc.matrix.data[start:stop]
+            if (left >= inc.floor[members]).all():
+                remaining[members] = left
+                expected.append(a)
+        assert np.array_equal(inc.feasible(candidates, group_of), np.array(expected, dtype=np.int64))
