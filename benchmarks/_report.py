@@ -32,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from runtimes._outputs import atomic_directory, deferred_sigint
+
 from ._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
 
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
@@ -558,9 +560,6 @@ def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
         ValueError: ``results`` are invalid (see :func:`validate_results`); nothing is written.
         FileExistsError: ``out_dir`` exists and is not a directory.
     """
-    from compressor._outputs import deferred_sigint
-    from compressor._serialize import atomic_directory  # lazily: it imports torch
-
     with deferred_sigint():  # Ctrl-C waits for the report: its measurements took minutes
         plain = _plain(results)
         return atomic_directory(out_dir, functools.partial(_write_report_files, plain))

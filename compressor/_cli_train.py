@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from benchmarks._cli_types import parse_assignments
+
 from ._cli_types import fraction_below_one, non_negative_float, open_fraction, positive_float, positive_int, seed
 
 __all__ = ["add_parsers", "parse_assignments", "parse_input_size"]
@@ -28,21 +30,6 @@ def parse_input_size(text: str) -> tuple[int, ...]:
 
 def _size(text: str | None) -> tuple[int, ...] | None:
     return None if text is None else parse_input_size(text)
-
-
-def parse_assignments(items: list[str], flag: str, form: str = "KEY=VALUE") -> dict[str, Any]:
-    """``["width=8", "name=x"]`` -> ``{"width": 8, "name": "x"}``: values are JSON (true, 3, "text"),
-    anything else is a string. ValueError naming ``flag`` and the expected ``form``."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"{flag} must look like {form}, got {item!r}")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> int:

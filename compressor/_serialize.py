@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from runtimes._outputs import atomic_directory  # noqa: F401  (re-exported: commands import it from here)
+
 from ._modes import restore_modes_
-from ._outputs import check_output_location, deferred_sigint
 from .errors import ModelFormatError
 
 SCHEMA_VERSION = 1
@@ -69,62 +68,6 @@ def _arch(model: nn.Module, arch: str | dict[str, Any] | None) -> dict[str, Any]
         except TypeError as exc:
             raise ValueError(f"architecture kwargs must be JSON-serialisable: {exc}") from exc
     return arch
-
-
-def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], overwrite: bool = True) -> Path:
-    """Create directory ``path`` by filling a temporary sibling with ``write`` and renaming it.
-
-    An existing ``path`` is replaced only once ``write`` has returned. Ctrl-C is deferred while
-    the temporary directory is made, swapped in and cleaned up, so a failure or an interrupt at
-    any point leaves either the old directory or the new one, and no ``.NAME.tmp-*`` or
-    ``.NAME.old-*`` sibling. Whether a command may replace ``path`` at all is decided before, by
-    :func:`compressor._outputs.claim_output`.
-
-    Raises:
-        OutputRefused: ``path`` is the current directory, one of its parents or ``/``.
-        FileExistsError: ``path`` is a file, or exists and not ``overwrite``.
-    """
-    target = Path(path)
-    check_output_location(target)
-    if target.exists() and not target.is_dir():
-        raise FileExistsError(f"{target} exists and is not a directory")
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists (pass overwrite=True to replace it)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp: Path | None = None
-    try:
-        with deferred_sigint():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result should look like mkdir's
-        write(tmp)
-        with deferred_sigint():
-            _swap_in(tmp, target)
-    except BaseException:
-        if tmp is not None:
-            with deferred_sigint():
-                shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _swap_in(new: Path, target: Path) -> None:
-    """Rename ``new`` to ``target``; an existing ``target`` is moved aside first and put back on failure."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    try:
-        os.replace(target, old / "x")
-        try:
-            os.replace(new, target)
-        except BaseException:
-            os.replace(old / "x", target)
-            raise
-    finally:
-        if target.exists():  # the new directory or the old one put back; else keep the old one to recover
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str | dict[str, Any] | None = None,

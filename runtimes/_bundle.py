@@ -122,10 +122,9 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         ArtifactError: a runtime could not build or load an artifact.
         ParityError: an artifact's outputs differ; the bundle is written with the failure.
     """
-    from compressor._serialize import atomic_directory
-
     from . import get_runtime
     from ._base import RuntimeUnavailable, SessionConfig
+    from ._outputs import atomic_directory
 
     say = progress or (lambda message: None)
     if "torch" in config.targets:
