@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from runtimes._files import file_sha256 as _sha256
 
 from ._config import TARGET_KEYS
 from ._serialize import SPEC_FILE, read_spec, read_versioned_json
@@ -211,14 +212,6 @@ def _artifacts(artifacts: dict[str, str], files: list[dict[str, Any]]) -> list[d
         out.append({"target": target, "path": rel, "bytes": sum(f["bytes"] or 0 for f in members),
                     "files": [f["path"] for f in members], "ok": all(f["ok"] for f in members) if members else False})
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---- the text ------------------------------------------------------------------------------

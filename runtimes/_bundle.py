@@ -11,7 +11,6 @@ checks the manifest's claims against the files (:mod:`runtimes._manifest_check`)
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import shutil
@@ -22,6 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ._files import file_sha256 as _sha256
 from ._parity import ParityError, ParityResult, compare
 
 SCHEMA_VERSION = 1
@@ -90,14 +90,6 @@ def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | N
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], np.ndarray],
