@@ -1,6 +1,7 @@
 """Measured runtime memory (TRM) of a model artifact, in a fresh subprocess.
 
-The practical counterpart of the theoretical TRM of seed 002 eq. 10 (``MPS + FM * 4 * BS``,
+The practical counterpart of the theoretical TRM of "FALF ConvNets: Fatuous auxiliary loss based
+filter-pruning for efficient deep CNNs", eq. 10 (``MPS + FM * 4 * BS``,
 ``compressor.count_cost(...).trm_bytes(bs)``). Memory can only be measured cleanly in a process
 that holds nothing else, so :func:`measure_memory` starts a child Python
 (``python -m benchmarks._memory``) that:

@@ -446,7 +446,8 @@ def _per_runtime(rows: Rows) -> tuple[Any, list[tuple[Any, str, Rows]]]:
 
 
 def _plot_speedup(results: dict[str, Any]) -> Any:
-    # seed 002 Fig. 6: measured speedup (with its CI) against the theoretical FLOPs ratio
+    # Fig. 6 of "FALF ConvNets: Fatuous auxiliary loss based filter-pruning for efficient deep CNNs":
+    # measured speedup (with its CI) against the theoretical FLOPs ratio
     if not results["speedup"]:
         return _placeholder("no baseline given: no speedup measured")
     fig, panels = _per_runtime(sorted(results["speedup"], key=_sort_key(results)))
@@ -469,7 +470,7 @@ def _plot_speedup(results: dict[str, Any]) -> Any:
 
 
 def _plot_memory(results: dict[str, Any]) -> Any:
-    # seed 002 Fig. 5: measured TRM against the theoretical MPS + FM * 4 * BS (eq. 10)
+    # FALF ConvNets Fig. 5: measured TRM against the theoretical MPS + FM * 4 * BS (eq. 10)
     rows = [r for r in sorted(results["memory"], key=_sort_key(results))
             if r["measured_bytes"] is not None or r["theoretical_bytes"] is not None]
     if not rows:

@@ -248,7 +248,8 @@ def efficiency(practical: float, theoretical: float) -> float:
     """How much of a theoretical gain is realised: ``practical / theoretical``.
 
     E.g. a measured speedup of 1.6 where the FLOPs ratio promises 2.0 gives 0.8; a measured
-    memory saving over the theoretical TRM saving (seed 002 eq. 10) likewise.
+    memory saving over the theoretical TRM saving (eq. 10 of "FALF ConvNets: Fatuous auxiliary loss
+    based filter-pruning for efficient deep CNNs") likewise.
 
     Raises:
         ValueError: either value is NaN/infinite, or ``theoretical`` is not positive.

@@ -11,9 +11,10 @@ and paired-ratio statistics: median of per-round ratios with a bootstrap CI), an
 theoretical (FLOPs) speedup, the practical speedup [CI], the efficiency and the alignment chosen.
 
 Models: torchvision ResNet-50, MobileNetV2, MobileNetV3-Large and EfficientNet-B0 at 50% of
-their FLOPs (224x224), and the zoo's VGG-16-BN (CIFAR, 32x32) at 1/6 of its FLOPs (seed 002's
-6.03x). Random weights (only speed matters); denormals are flushed by both runtimes; onnxruntime's
-spinning is off (three sessions take turns); threads are set explicitly.
+their FLOPs (224x224), and the zoo's VGG-16-BN (CIFAR, 32x32) at 1/6 of its FLOPs (the 6.03x of
+"FALF ConvNets: Fatuous auxiliary loss based filter-pruning for efficient deep CNNs"). Random
+weights (only speed matters); denormals are flushed by both runtimes; onnxruntime's spinning is
+off (three sessions take turns); threads are set explicitly.
 
 Where a cell's efficiency is under 0.95, ``--profile`` (default on) also records where the time
 goes: onnxruntime's per-node profile and OpenVINO's per-node performance counters, summed by op

@@ -14,8 +14,9 @@ Parts, in order; each is recorded in ``results.json`` as ok, skipped (with the r
 4. ``torch_latency``: eager torch, fp32 (TF32 off) and fp16 (``.half()``), batch 1..512. Each
    batch is warmed up, then both models are timed in interleaved rounds with CUDA events (the
    input already on the device: no host-device copies). Median latency, throughput, and the
-   practical speedup (median of per-round ratios) against the theoretical one: seed 002's
-   practical-vs-theoretical curve against batch size. The sweep stops at the first
+   practical speedup (median of per-round ratios) against the theoretical one: the
+   practical-vs-theoretical curve against batch size of "FALF ConvNets: Fatuous auxiliary loss
+   based filter-pruning for efficient deep CNNs". The sweep stops at the first
    out-of-memory, which is recorded as a result.
 5. ``torch_memory``: the allocator's peak per batch size, one model on the device at a time.
 6. ``onnxruntime_cuda``: both models exported to ONNX (legacy exporter), timed at batch 1 and 32
@@ -425,7 +426,7 @@ def part_torch_memory(check: Check, fig: dict[str, Any]) -> None:
                 row = {"resident_bytes": resident, "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
                        "peak_reserved_bytes": torch.cuda.max_memory_reserved()}
                 row["peak_over_resident_bytes"] = row["peak_allocated_bytes"] - resident
-                if cost and dtype == torch.float32:  # seed 002 eq. 10: TRM = MPS + FM * 4 * BS
+                if cost and dtype == torch.float32:  # FALF ConvNets eq. 10: TRM = MPS + FM * 4 * BS
                     row["theoretical_trm_bytes"] = cost["mps_bytes"] + cost["fm_elements"] * 4 * bs
                 return row
 

@@ -9,7 +9,8 @@ Conventions (stated once, used everywhere):
 * **FM** is the number of feature-map elements one sample produces: the sum of the output
   sizes of every conv and Linear layer (BatchNorm/activations are folded or in place at
   deployment, so they do not add maps).
-* **TRM(BS) = MPS + FM x 4 x BS** bytes (seed 002 eq. 10), with MPS the parameter bytes.
+* **TRM(BS) = MPS + FM x 4 x BS** bytes, with MPS the parameter bytes (eq. 10 of "FALF ConvNets:
+  Fatuous auxiliary loss based filter-pruning for efficient deep CNNs", Singh et al. 2020).
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ class CostReport:
         return 2 * self.macs
 
     def trm_bytes(self, batch_size: int) -> int:
-        """Theoretical total runtime memory at ``batch_size`` (seed 002 eq. 10)."""
+        """Theoretical total runtime memory at ``batch_size`` (FALF ConvNets eq. 10)."""
         return int(self.mps_bytes + self.fm_elements * 4 * batch_size)
 
     def to_dict(self) -> dict[str, Any]:

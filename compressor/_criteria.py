@@ -1,4 +1,5 @@
-"""Channel-importance criteria, by name. A **low score means prune** (METHODS.md).
+"""Channel-importance criteria, by name. A **low score means prune** (a criterion whose paper ranks
+the other way round, such as the fatuous auxiliary loss, returns the negated score).
 
 A criterion scores the atoms of a dependency graph: ``criterion(model, graph, ctx)`` returns one
 float per atom, where ``ctx`` is a :class:`CriterionContext` (example inputs, calibration data,
@@ -6,9 +7,10 @@ loss, seed and the criterion's options). Weight-based criteria score each produc
 channels (the rows of a conv or Linear weight) and normalise the scores within that layer by
 their mean. An atom's score is the **mean over the layers it couples** of their normalised
 scores (averaging within a layer when one atom holds several of its channels, as for a conv
-group). Normalising first is what makes a global ranking across layers meaningful (seed 000
-§3.3); taking the mean rather than the sum keeps a residual-stream channel, which couples many
-convs, on the same scale as a channel of a single layer.
+group). Normalising first is what makes a global ranking across layers meaningful ("Exploiting
+prunability for person re-identification", Masson et al. 2021, §3.3); taking the mean rather
+than the sum keeps a residual-stream channel, which couples many convs, on the same scale as a
+channel of a single layer.
 
 Each criterion is registered with :func:`register_criterion` and described by a
 :class:`CriterionSpec`: whether it needs data, its options with their defaults and checks, and
@@ -151,8 +153,8 @@ def aggregate_member_scores(graph: DependencyGraph, member_scores: dict[int, np.
 
     ``normalize`` is how a layer's scores are scaled before layers are combined: ``"mean"``
     (divide by the layer mean), ``"l2"`` (divide by the layer's L2 norm, Molchanov's Taylor
-    normalisation, seed 000 eq. 29) or ``"none"``. Atoms touched by none of the scored members
-    get ``fill``.
+    normalisation, "Exploiting prunability" eq. 29) or ``"none"``. Atoms touched by none of the
+    scored members get ``fill``.
     """
     if normalize not in ("mean", "l2", "none"):
         raise ValueError(f"normalize must be 'mean', 'l2' or 'none', got {normalize!r}")
@@ -222,12 +224,12 @@ def weight_criterion(fn: Callable[[torch.Tensor], torch.Tensor]) -> ScoreFn:
 
 
 def _l1(w: torch.Tensor) -> torch.Tensor:
-    """Sum of absolute filter weights (Li et al. 2016; seed 000 Alg. 1)."""
+    """Sum of absolute filter weights (Li et al. 2016; "Exploiting prunability" Alg. 1)."""
     return torch.linalg.vector_norm(w, ord=1, dim=1)
 
 
 def _l2(w: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each filter (SFP/PSFP; seed 000 Table 9: slightly better than L1)."""
+    """L2 norm of each filter (SFP/PSFP; "Exploiting prunability" Table 9: slightly better than L1)."""
     return torch.linalg.vector_norm(w, ord=2, dim=1)
 
 
@@ -237,5 +239,6 @@ register_criterion("l2")(weight_criterion(_l2))
 
 @register_criterion("random")
 def random_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Uniform random scores from the seed: the control baseline (seed 003 argues baselines matter)."""
+    """Uniform random scores from the seed: the control baseline ("ThinResNet: A New Baseline for
+    Structured Convolutional Networks Pruning" argues that baselines matter)."""
     return np.random.default_rng(ctx.seed).random(graph.num_atoms)

@@ -1,4 +1,8 @@
-"""Data-based criteria: Taylor, activation entropy and the fatuous auxiliary loss (METHODS.md).
+"""Data-based criteria: Taylor, activation entropy and the fatuous auxiliary loss.
+
+Taylor and entropy follow the formulas surveyed in "Exploiting prunability for person
+re-identification" (Masson et al. 2021); ``aux_loss`` is the method of "FALF ConvNets: Fatuous
+auxiliary loss based filter-pruning for efficient deep CNNs" (Singh et al. 2020).
 
 ``taylor`` and ``entropy`` read the outputs of the modules that carry each atom's channels
 (:func:`output_members`: a BatchNorm when there is one, else the conv/Linear producer) on the
@@ -62,7 +66,8 @@ def _per_member(graph: DependencyGraph, per_module: dict[str, np.ndarray]) -> di
 
 @register_criterion("taylor", needs_data=True)
 def taylor(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """First-order Taylor expansion of the loss, |mean(H·dL/dH)| (Molchanov 2017; seed 000 eq. 28–29, Alg. 8).
+    """First-order Taylor expansion of the loss, |mean(H·dL/dH)| (Molchanov 2017; "Exploiting
+    prunability" eq. 28–29, Alg. 8).
 
     For each calibration sample and channel, ``H·dL/dH`` is averaged over the spatial positions,
     *then* the absolute value is taken (as Molchanov's reference code does: positive and
@@ -109,7 +114,7 @@ def taylor(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> n
 
 def channel_entropy(values: np.ndarray, bins: int) -> np.ndarray:
     """Entropy of each column of ``values`` (samples, channels) in ``bins`` equal-width bins over
-    the column's own [min, max]; a constant column has entropy 0 (seed 000 eq. 27)."""
+    the column's own [min, max]; a constant column has entropy 0 ("Exploiting prunability" eq. 27)."""
     lo, hi = values.min(axis=0), values.max(axis=0)
     width = np.where(hi > lo, hi - lo, 1.0)
     idx = np.clip(np.floor((values - lo) / width * bins).astype(np.int64), 0, bins - 1)
@@ -124,7 +129,7 @@ def channel_entropy(values: np.ndarray, bins: int) -> np.ndarray:
 @register_criterion("entropy", needs_data=True, defaults={"bins": 10},
                     checks={"bins": int_at_least(2)})
 def entropy(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Entropy of each channel's global-average-pooled response (Luo & Wu; seed 000 eq. 27, Alg. 7).
+    """Entropy of each channel's global-average-pooled response (Luo & Wu; "Exploiting prunability" eq. 27, Alg. 7).
 
     Over the calibration set each channel gives one pooled value per image; those values are
     histogrammed into ``bins`` equal-width bins over the channel's [min, max] and
@@ -159,7 +164,7 @@ def entropy(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> 
 
 
 def fatuous_loss(weights: list[torch.Tensor]) -> torch.Tensor:
-    """Seed 002 eq. 1: ``sum |-1 - w|`` over negative weights plus ``sum |1 - w|`` over the others."""
+    """FALF ConvNets eq. 1: ``sum |-1 - w|`` over negative weights plus ``sum |1 - w|`` over the others."""
     return sum((w - torch.where(w >= 0, 1.0, -1.0).to(w)).abs().sum() for w in weights)
 
 
@@ -182,7 +187,7 @@ _POSITIVE = number_where(lambda v: v > 0, "a number > 0")
                     checks={"epochs": int_at_least(1), "lam": _POSITIVE, "lr": _POSITIVE,
                             "batch_size": int_at_least(1)})
 def aux_loss(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Sensitivity to a fatuous auxiliary loss (seed 002, eq. 1–3).
+    """Sensitivity to a fatuous auxiliary loss (FALF ConvNets, eq. 1–3).
 
     A copy ``m`` of the model ``f`` is trained for ``epochs`` epochs on ``ctx.data`` with the
     task loss plus ``lam * sum_layers S_L``, where ``S_L`` pulls every conv/Linear weight towards
@@ -198,7 +203,7 @@ def aux_loss(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) ->
     weights = [modules[name].weight for name in names]
 
     def extra_loss(net, output, inputs):
-        return opts["lam"] * fatuous_loss(weights) if weights else None  # seed 002 eq. 2
+        return opts["lam"] * fatuous_loss(weights) if weights else None  # FALF ConvNets eq. 2
 
     config = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], lr=opts["lr"], schedule="constant",
                          weight_decay=0.0, seed=ctx.seed)  # no eval_fn and no output: no eval, no files
@@ -211,4 +216,4 @@ def aux_loss(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) ->
         f, moved = f.double(), after[m].double()
         norm = torch.linalg.vector_norm(f, ord=1, dim=1).clamp_min(1e-12)
         ratios[m] = (torch.linalg.vector_norm(moved - f, ord=1, dim=1) / norm).numpy()
-    return -aggregate_member_scores(graph, ratios, normalize="mean")  # seed 002 eq. 3: high ratio = unimportant
+    return -aggregate_member_scores(graph, ratios, normalize="mean")  # FALF ConvNets eq. 3: high ratio = unimportant

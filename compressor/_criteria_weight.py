@@ -1,4 +1,7 @@
-"""Weight- and output-based criteria that need no data: FPGM, SIMC, BN scale, NISP (METHODS.md).
+"""Weight- and output-based criteria that need no data: FPGM, SIMC, BN scale, NISP.
+
+The equation numbers cited below are those of the survey "Exploiting prunability for person
+re-identification" (Masson et al. 2021), which states each criterion's formula.
 
 Each returns one score per atom, **low = prune**; per-layer scores go through
 :func:`aggregate_member_scores` (mean normalisation per layer, then the mean over the layers
@@ -29,7 +32,8 @@ _COSINE_TOL = 1e-10
 
 @register_criterion("fpgm")
 def fpgm(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Sum of Euclidean distances to the layer's other filters (He et al. CVPR'19; seed 000 eq. 13-17).
+    """Sum of Euclidean distances to the layer's other filters (He et al. CVPR'19; "Exploiting
+    prunability" eq. 13-17).
 
     A small sum means the filter lies near the layer's geometric median: the others can stand
     in for it, so it is pruned first. Euclidean distance, as in the official code.
@@ -48,7 +52,7 @@ def simc_layer_scores(w: torch.Tensor, tau: float) -> np.ndarray:
     """SIMC scores of the rows of one layer's weight matrix ``w`` (n_out, fan_in).
 
     Filters are clustered by complete linkage on cosine distance, cut at ``1 - tau``
-    (seed 000 eq. 1-2, Alg. 2; the official code's linkage). The filter of largest L1 norm
+    ("Exploiting prunability" eq. 1-2, Alg. 2; the official code's linkage). The filter of largest L1 norm
     represents its cluster (the first on ties) and scores ``1 + l1 / max l1`` in (1, 2]; every
     other filter of the cluster is redundant and scores half its cosine distance to the
     representative, in [0, 1): redundant filters rank below all representatives, the most
@@ -76,7 +80,8 @@ def simc_layer_scores(w: torch.Tensor, tau: float) -> np.ndarray:
 
 @register_criterion("simc", defaults={"tau": 0.9}, checks={"tau": number_where(lambda t: 0 < t <= 1, "in (0, 1]")})
 def simc(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Cosine-similarity clustering, one filter kept per cluster (Ayinde & Zurada; seed 000 eq. 1-2, Alg. 2).
+    """Cosine-similarity clustering, one filter kept per cluster (Ayinde & Zurada; "Exploiting
+    prunability" eq. 1-2, Alg. 2).
 
     ``tau`` (option, default 0.9) decides which filters are redundant: those within cosine
     similarity ``tau`` of a stronger filter of their cluster (``tau=1``: same direction only).
@@ -156,7 +161,7 @@ def _output_tensors(output: Any) -> list[torch.Tensor]:
 
 @register_criterion("nisp")
 def nisp(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """Output importance propagated backwards, ``s_k = |W_{k+1}|^T s_{k+1}`` (NISP; seed 000 eq. 30).
+    """Output importance propagated backwards, ``s_k = |W_{k+1}|^T s_{k+1}`` (NISP; "Exploiting prunability" eq. 30).
 
     Every output of the network gets importance 1: NISP's Inf-FS ranking of the final layer's
     features needs data, and is replaced by uniform importance. The propagation is done by

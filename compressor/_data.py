@@ -162,8 +162,9 @@ def digits_dataset(split: str = "train", *, size: int = 32, channels: int = 3,
     (1,437 train, 360 test images). Deterministic.
 
     ``digits`` keeps only those digits, relabelled ``0..k-1`` in the order given (so that a
-    source task on 0-4 and a target task on 5-9 share a 5-way head, seed 000's scenarios); the
-    split is the same fixed split, restricted.
+    source task on 0-4 and a target task on 5-9 share a 5-way head, for the design scenarios of
+    "Exploiting prunability for person re-identification"); the split is the same fixed split,
+    restricted.
 
     Raises DatasetError for an unknown split, a non-positive size or channel count, or a digit
     outside 0-9 (or repeated).

@@ -2,7 +2,8 @@
 
 * ``digits``: scikit-learn's bundled handwritten digits (real, no download), 3x32x32, 10 classes,
   the fixed stratified train/test split; ``digits:0-4`` or ``digits:5,6,7,8,9`` keeps those
-  digits, relabelled 0..k-1 (source and target tasks of seed 000's scenarios).
+  digits, relabelled 0..k-1 (source and target tasks for the design scenarios of "Exploiting
+  prunability for person re-identification").
 * ``folder:PATH``: ImageFolder layout with ``PATH/train`` and ``PATH/val`` (or ``PATH/test``),
   one sub-folder per class.
 * ``market:PATH``: a Market-1501 / DukeMTMC-reID directory (``bounding_box_train``, ``query``,

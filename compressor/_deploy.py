@@ -83,7 +83,8 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
             "onnx": {k: v for k, v in info.to_dict().items() if k != "path"},
             "cost": {**{k: v for k, v in cost.to_dict().items() if k != "layers"},
                      "trm_bytes": {bs: cost.trm_bytes(bs) for bs in (1, 8, 32, 64)},
-                     "flops_convention": "FLOPs = 2 x MACs per sample; TRM = MPS + FM*4*BS (seed 002 eq. 10)"},
+                     "flops_convention": "FLOPs = 2 x MACs per sample; "
+                                         "TRM = MPS + FM*4*BS (FALF ConvNets eq. 10)"},
             "fold": fold_report.to_dict() if fold_report else None,
             "recipe": getattr(model, "compressor_metadata", None),
             "alignment": pruning_alignment(getattr(model, "compressor_metadata", None)),

@@ -405,7 +405,8 @@ def build_dependency_graph(
             (ConvNeXt); the result is then not identical to zeroing those channels.
         residual: ``"coupled"`` prunes residual-stream channels together with every conv that
             writes or reads them; ``"internal"`` keeps the residual stream at full width and
-            prunes only the convs inside the blocks (seed 002 Fig. 4, ThiNet).
+            prunes only the convs inside the blocks (as in Fig. 4 of "FALF ConvNets: Fatuous
+            auxiliary loss based filter-pruning for efficient deep CNNs", and in ThiNet).
 
     Raises:
         TraceError: the model cannot be traced by torch.fx or fails on the example input.

@@ -1,9 +1,10 @@
 """Training losses for fine-tuning pruned models: classification CE and the ReID ID + triplet loss.
 
-Seed 000 (the ReID pruning survey) fine-tunes two ReID baselines after pruning:
+"Exploiting prunability for person re-identification" (Masson et al. 2021, a survey of pruning
+for ReID) fine-tunes two ReID baselines after pruning:
 
 * **BNNeck** (Luo et al. 2019): label-smoothed cross-entropy on the logits plus the batch-hard
-  triplet loss (Hermans et al. 2017, seed 000 Table 1 ``L_TBH``) on the pre-neck global feature.
+  triplet loss (Hermans et al. 2017, "Exploiting prunability" Table 1 ``L_TBH``) on the pre-neck global feature.
 * **PCB** (Sun et al. 2018): one cross-entropy per horizontal part, averaged; PCB trains with
   the ID loss only, so use ``ReIDLoss(triplet_weight=0)`` for it.
 
@@ -126,7 +127,7 @@ def batch_hard_triplet_loss(
     distance: str = "euclidean",
     soft: bool = False,
 ) -> torch.Tensor:
-    """Batch-hard triplet loss (Hermans et al. 2017; seed 000 Table 1 ``L_TBH``).
+    """Batch-hard triplet loss (Hermans et al. 2017; "Exploiting prunability" Table 1 ``L_TBH``).
 
     ``mean over anchors of [margin + max_p d(a, p) - min_n d(a, n)]_+`` with ``p`` ranging over the
     anchor's other same-pid samples and ``n`` over the other-pid samples (see :func:`hardest_pairs`).

@@ -1,6 +1,7 @@
 """Accuracy of a (pruned) model: top-k for classification, CMC and mAP for person ReID.
 
-ReID follows the Market-1501 evaluation of Zheng et al. 2015 (the protocol seed 000 reports):
+ReID follows the Market-1501 evaluation of Zheng et al. 2015 (the protocol that "Exploiting
+prunability for person re-identification", Masson et al. 2021, reports):
 for each query, the gallery images with the query's identity *and* camera are dropped (they are
 trivial matches), as are junk images (pid -1); distractors (pid 0) stay as wrong matches. All
 figures are fractions in [0, 1], not percentages.

@@ -444,7 +444,8 @@ def _cifar_depth(name: str) -> int | None:
 
 @register_step("baselines", _parse_baselines, quick=lambda raw: {**raw, "epochs": 1})
 def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
-    """ThinResNet (uniform width, seed 003) and a shallower ResNet at the pruned model's FLOPs, same budget."""
+    """ThinResNet (uniform width; "ThinResNet: A New Baseline for Structured Convolutional Networks
+    Pruning") and a shallower ResNet at the pruned model's FLOPs, same budget."""
     from models import create_model
     from models._cifar_resnet import CifarResNet
 

@@ -5,14 +5,15 @@ Both criteria judge a channel by what it adds to the output of the layer that *c
 scored). On calibration batches the consumer's input ``X`` is captured with forward pre-hooks
 and ``points`` random (sample, location, output channel) points are drawn. Input channel j
 contributes ``z_j = sum_{kh,kw} W[c, j, kh, kw] X[n, j, patch(loc)]`` to point (n, loc, c), so
-the consumer's pre-bias output at the points is ``y = sum_j z_j`` (seed 000 eq. 24). The
-columns ``z_j`` of the channels that form one atom are summed (a Linear after a flatten reads
-H*W features per channel), and only removable atoms compete; the others are always kept.
+the consumer's pre-bias output at the points is ``y = sum_j z_j`` (eq. 24 of "Exploiting
+prunability for person re-identification", Masson et al. 2021). The columns ``z_j`` of the
+channels that form one atom are summed (a Linear after a flatten reads H*W features per
+channel), and only removable atoms compete; the others are always kept.
 
-* ``thinet`` (Luo et al. 2017; seed 000 eq. 24-25) removes channels greedily, each time the
-  one that keeps ``||sum_{removed} z_j||^2`` smallest.
-* ``lasso`` (He et al. ICCV'17; seed 000 eq. 26) ranks channels by how long their coefficient
-  survives on the LASSO path of ``y ~ sum_j beta_j z_j``.
+* ``thinet`` (Luo et al. 2017; "Exploiting prunability" eq. 24-25) removes channels greedily,
+  each time the one that keeps ``||sum_{removed} z_j||^2`` smallest.
+* ``lasso`` (He et al. ICCV'17; "Exploiting prunability" eq. 26) ranks channels by how long
+  their coefficient survives on the LASSO path of ``y ~ sum_j beta_j z_j``.
 
 Scores are the channel's position in that order divided by the number of candidates (first to
 go = lowest), so every consumer contributes scores spread over (0, 1]; after the per-layer
@@ -128,7 +129,7 @@ def channel_contributions(model: nn.Module, graph: DependencyGraph, ctx: Criteri
     """``{consumer member: Z}``, Z (points, C_in) = each input channel's share of sampled outputs.
 
     Each point also draws one output channel c of the consumer: ``Z[p, j] = sum_k W[c, j, k] X_p[j, k]``
-    (seed 000 eq. 24); the rows of Z sum to the pre-bias output at the point.
+    ("Exploiting prunability" eq. 24); the rows of Z sum to the pre-bias output at the point.
     """
     removable = np.zeros(graph.num_atoms + 1, dtype=bool)
     removable[graph.removable] = True  # index -1 (never removed) reads the extra False
@@ -192,7 +193,7 @@ def _data_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionCont
 
 
 def thinet_order(z: np.ndarray) -> np.ndarray:
-    """Greedy removal order of the columns of ``z`` (Luo et al. 2017; seed 000 eq. 25).
+    """Greedy removal order of the columns of ``z`` (Luo et al. 2017; "Exploiting prunability" eq. 25).
 
     Each step removes the column j that minimises ``||s + z_j||^2`` where s is the sum of the
     columns removed so far; ``||s + z_j||^2 = ||s||^2 + 2 s.z_j + ||z_j||^2`` is read off the
@@ -214,7 +215,8 @@ def thinet_order(z: np.ndarray) -> np.ndarray:
 
 
 def thinet_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """ThiNet: greedily remove the channels that change the next layer's output least (seed 000 eq. 24-25)."""
+    """ThiNet: greedily remove the channels that change the next layer's output least ("Exploiting
+    prunability" eq. 24-25)."""
     return _data_criterion(model, graph, ctx, lambda z, y: thinet_order(z))
 
 
@@ -229,7 +231,8 @@ def _scaled(a: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def lasso_path_order(a: np.ndarray, y: np.ndarray, alphas: int = 20, keep: int | None = None) -> np.ndarray:
-    """Removal order of A's columns by the LASSO path of ``y ~ A beta`` (He et al. 2017; seed 000 eq. 26).
+    """Removal order of A's columns by the LASSO path of ``y ~ A beta`` (He et al. 2017; "Exploiting
+    prunability" eq. 26).
 
     A column's rank is the largest of ``alphas`` penalties (log-spaced from the one that zeroes
     every beta down to 1e-3 of it) at which its beta is nonzero, ties broken by ``|beta|`` at the
@@ -257,7 +260,7 @@ def lasso_path_order(a: np.ndarray, y: np.ndarray, alphas: int = 20, keep: int |
 
 def lasso_channel_selection(a: np.ndarray, y: np.ndarray, keep: int, tol: float = 0.1,
                             max_iter: int = 60) -> np.ndarray:
-    """Kept-column mask by binary search of the LASSO penalty (He et al. 2017; seed 000 eq. 26).
+    """Kept-column mask by binary search of the LASSO penalty (He et al. 2017; "Exploiting prunability" eq. 26).
 
     Fits ``min_beta ||y - A beta||^2 / (2 n) + lambda ||beta||_1`` (scikit-learn ``Lasso``, no
     intercept) and bisects log(lambda) until the number of nonzero betas lies in
@@ -301,7 +304,8 @@ def _keep_ratio_ok(v: Any) -> bool:
 
 
 def lasso_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionContext) -> np.ndarray:
-    """LASSO channel selection: keep the channels whose coefficients survive the penalty longest (seed 000 eq. 26)."""
+    """LASSO channel selection: keep the channels whose coefficients survive the penalty longest
+    ("Exploiting prunability" eq. 26)."""
     opts = ctx.options
 
     def order(z: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -316,7 +320,7 @@ def lasso_criterion(model: nn.Module, graph: DependencyGraph, ctx: CriterionCont
 
 def refit_consumers_(original: nn.Module, pruned: nn.Module, graph: DependencyGraph, removed: np.ndarray,
                      ctx: CriterionContext) -> dict[str, Any]:
-    """Refit, in place, the weights of every consumer that lost input channels (seed 000 eq. 25-26).
+    """Refit, in place, the weights of every consumer that lost input channels ("Exploiting prunability" eq. 25-26).
 
     ThiNet-style, the target is the *original* consumer's pre-bias output on the *original*
     model's inputs, and the regressors are those inputs restricted to the kept channels:

@@ -1,17 +1,20 @@
-"""Pruning strategies: how scores and training turn into a smaller model (METHODS.md, Strategies).
+"""Pruning strategies: how scores and training turn into a smaller model.
+
+The strategies and the equation numbers cited below are those of the survey "Exploiting
+prunability for person re-identification" (Masson et al. 2021).
 
 Every strategy ends with a **physically** smaller model (``apply_removal``/``prune_model``)
 and uses :func:`compressor.train` for its training phases:
 
-* ``oneshot``: rank, prune to the target, fine-tune (seed 000 Alg. 1).
+* ``oneshot``: rank, prune to the target, fine-tune ("Exploiting prunability" Alg. 1).
 * ``iterative``: rank -> remove ``step`` of the target -> retrain, until the target is met
-  (seed 000's protocol: 5% per iteration, 1 ranking epoch, 4 retraining epochs).
+  (the protocol of "Exploiting prunability": 5% per iteration, 1 ranking epoch, 4 retraining epochs).
 * ``psfp``: every epoch zero the lowest-scoring filters on the exponential schedule, let them
-  keep learning, and remove the zeroed ones at the end (seed 000 eq. 11–12).
+  keep learning, and remove the zeroed ones at the end ("Exploiting prunability" eq. 11–12).
 * ``autobalance``: L1 split into P (prune) and R (keep), train on ``L0 + a S(P) + t S(R)``,
-  then remove P (seed 000 eq. 3–10).
+  then remove P ("Exploiting prunability" eq. 3–10).
 * ``play_and_prune``: an L1 penalty on the lowest filters (AFP) with a threshold and penalty
-  driven by an accuracy tolerance (PRC) (seed 000 eq. 18–23).
+  driven by an accuracy tolerance (PRC) ("Exploiting prunability" eq. 18–23).
 
 Layer-wise against global ranking is the target's choice (``ratio`` is layer-wise;
 ``global_ratio``, ``target_flops`` and ``target_params`` rank globally), and the ResNet residual
@@ -153,7 +156,7 @@ class StrategyResult:
 
 
 def psfp_schedule(t: float, total: float, final: float, d: float = 0.125) -> float:
-    """Pruning rate of epoch ``t`` of ``total``: ``P'_t = a e^{-k t} + b`` (seed 000 eq. 11–12).
+    """Pruning rate of epoch ``t`` of ``total``: ``P'_t = a e^{-k t} + b`` ("Exploiting prunability" eq. 11–12).
 
     The constants solve ``P'_0 = 0``, ``P'_T = P`` and ``P'_{D T} = 3P/4`` (``final`` = P,
     ``d`` = D in (0, 0.75)). With ``u = e^{-k D T}`` the conditions give
@@ -418,7 +421,7 @@ def _target_amount(prune: PruneConfig) -> float:
 
 @register_strategy("iterative")
 def iterative(run: _Run) -> nn.Module:
-    """Repeat rank -> remove ``step`` of the target -> retrain (seed 000: 5%, 1 and 4 epochs)."""
+    """Repeat rank -> remove ``step`` of the target -> retrain ("Exploiting prunability": 5%, 1 and 4 epochs)."""
     s = run.strategy
     amount = _target_amount(run.prune)
     iterations = max(1, math.ceil(amount / s.step - 1e-9))
@@ -478,7 +481,7 @@ def psfp(run: _Run) -> nn.Module:
     s = run.strategy
     graph = run.graph
     masks: list[np.ndarray] = []
-    # seed 000 eq. 11-12: the zeroed share after epoch e (1-based t = e + 1) follows P'_t / P
+    # "Exploiting prunability" eq. 11-12: the zeroed share after epoch e (1-based t = e + 1) follows P'_t / P
     share = lambda e: 1.0 if e + 1 >= s.epochs else psfp_schedule(e + 1, s.epochs, 1.0, s.psfp_d)  # noqa: E731
     callbacks = _zeroing_callbacks(run, graph, share, masks)
     run.fit(run.model, s.epochs, "psfp train", callbacks)
@@ -511,7 +514,7 @@ def autobalance(run: _Run) -> nn.Module:
     graph = run.graph
     removed = select_removal(graph, run.weight_scores(run.model, graph), run.prune)
     eps = 1e-12
-    terms = []  # (module, P rows, lambda_P, R rows, lambda_R), fixed at the start (seed 000 Alg. 3)
+    terms = []  # (module, P rows, lambda_P, R rows, lambda_R), fixed at the start ("Exploiting prunability" Alg. 3)
     for module, p_rows, r_rows in _producer_rows(run.model, graph, removed):
         if p_rows.numel() == 0 or r_rows.numel() == 0:
             continue

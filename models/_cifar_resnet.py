@@ -4,11 +4,13 @@ Architecture from He et al. 2016, "Deep Residual Learning for Image Recognition"
 a 3x3 stem to ``w`` channels, then three stages of ``n = (depth - 2) / 6`` BasicBlocks with
 widths ``w, 2w, 4w`` and strides 1, 2, 2, global average pooling and a linear classifier.
 
-Shortcuts that change shape are 1x1 convolution + BN ("option B"), as advocated by ThinResNet
-(seed 003, "Choice of the ResNet Variant"): the zero-padding variant ties channels across layers
-and hampers non-uniform structured pruning, while the projection variant costs < 1% parameters.
-``width`` is the ThinResNet knob (channels of the initial embedding, 16 in the paper); the
-remaining MACs at width ``w`` are about ``(w / 16) ** 2`` of width 16 (METHODS.md, Baselines).
+Shortcuts that change shape are 1x1 convolution + BN ("option B"), as advocated by "ThinResNet: A
+New Baseline for Structured Convolutional Networks Pruning" (section "Choice of the ResNet
+Variant"): the zero-padding variant ties channels across layers and hampers non-uniform
+structured pruning, while the projection variant costs < 1% parameters. ``width`` is the
+ThinResNet knob (channels of the initial embedding, 16 in the paper); the remaining MACs at width
+``w`` are about ``(w / 16) ** 2`` of width 16, since every conv but the stem has both its input
+and its output channels proportional to ``w``.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def resnet20(num_classes: int = 10, width: int = 16, in_chans: int = 3) -> Cifar
 
 @register_model("resnet56", input_size=(3, 32, 32))
 def resnet56(num_classes: int = 10, width: int = 16, in_chans: int = 3) -> CifarResNet:
-    """CIFAR ResNet-56 (9 blocks per stage, ~0.86 M params at width 16), seed 003's reference."""
+    """CIFAR ResNet-56 (9 blocks per stage, ~0.86 M params at width 16), the ThinResNet paper's reference."""
     return CifarResNet(56, num_classes=num_classes, width=width, in_chans=in_chans)
 
 

@@ -1,8 +1,8 @@
-"""ImageNet bottleneck ResNet-50 with ThinResNet width scaling (seed 003).
+"""ImageNet bottleneck ResNet-50 with ThinResNet width scaling.
 
 Architecture from He et al. 2016, "Deep Residual Learning for Image Recognition", Table 1, in the
-"v1.5" form (stride on the 3x3 conv, as torchvision). Width scaling follows ThinResNet (seed 003)
-and its reference code, summarised in METHODS.md (Baselines):
+"v1.5" form (stride on the 3x3 conv, as torchvision). Width scaling follows "ThinResNet: A New
+Baseline for Structured Convolutional Networks Pruning" and its reference code:
 
 * the stem has ``width`` channels and the stages have ``planes = width * (1, 2, 4, 8)``;
 * a bottleneck's inner width is ``int(planes * width / 64)``, so it scales with ``width ** 2``;
@@ -12,7 +12,8 @@ At ``width=64`` this is exactly torchvision's ``resnet50`` (25.56 M params, 4.09
 224x224), with the same parameter names so its state_dict loads strictly.
 
 ``last_stride=1`` keeps stage 4 at 1/16 resolution, the ReID convention (Luo et al. 2019,
-"Bag of Tricks and A Strong Baseline for Deep Person Re-identification"; seed 000).
+"Bag of Tricks and A Strong Baseline for Deep Person Re-identification"; "Exploiting
+prunability for person re-identification").
 
 Activations are separate, not in-place modules so that forward hooks on a BN output (used by
 activation-based pruning criteria) see pre-ReLU values and each ReLU fires once per forward.
@@ -106,7 +107,7 @@ class BottleneckResNet(nn.Module):
         stages: list[nn.Sequential] = []
         for stage, (num_blocks, stride) in enumerate(zip(blocks_per_stage, (1, 2, 2, last_stride))):
             planes = width * 2**stage
-            # seed 003 reference code: inner width int(planes * w / 64), i.e. it scales with w**2
+            # ThinResNet reference code: inner width int(planes * w / 64), i.e. it scales with w**2
             inner = max(1, int(planes * width / _REFERENCE_WIDTH))
             out_channels = planes * _EXPANSION
             blocks = [Bottleneck(in_channels, inner, out_channels, stride)]
@@ -131,7 +132,7 @@ class BottleneckResNet(nn.Module):
 
 @register_model("resnet50", input_size=(3, 224, 224))
 def resnet50(num_classes: int = 1000, width: int = 64, in_chans: int = 3, last_stride: int = 2) -> BottleneckResNet:
-    """ResNet-50 / ThinResNet-50 (seed 003); width 64 is the standard 25.56 M-param network."""
+    """ResNet-50 / ThinResNet-50 (ThinResNet paper); width 64 is the standard 25.56 M-param network."""
     return BottleneckResNet(
         _RESNET50_BLOCKS, num_classes=num_classes, width=width, in_chans=in_chans, last_stride=last_stride
     )

@@ -1,6 +1,7 @@
 """Person re-identification models on the (ThinResNet-scalable) ResNet-50 backbone.
 
-Seed 000 (the ReID pruning survey) prunes two ReID baselines, both built here:
+"Exploiting prunability for person re-identification" (Masson et al. 2021), a survey of pruning
+for ReID, prunes two ReID baselines, both built here:
 
 * **BNNeck** (Luo et al. 2019, "Bag of Tricks and A Strong Baseline for Deep Person
   Re-identification"): ResNet-50 with ``last_stride=1``, global average pooling, a
@@ -13,7 +14,8 @@ Seed 000 (the ReID pruning survey) prunes two ReID baselines, both built here:
   concatenated part features.
 
 The backbone is :class:`BottleneckResNet` without its classifier, so ``width`` scales it as in
-ThinResNet (seed 003); the global feature has ``32 * width`` channels (2048 at width 64).
+"ThinResNet: A New Baseline for Structured Convolutional Networks Pruning"; the global feature
+has ``32 * width`` channels (2048 at width 64).
 """
 
 from __future__ import annotations

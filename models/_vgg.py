@@ -2,12 +2,13 @@
 
 Simonyan & Zisserman 2015, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
 configuration D, with BN after every convolution, in the CIFAR form used by Li et al. 2017,
-"Pruning Filters for Efficient ConvNets" (the L1-norm baseline surveyed in seed 000): five
-max-pools take 32x32 down to 1x1, and the classifier is Linear(512, 512) -> ReLU ->
-Linear(512, num_classes).
+"Pruning Filters for Efficient ConvNets" (the L1-norm baseline surveyed in "Exploiting
+prunability for person re-identification"): five max-pools take 32x32 down to 1x1, and the
+classifier is Linear(512, 512) -> ReLU -> Linear(512, num_classes).
 
 ``width_mult`` scales every convolution and the hidden linear layer uniformly (a ThinResNet-style
-uniform baseline, seed 003).
+uniform baseline, after "ThinResNet: A New Baseline for Structured Convolutional Networks
+Pruning").
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ def test_hand_computed_costs():
     assert cost.params == (8 * 3 * 9 + 8) + (8 * 5 + 5)
     assert cost.fm_elements == 8 * 100 + 5
     assert cost.mps_bytes == cost.params * 4
-    assert cost.trm_bytes(16) == cost.params * 4 + 805 * 4 * 16  # seed 002 eq. 10
+    assert cost.trm_bytes(16) == cost.params * 4 + 805 * 4 * 16  # FALF ConvNets eq. 10 (TRM)
     rows = {r.name: r for r in cost.layers}
     assert rows["conv"].macs == 21600 and rows["fc"].macs == 40
 

@@ -156,7 +156,8 @@ def tiny_filter_model() -> ConvNet:
 
 def test_aux_loss_prunes_the_filter_it_moves_most_and_leaves_the_model_alone():
     """Every weight is pulled towards ±1 by about the same step, so the filter with the smallest
-    L1 norm has by far the largest relative change (seed 002 eq. 3): it is pruned first."""
+    L1 norm has by far the largest relative change (eq. 3 of "FALF ConvNets: Fatuous auxiliary loss
+    based filter-pruning for efficient deep CNNs"): it is pruned first."""
     model, data, x = tiny_filter_model(), tiny_data(), torch.randn(1, 1, 8, 8)
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
@@ -177,7 +178,7 @@ def test_aux_loss_scores_are_minus_the_normalised_ratio():
     trained = copy.deepcopy(model)
     convs = [trained.a, trained.b, trained.fc]
 
-    def fatuous(net, output, inputs):  # seed 002 eq. 1-2: |w - 1| for w >= 0, |w + 1| for w < 0
+    def fatuous(net, output, inputs):  # FALF ConvNets eq. 1-2: |w - 1| for w >= 0, |w + 1| for w < 0
         return AUX["lam"] * sum(torch.where(c.weight >= 0, (c.weight - 1).abs(), (c.weight + 1).abs()).sum()
                                 for c in convs)
 

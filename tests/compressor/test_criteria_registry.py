@@ -51,7 +51,8 @@ def test_random_is_seeded():
 
 
 def test_scores_are_normalised_per_layer_for_global_ranking():
-    """Scaling one layer's weights by 1000 must not change the global ranking (seed 000 §3.3)."""
+    """Scaling one layer's weights by 1000 must not change the global ranking ("Exploiting
+    prunability for person re-identification", §3.3)."""
     model = TwoConv()
     x = torch.randn(1, 3, 8, 8)
     graph = C.build_dependency_graph(model, x)

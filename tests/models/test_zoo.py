@@ -131,7 +131,8 @@ def test_cifar_resnet_stage_layout(name: str) -> None:
     assert [len(stage) for stage in stages] == [(depth - 2) // 6] * 3
     assert [stage[-1].conv2.out_channels for stage in stages] == [4, 8, 16]
     assert [stage[0].conv1.stride for stage in stages] == [(1, 1), (2, 2), (2, 2)]
-    # Projection shortcuts (seed 003): exactly the two shape-changing blocks have a 1x1 conv + BN.
+    # Projection shortcuts, as in "ThinResNet: A New Baseline for Structured Convolutional Networks
+    # Pruning": exactly the two shape-changing blocks have a 1x1 conv + BN.
     projections = [m.downsample for m in model.modules() if getattr(m, "downsample", None) is not None]
     assert len(projections) == 2
     for projection in projections:

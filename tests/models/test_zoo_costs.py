@@ -1,4 +1,5 @@
-"""Parameter and MAC counts against published figures and the ThinResNet tables (seed 003).
+"""Parameter and MAC counts against published figures and the tables of "ThinResNet: A New Baseline
+for Structured Convolutional Networks Pruning".
 
 MACs are counted with ``torch.utils.flop_counter.FlopCounterMode``, which reports FLOPs = 2 x MACs
 for convolutions and matrix products (BN, ReLU and pooling are not counted, as in the papers).
@@ -74,7 +75,7 @@ def test_mobilenetv2_imagenet_layout_equals_torchvision() -> None:
         torch.testing.assert_close(ours(x), reference(x))
 
 
-# seed 003 Table 1 / METHODS.md Baselines: remaining MACs (%) of ThinResNet-50 at width w vs w=64.
+# ThinResNet paper, Table 1: remaining MACs (%) of ThinResNet-50 at width w vs w=64.
 THINRESNET50_REMAINING_MACS_PCT = {60: 80.7, 56: 64.6, 52: 50.8, 48: 39.6, 44: 30.1, 40: 22.7}
 
 
@@ -98,19 +99,20 @@ def test_thinresnet50_inner_width_scales_with_width_squared() -> None:
 
 @pytest.mark.parametrize("width", [4, 8, 12, 15])
 def test_thinresnet56_remaining_macs_about_width_ratio_squared(resnet56_macs: int, width: int) -> None:
-    # METHODS.md: for CIFAR ResNets remaining MACs are about (w/16)^2 (the stem and fc scale with w).
+    # Every conv but the stem has its input and output channels proportional to w, so remaining MACs
+    # are about (w/16)^2 (the stem and fc scale with w only).
     ratio = macs_of("resnet56", width=width) / resnet56_macs
     assert ratio == pytest.approx((width / 16) ** 2, rel=0.03)
 
 
 def test_resnet20_vs_resnet56_macs_match_seed_003(resnet56_macs: int) -> None:
-    # seed 003 Table 1: ThinResNet-20 at width 16 keeps 32.38% of ResNet-56's operations.
+    # ThinResNet paper, Table 1: ThinResNet-20 at width 16 keeps 32.38% of ResNet-56's operations.
     assert 100.0 * macs_of("resnet20") / resnet56_macs == pytest.approx(32.38, abs=0.5)
 
 
 def test_cifar_resnet_parameter_counts() -> None:
     # He et al. 2016: 0.27 M / 0.85 M / 1.7 M with zero-padding shortcuts; the projection
-    # shortcuts of seed 003 add < 1%.
+    # shortcuts of the ThinResNet paper add < 1%.
     resnet56 = count_params(models.create_model("resnet56"))
     assert 0.85e6 <= resnet56 <= 0.87e6
     assert resnet56 < 0.853e6 * 1.01

@@ -1,4 +1,5 @@
-"""ReID heads (seed 000): BNNeck train/eval outputs, frozen neck bias, PCB part features."""
+"""ReID heads of "Exploiting prunability for person re-identification": BNNeck train/eval outputs,
+frozen neck bias, PCB part features."""
 
 from __future__ import annotations
 
