@@ -25,7 +25,6 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from runtimes._files import atomic_write
 
 from .errors import CompressorError
 
@@ -83,7 +84,7 @@ def _save(path: Path, model: nn.Module, **extra: Any) -> None:
     """Write a checkpoint (tensors, lists, dicts and scalars only, so weights_only loading works)."""
     state = {"format_version": CHECKPOINT_FORMAT_VERSION, "model": model.state_dict(),
              "architecture": architecture_fingerprint(model), **extra}
-    _atomic_save(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _restore_(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: nn.Module | None,
@@ -144,17 +145,6 @@ def _check_architecture(saved: list[list[Any]], model: nn.Module, path: Path) ->
         else:
             continue
         raise CheckpointError(f"{path} was written for a different architecture: {problem}")
-
-
-def _atomic_save(path: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- RNG states

@@ -42,12 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from runtimes._files import atomic_write
+
 from ._checkpoint import (
     BEST_FILE,
     CHECKPOINT_FILE,
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
-    _atomic_save,
     _restore_,
     _rng_state,
     _save,
@@ -578,4 +579,4 @@ def _write_history(path: Path, result: TrainResult, config: TrainConfig, device:
                            "world_size": result.world_size},
            **result.to_dict()}
     text = json.dumps(doc, indent=1)
-    _atomic_save(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

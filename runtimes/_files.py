@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ._base import ArtifactError
 
@@ -32,19 +32,20 @@ def short_error(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[-1] if lines else '(no message)'}"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory and a rename.
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Create or replace the file ``path`` with what ``write(tmp_path)`` writes, all or nothing.
 
-    The file gets the permissions a plain ``open(path, "w")`` would (mkstemp's are private).
+    ``write`` fills a temporary file in the same directory, which is then renamed over ``path``;
+    on any failure (Ctrl-C included) the temporary file is removed and ``path`` is untouched. The
+    file gets the permissions a plain ``open(path, "w")`` would (mkstemp's are private). This is the
+    project's one file writer: JSON reports, manifests, checkpoints (``torch.save`` as ``write``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        write(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
@@ -53,6 +54,18 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_write`, flushed to disk before the rename."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    atomic_write(path, write)
 
 
 @contextlib.contextmanager
