@@ -305,6 +305,29 @@ def run_probe(measure: Measure, kinds: Sequence[str] = KINDS, widths: Sequence[i
     return {kind: find_step(kind, measure(kind, widths), tolerance) for kind in kinds}
 
 
+def _load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def machine_busy() -> str | None:
+    """Why the CPU is too busy for the probe to see a 3% step, or None.
+
+    Other processes competing for the cores add noise far above the steps the probe looks for; a
+    probe run then under-reports the alignment (it once chose 4 instead of 16 at a load average of
+    8 on 2 cores), and the result would be cached. Busy means a 1-minute load average above
+    1.5 x the available cores + 1 (4 on 2 cores, 25 on 16).
+    """
+    try:
+        load = _load_average()
+    except (AttributeError, OSError):  # no load average on this platform
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if load > 1.5 * cores + 1:
+        return (f"the machine is busy (1-minute load average {load:.1f} on {cores} cores), so the timings would "
+                "be noise; using the ISA table this time (nothing is cached)")
+    return None
+
+
 def probe_alignment(runtime: str, *, device: str = "cpu", batch_size: int = 1, threads: int | None = None,
                     isa: str = "", refresh: bool = False, measure: Measure | None = None,
                     budget_s: float = PROBE_BUDGET_S, cache: Path | None = None) -> ProbeResult:
@@ -337,6 +360,9 @@ def probe_alignment(runtime: str, *, device: str = "cpu", batch_size: int = 1, t
             return ProbeResult.from_dict(entries[key], cached=True)
     start = time.perf_counter()
     if measure is None:
+        busy = machine_busy()
+        if busy:  # timings taken now would hide the steps and be cached for good
+            raise ProbeError(f"not probing {runtime}: {busy}")
         measure = runtime_measure(runtime, device, batch_size, threads, deadline=start + budget_s)
     try:
         kinds = run_probe(measure)

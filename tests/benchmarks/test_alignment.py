@@ -114,6 +114,7 @@ def test_unavailable_runtime_is_a_probe_error(tmp_path):
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_real_probe_is_short_and_cached(runtime, tmp_path, monkeypatch):
+    monkeypatch.setattr(A, "_load_average", lambda: 0.0)  # the busy-machine refusal is tested below
     cache = tmp_path / "alignment.json"
     start = time.perf_counter()
     result = A.probe_alignment(runtime, batch_size=1, threads=2, isa="test", cache=cache)
@@ -125,3 +126,31 @@ def test_real_probe_is_short_and_cached(runtime, tmp_path, monkeypatch):
     assert all(len(p.latency_ms) == len(A.probe_widths()) for p in result.kinds.values())
     monkeypatch.setattr(A, "runtime_measure", lambda *a, **k: pytest.fail("timed again despite the cache"))
     assert A.probe_alignment(runtime, batch_size=1, threads=2, isa="test", cache=cache).cached
+
+
+def test_a_busy_machine_is_not_probed_and_nothing_is_cached(tmp_path, monkeypatch):
+    """Timings under heavy load under-report the steps; the probe refuses and the ISA table applies."""
+    import os
+
+    from compressor import PruneConfig
+    from compressor import _align
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(A, "_load_average", lambda: 1.5 * cores + 2)
+    monkeypatch.setattr(A, "runtime_measure", lambda *a, **k: pytest.fail("timed on a busy machine"))
+    cache = tmp_path / "alignment.json"
+    with pytest.raises(A.ProbeError, match="busy .*load average"):
+        A.probe_alignment("onnxruntime", batch_size=1, threads=2, isa="test", cache=cache)
+    assert not cache.exists()
+    monkeypatch.setenv("COMPRESSOR_CACHE_DIR", str(tmp_path))
+    _align._RESOLVED.clear()
+    try:
+        config = _align.resolve_alignment(PruneConfig(ratio=0.3, runtime="onnxruntime", threads=2))
+    finally:
+        _align._RESOLVED.clear()
+    entry = config.alignment["runtimes"]["onnxruntime"]
+    assert entry["source"] == "isa-table" and "busy" in entry["note"]
+    assert config.alignment["kinds"]["conv"] == _align.ISA_TABLE[_align.cpu_isa()]
+    monkeypatch.setattr(A, "_load_average", lambda: 0.5)
+    assert A.machine_busy() is None
+
