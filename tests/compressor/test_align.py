@@ -88,7 +88,7 @@ def test_groups_take_their_kinds_alignment_capped_by_width(probed):
     for g in graph.groups:
         kinds = {_align.member_kind(graph, m) for m in g.members} - {None}
         wanted = max({"conv": 16, "depthwise": 8, "linear": 1}[k] for k in kinds) if kinds else 1
-        cap = 1 << ((len(g.atoms) // 2).bit_length() - 1) if len(g.atoms) >= 2 else 1
+        cap = 1 << (len(g.atoms).bit_length() - 1)
         assert align[g.index] == min(wanted, cap), g.describe(graph)
     # an expanded group feeds a depthwise conv and is produced by a dense one: the larger alignment wins
     mixed = [g for g in graph.groups if {_align.member_kind(graph, m) for m in g.members} >= {"conv", "depthwise"}]

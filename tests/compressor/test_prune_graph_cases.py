@@ -260,7 +260,7 @@ def test_broadcast_attention_map_does_not_couple_the_channels_it_scales():
     assert len(set(conv)) == 8 and not g.blocked[conv].any()
     att = atoms_of(g, "att", "conv_out")
     assert g.blocked[att].all() and "broadcast" in " ".join(reasons_of(g, att))
-    p = oracle.prune_with_oracle(model, X, C.PruneConfig(criterion="random", ratio=0.5, seed=3))
+    p = oracle.prune_with_oracle(model, X, C.PruneConfig(criterion="random", ratio=0.5, seed=3, round_to=1))
     assert p.pruned.conv[0].out_channels == 4 and p.pruned.att.out_channels == 1
     oracle.check_pruned(p, X)
 

@@ -114,10 +114,10 @@ def test_psfp_zeroes_on_schedule_and_filters_can_recover(digits, trained):
 def test_residual_policy_internal_keeps_the_stream(digits):
     x = digits[0][0][0].unsqueeze(0)
     model = models.create_model("resnet20")
-    result = C.run_strategy(model, x, C.PruneConfig(criterion="l1", ratio=0.5, residual="internal"))
+    result = C.run_strategy(model, x, C.PruneConfig(criterion="l1", ratio=0.5, residual="internal", round_to=1))
     assert result.model.conv1.out_channels == 16 and result.model.layer1[0].conv2.out_channels == 16
     assert result.model.layer1[0].conv1.out_channels == 8
-    coupled = C.run_strategy(model, x, C.PruneConfig(criterion="l1", ratio=0.5, residual="coupled"))
+    coupled = C.run_strategy(model, x, C.PruneConfig(criterion="l1", ratio=0.5, residual="coupled", round_to=1))
     assert coupled.model.conv1.out_channels == 8
 
 
