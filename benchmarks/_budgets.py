@@ -25,7 +25,7 @@ import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -110,6 +110,18 @@ def _field_problem(key: str, value: Any) -> str | None:
         known = list_runtimes()
         return None if value in known else f"must be a known runtime ({', '.join(known)}), got {value!r}"
     raise KeyError(key)
+
+
+def _optional_setting(where: Any, top: dict[str, Any], key: str, default: Any,
+                      problem_of: Callable[[Any], str | None]) -> Any:
+    """A top-level setting of the budgets file, or ``default``; a bad value is named at its line."""
+    if key not in top:
+        return default
+    node, value = top[key]
+    problem = problem_of(value)
+    if problem:
+        raise where.error(node, f"{key} {problem}")
+    return value
 
 
 def _confidence_problem(value: Any) -> str | None:
@@ -305,18 +317,8 @@ def parse_budgets(text: str, source: str = "<budgets>") -> Budgets:
     if root is None:
         raise BudgetError(f"{source}: the file is empty; expected a mapping with keys {', '.join(TOP_KEYS)}")
     top = where.mapping(root, "the top level", TOP_KEYS)
-    confidence = DEFAULT_CONFIDENCE
-    if "confidence" in top:
-        node, confidence = top["confidence"]
-        problem = _confidence_problem(confidence)
-        if problem:
-            raise where.error(node, f"confidence {problem}")
-    decision = DEFAULT_DECISION
-    if "decision" in top:
-        node, decision = top["decision"]
-        problem = _decision_problem(decision)
-        if problem:
-            raise where.error(node, f"decision {problem}")
+    confidence = _optional_setting(where, top, "confidence", DEFAULT_CONFIDENCE, _confidence_problem)
+    decision = _optional_setting(where, top, "decision", DEFAULT_DECISION, _decision_problem)
     if "rules" not in top:
         raise where.error(root, "missing required key 'rules' (a list of rules)")
     rules_node, _ = top["rules"]

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from runtimes._files import read_versioned_json
+
 from ._timing import TimingConfig, time_callable
 
 SCHEMA_VERSION = 1
@@ -291,8 +293,6 @@ class LatencyTable:
             ValueError: not JSON, another schema version, or a malformed entry (the file and
                 the key are named).
         """
-        from compressor._serialize import read_versioned_json
-
         path = Path(path)
         raw = read_versioned_json(path, kind="latency table", schema_version=SCHEMA_VERSION, error=ValueError)
         for key in ("runtime", "device", "batch_size", "entries"):

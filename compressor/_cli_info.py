@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from runtimes._files import file_sha256 as _sha256
+from runtimes._files import read_versioned_json
 
 from ._config import TARGET_KEYS
-from ._serialize import SPEC_FILE, read_spec, read_versioned_json
+from ._serialize import SPEC_FILE, read_spec
 
 __all__ = ["INFO_SCHEMA_VERSION", "InfoError", "add_parser", "cmd_info", "describe", "render"]
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from runtimes._files import read_versioned_json
 from runtimes._outputs import atomic_directory  # noqa: F401  (re-exported: commands import it from here)
 
 from ._modes import restore_modes_
@@ -115,20 +116,6 @@ def save_model(model: nn.Module, path: str | os.PathLike, *, arch: str | dict[st
             (tmp / name).write_bytes(data.encode() if isinstance(data, str) else data)
 
     return atomic_directory(path, write, overwrite=overwrite)
-
-
-def read_versioned_json(path: Path, *, kind: str, schema_version: int, error: type[Exception]) -> dict[str, Any]:
-    """Load a JSON document with a ``schema_version``; every failure raises ``error`` naming the file."""
-    if not path.is_file():
-        raise error(f"{path.parent} is not a {kind}: {path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path} is not valid JSON: {exc}") from exc
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != schema_version:
-        raise error(f"{path} has schema_version {version!r}; this version reads {schema_version}")
-    return data
 
 
 def read_spec(path: str | os.PathLike) -> dict[str, Any]:

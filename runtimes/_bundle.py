@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ._files import file_sha256 as _sha256
+from ._files import read_versioned_json
 from ._parity import ParityError, ParityResult, compare
 
 SCHEMA_VERSION = 1
@@ -185,16 +186,7 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     """``manifest.json`` parsed, with its schema version checked; every failure a BundleError naming the file."""
-    if not path.is_file():
-        raise BundleError(f"{path.parent} is not a bundle: {path} is missing")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
-    version = data.get("schema_version") if isinstance(data, dict) else None
-    if version != SCHEMA_VERSION:
-        raise BundleError(f"{path} has schema_version {version!r}; this version reads {SCHEMA_VERSION}")
-    return data
+    return read_versioned_json(path, kind="bundle", schema_version=SCHEMA_VERSION, error=BundleError)
 
 
 def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: bool = False) -> Bundle:

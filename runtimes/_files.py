@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from ._base import ArtifactError
 
@@ -87,3 +88,17 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_versioned_json(path: Path, *, kind: str, schema_version: int, error: type[Exception]) -> dict[str, Any]:
+    """Load a JSON document with a ``schema_version``; every failure raises ``error`` naming the file."""
+    if not path.is_file():
+        raise error(f"{path.parent} is not a {kind}: {path} is missing")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON: {exc}") from exc
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if version != schema_version:
+        raise error(f"{path} has schema_version {version!r}; this version reads {schema_version}")
+    return data
