@@ -185,13 +185,19 @@ def _tuple(value: Any, n: int) -> tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * n
 
 
+def _pool_input(module: nn.Module, x: Any, nd: int) -> torch.Tensor:
+    """The input of an ``nd``-D pooling layer, checked as the layer checks it (with or without batch)."""
+    x = _tensor(x, module)
+    if getattr(module, "return_indices", False):
+        raise _NoRule
+    if x.dim() not in (nd + 1, nd + 2):
+        raise RuntimeError(f"{type(module).__name__} expects a {nd + 1}D or {nd + 2}D input, got {x.dim()}D")
+    return x
+
+
 def _pool(nd: int) -> Rule:
     def rule(module: nn.Module, x: Any, strict: bool) -> torch.Tensor:
-        x = _tensor(x, module)
-        if getattr(module, "return_indices", False):
-            raise _NoRule
-        if x.dim() not in (nd + 1, nd + 2):
-            raise RuntimeError(f"{type(module).__name__} expects a {nd + 1}D or {nd + 2}D input, got {x.dim()}D")
+        x = _pool_input(module, x, nd)
         k = _tuple(module.kernel_size, nd)
         stride = _tuple(module.stride if module.stride is not None else module.kernel_size, nd)
         pad = _tuple(module.padding, nd)
@@ -209,11 +215,7 @@ def _pool(nd: int) -> Rule:
 
 def _adaptive_pool(nd: int) -> Rule:
     def rule(module: nn.Module, x: Any, strict: bool) -> torch.Tensor:
-        x = _tensor(x, module)
-        if getattr(module, "return_indices", False):
-            raise _NoRule
-        if x.dim() not in (nd + 1, nd + 2):
-            raise RuntimeError(f"{type(module).__name__} expects a {nd + 1}D or {nd + 2}D input, got {x.dim()}D")
+        x = _pool_input(module, x, nd)
         spatial = x.shape[x.dim() - nd:]
         out = [s if o is None else o for o, s in zip(_tuple(module.output_size, nd), spatial)]
         return torch.empty((*x.shape[:x.dim() - nd], *out), dtype=x.dtype, device=META)
