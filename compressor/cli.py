@@ -21,7 +21,7 @@ from ._config import DEPLOY_RUNTIMES, PruneConfig
 from ._cost import count_cost
 from ._criteria import list_criteria
 from ._outputs import FORCE_HELP, claim_output
-from ._serialize import SPEC_FILE, read_spec, save_model
+from ._serialize import SPEC_FILE, save_model
 from ._strategies import list_strategies
 from .errors import CompressorError
 

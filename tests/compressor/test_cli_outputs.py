@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
 
 import pytest
 import torch
 
-from compressor._outputs import OUTPUT_KINDS, OutputRefused, claim_output, deferred_sigint
+from compressor._outputs import OUTPUT_KINDS, OutputRefused, claim_output
 from compressor._serialize import atomic_directory
 from compressor.cli import main as cli
 
