@@ -17,7 +17,7 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from runtimes._outputs import FORCE_HELP, claim_output
 
@@ -25,7 +25,7 @@ from ._cli_types import non_negative_float, non_negative_int, parse_assignments,
 from ._completeness import EXIT_MEASUREMENT_FAILED
 
 __all__ = ["BENCH_DESCRIPTION", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "add_bench_arguments", "bench_config",
-           "build_parser", "format_warning", "main", "report_failures", "run_bench", "runtime_options"]
+           "build_parser", "format_warning", "main", "report_failures", "run_bench", "run_command", "runtime_options"]
 
 EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -217,17 +217,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m benchmarks BUNDLE... --output DIR``: the torch-free ``compressor bench``; returns the exit code."""
+def run_command(command: Callable[[], int], bad_input: tuple[type[BaseException], ...] = ()) -> int:
+    """Run one command-line command and map what escapes it to the project's exit codes.
+
+    Warnings print as one ``warning:`` line each; Ctrl-C is 130 with one line (outputs are swapped in
+    only when complete, so an interrupt leaves the old ones); ``ValueError``, a missing or existing
+    file, a missing package and ``bad_input`` are 2 with the message. Shared by ``compressor`` and
+    ``python -m benchmarks``.
+    """
     previous_format = warnings.formatwarning
     warnings.formatwarning = format_warning
     try:
-        return run_bench(build_parser().parse_args(argv))
-    except KeyboardInterrupt:  # outputs are swapped in only when complete: an interrupt leaves the old ones
+        return command()
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, *bad_input) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     finally:
         warnings.formatwarning = previous_format
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks BUNDLE... --output DIR``: the torch-free ``compressor bench``; returns the exit code."""
+    return run_command(lambda: run_bench(build_parser().parse_args(argv)))

@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import torch
 
-from benchmarks._command import BENCH_DESCRIPTION, add_bench_arguments, format_warning
+from benchmarks._command import BENCH_DESCRIPTION, add_bench_arguments, run_command
 from benchmarks._command import runtime_options as _runtime_options  # noqa: F401  (the sweep tests import it here)
 
 from . import _api
@@ -709,19 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    previous_format = warnings.formatwarning
-    warnings.formatwarning = format_warning
-    try:
+    def command() -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except KeyboardInterrupt:  # outputs are swapped in only when complete: an interrupt leaves the old ones
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (CompressorError, ValueError, FileNotFoundError, FileExistsError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        warnings.formatwarning = previous_format
+
+    return run_command(command, bad_input=(CompressorError,))
 
 
 if __name__ == "__main__":
