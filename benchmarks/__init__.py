@@ -10,9 +10,9 @@ The building blocks: :func:`summarize` and :func:`paired_speedup` (statistics of
 :func:`time_callable` and :func:`interleaved` (timing loops), :func:`measure_memory` (runtime
 memory in a fresh subprocess). Importing this package imports neither torch nor any runtime SDK.
 """
-from ._memory import MemoryOOM, MemoryResult, measure_memory
-from ._report import validate_results, write_report
-from ._stats import (
+from benchmarks._memory import MemoryOOM, MemoryResult, measure_memory
+from benchmarks._report import validate_results, write_report
+from benchmarks._stats import (
     LatencyStats,
     SpeedupStats,
     bootstrap_median_ci,
@@ -20,8 +20,8 @@ from ._stats import (
     paired_speedup,
     summarize,
 )
-from ._sweep import BenchConfig, load_bench_bundles, run_benchmark
-from ._timing import (
+from benchmarks._sweep import BenchConfig, load_bench_bundles, run_benchmark
+from benchmarks._timing import (
     TimingConfig,
     flush_denormals,
     has_subnormals,
@@ -37,8 +37,8 @@ __all__ = [
 ]
 
 # the release gate: budgets files and verdicts on a report
-from ._budgets import BudgetError, Budgets, Rule, load_budgets, parse_budgets
-from ._gate import (
+from benchmarks._budgets import BudgetError, Budgets, Rule, load_budgets, parse_budgets
+from benchmarks._gate import (
     EXIT_PASS,
     EXIT_UNMEASURED,
     EXIT_VIOLATED,

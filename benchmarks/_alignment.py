@@ -19,7 +19,7 @@ Results are cached in the user cache directory (``$COMPRESSOR_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/cnn-compressor``, else ``~/.cache/cnn-compressor``), keyed by runtime, its
 version, device, CPU ISA, threads and batch size, so a probe runs once per machine and target.
 When the runtime cannot be probed (not installed, no device, TensorRT on a machine without it),
-callers fall back to the ISA table of :mod:`compressor._align`.
+callers fall back to the ISA table of :mod:`compressor.pruning._align`.
 """
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, entries: dict[str, Any]) -> None:
-    from runtimes._files import atomic_write_bytes
+    from compressor.common.files import atomic_write_bytes
 
     payload = {"schema_version": SCHEMA_VERSION, "entries": entries}
     with contextlib.suppress(OSError):  # a read-only home must not stop pruning
@@ -257,11 +257,11 @@ def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | N
                 side = _side(kind, batch_size)
                 shape = (batch_size, FRAME) if kind == "linear" else (batch_size, FRAME, side, side)
                 inputs[w] = np.random.default_rng(w).standard_normal(shape).astype(np.float32)
-            from ._timing import interleaved
+            from benchmarks._timing import interleaved
 
             order = list(widths)
             fns = {str(w): (lambda s=sessions[w], x=inputs[w]: s.run(x)) for w in order}
-            from ._timing import TimingConfig
+            from benchmarks._timing import TimingConfig
 
             remaining = None if deadline is None else deadline - time.perf_counter()
             n = rounds if remaining is None else max(3, min(rounds, int(rounds * min(1.0, remaining / 2.0))))
@@ -336,7 +336,7 @@ def probe_alignment(runtime: str, *, device: str = "cpu", batch_size: int = 1, t
     Args:
         runtime: a runtime name of :mod:`runtimes` (onnxruntime, openvino, torch).
         device, batch_size, threads: the deployment target; the probe runs with exactly these.
-        isa: the CPU's instruction-set key (part of the cache key; see ``compressor._align.cpu_isa``).
+        isa: the CPU's instruction-set key (part of the cache key; see ``compressor.pruning._align.cpu_isa``).
         refresh: probe again even if the cache has this target.
         measure: ``measure(kind, widths) -> {width: ms}``; default times chains on the runtime.
         budget_s: rough bound on the probe's wall time (rounds are cut to fit).

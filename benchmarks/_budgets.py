@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ._decision import DECISIONS, DEFAULT_DECISION
+from benchmarks._decision import DECISIONS, DEFAULT_DECISION
 
 __all__ = ["DEFAULT_CONFIDENCE", "METRICS", "BudgetError", "Budgets", "Metric", "Rule", "load_budgets",
            "parse_budgets"]

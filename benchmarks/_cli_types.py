@@ -1,7 +1,7 @@
 """argparse ``type=`` helpers: a bad number is a usage error (exit 2) at parse time, never a traceback later.
 
 Shared by the ``compressor`` commands and the torch-free ``python -m benchmarks`` (it lives here, below
-``compressor``, which re-exports it from ``compressor._cli_types``).
+``compressor``, which re-exports it from ``compressor.app._cli_types``).
 
 Each helper converts the flag's text and checks its range; the message names the range and the
 value, and argparse prefixes the flag (``argument --batch-size: expected an integer >= 1, got -2``).

@@ -19,10 +19,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from runtimes._outputs import FORCE_HELP, claim_output
+from compressor.common.outputs import FORCE_HELP, claim_output
 
-from ._cli_types import non_negative_float, non_negative_int, parse_assignments, positive_float, positive_int, seed
-from ._completeness import EXIT_MEASUREMENT_FAILED
+from benchmarks._cli_types import non_negative_float, non_negative_int, parse_assignments, positive_float, positive_int, seed
+from benchmarks._completeness import EXIT_MEASUREMENT_FAILED
 
 __all__ = ["BENCH_DESCRIPTION", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "add_bench_arguments", "bench_config",
            "build_parser", "format_warning", "main", "report_failures", "run_bench", "run_command", "runtime_options"]
@@ -101,7 +101,7 @@ def runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def bench_config(args: argparse.Namespace) -> Any:
     """The ``BenchConfig`` of parsed bench arguments; ValueError names a bad value."""
-    from . import BenchConfig, TimingConfig
+    from benchmarks import BenchConfig, TimingConfig
 
     return BenchConfig(
         runtimes=_names(args.runtimes), devices=_names(args.devices) or (),
@@ -121,7 +121,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """
     from runtimes import BundleError
 
-    from . import run_benchmark, write_report
+    from benchmarks import run_benchmark, write_report
 
     config = bench_config(args)
     claim_output(args.output, "bench", force=args.force, inputs=(*args.bundles, args.baseline, args.inputs))
@@ -150,7 +150,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def report_failures(results: dict[str, Any], *, oom_is_failure: bool, out: Path) -> int:
     """Each failed measurement's cause on stderr; 4 (the gate's "not measured") if any failed, else 0."""
-    from ._completeness import describe_failure, failed_measurements
+    from benchmarks._completeness import describe_failure, failed_measurements
 
     failed = failed_measurements(results, oom_is_failure=oom_is_failure)
     for row in failed:
@@ -193,7 +193,7 @@ def print_speed_warnings(results: dict[str, Any]) -> None:
     """One bold red line on stderr per candidate row slower than its baseline or under the efficiency floor."""
     from rich.console import Console
 
-    from . import _speed_verdict
+    import benchmarks._speed_verdict as _speed_verdict
 
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for row, verdict in _speed_verdict.speed_warnings(results):

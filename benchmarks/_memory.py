@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from ._records import check_known_keys
+from benchmarks._records import check_known_keys
 
 __all__ = ["MemoryOOM", "MemoryResult", "is_out_of_memory", "measure_memory", "nvml_process_memory_bytes",
            "read_proc_status_bytes"]

@@ -13,7 +13,7 @@ directory holding :data:`REPORT_FILES`:
 * ``report.html``: one self-contained page with the summary tables and the plots inlined; the
   speed warnings stand highlighted at its top.
 
-The directory is written with :func:`compressor._serialize.atomic_directory`: a failure leaves
+The directory is written with :func:`compressor.deploy._serialize.atomic_directory`: a failure leaves
 an older report in place, never a half-written one, and Ctrl-C waits until the report is written.
 Numbers are rounded only when printed.
 """
@@ -32,9 +32,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from runtimes._outputs import atomic_directory, deferred_sigint
+from compressor.common.outputs import atomic_directory, deferred_sigint
 
-from ._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
+from benchmarks._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
 
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 

@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._records import check_known_keys
-from ._stats import efficiency as efficiency_of
+from benchmarks._records import check_known_keys
+from benchmarks._stats import efficiency as efficiency_of
 
 __all__ = ["EFFICIENCY_FLOOR", "LEVELS", "SpeedVerdict", "row_verdict", "speed_verdict", "speed_warnings"]
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._records import check_known_keys
+from benchmarks._records import check_known_keys
 
 __all__ = ["LatencyStats", "SpeedupStats", "bootstrap_median_ci", "efficiency", "paired_speedup", "summarize"]
 

@@ -27,11 +27,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ._env import available_cores, collect_environment
-from ._records import check_known_keys
-from ._speed_verdict import speed_verdict
-from ._stats import efficiency, paired_speedup, summarize
-from ._timing import TimingConfig, has_subnormals, interleaved
+from benchmarks._env import available_cores, collect_environment
+from benchmarks._records import check_known_keys
+from benchmarks._speed_verdict import speed_verdict
+from benchmarks._stats import efficiency, paired_speedup, summarize
+from benchmarks._timing import TimingConfig, has_subnormals, interleaved
 
 __all__ = ["BenchBundle", "BenchConfig", "DEFAULT_BATCH_SIZES", "SCHEMA_VERSION", "load_bench_bundles",
            "run_benchmark"]
@@ -293,7 +293,7 @@ class _Inputs:
 
 def _is_out_of_memory(err: BaseException) -> bool:
     """Whether an exception says the device or the host ran out of memory."""
-    from ._memory import MemoryOOM, is_out_of_memory
+    from benchmarks._memory import MemoryOOM, is_out_of_memory
 
     return isinstance(err, (MemoryError, MemoryOOM)) or is_out_of_memory(f"{type(err).__name__}: {err}")
 
@@ -516,7 +516,7 @@ class _Sweep:
 
     # --- memory --------------------------------------------------------------------------------
     def memory(self, device: str, runtime: str, failed: dict[int, str], progress: _Progress) -> None:
-        from ._memory import measure_memory
+        from benchmarks._memory import measure_memory
 
         for bs in self.config.batch_sizes_for(device):
             for bundle in self.bundles:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from ._records import check_known_keys
+from benchmarks._records import check_known_keys
 
 __all__ = ["TIMING_DEVICES", "TimingConfig", "flush_denormals", "has_subnormals", "interleaved", "rotation",
            "time_callable"]

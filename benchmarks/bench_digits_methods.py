@@ -95,7 +95,7 @@ def build_methods(ft: int) -> list[Method]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from runtimes._files import atomic_write_bytes
+    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 

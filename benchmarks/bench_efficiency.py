@@ -49,7 +49,7 @@ GOAL = 0.95
 def prune_cli(spec: str, target: float, out: Path, threads: int, *, runtime: str | None = None,
               round_to: str | None = None) -> dict[str, Any]:
     """Run ``compressor prune`` as a user would; returns its summary.json."""
-    from compressor.cli import main
+    from compressor.app.cli import main
 
     argv = ["prune", "--model", spec, "--criterion", "l2", "--target-flops", f"{target:.6f}", "--output", str(out),
             "--threads", str(threads), "--quiet", "--no-speed-check"]
@@ -66,7 +66,7 @@ def prune_cli(spec: str, target: float, out: Path, threads: int, *, runtime: str
 def export(model: Any, size: tuple[int, ...], path: Path) -> Path:
     import torch
 
-    from compressor._export import ExportConfig, export_onnx
+    from compressor.deploy._export import ExportConfig, export_onnx
 
     example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     return export_onnx(model.eval(), example, path, ExportConfig(exporter="torchscript")).path
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "versions": package_versions(), "environment": collect_environment(["cpu"]), "rows": rows}
     args.output.mkdir(parents=True, exist_ok=True)
-    from runtimes._files import atomic_write_bytes
+    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(args.output / "results.json", json.dumps(result, indent=1).encode())
     atomic_write_bytes(args.output / "summary.md", render(result).encode())

@@ -3,7 +3,7 @@
     python benchmarks/bench_latency_prune.py --model resnet50 --runtime openvino --budget-ms 25 \\
         --round-to 1,16 --threads 2 --output benchmarks/results/latency_prune_resnet50
 
-For every ``--round-to``, :func:`benchmarks._latency_prune.prune_to_latency` runs with
+For every ``--round-to``, :func:`compressor.app._latency_prune.prune_to_latency` runs with
 ``method="lut"`` and ``compare=True`` on the zoo model (random weights: latency is what is
 measured, accuracy is meaningless): it builds (or reuses, ``DIR/latency_table.json``) the
 per-layer latency table, finds the largest latency-table-ordered model that meets the budget,
@@ -40,7 +40,7 @@ SCHEMA_VERSION = 1
 def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], runtime: str, batch_size: int,
                         threads: int | None, rounds: int = 96, seed: int = 0) -> dict[str, Any]:
     """Time ``models`` in ``rounds`` interleaved rounds (one call of each per round); ms per batch."""
-    from benchmarks._latency_table import open_session
+    from compressor.app._latency_table import open_session
     from benchmarks._stats import summarize
     from benchmarks._timing import TimingConfig, interleaved
 
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     import compressor as C
     import models
     from benchmarks._env import collect_environment
-    from benchmarks._latency_prune import prune_to_latency
-    from runtimes._files import atomic_write_bytes
+    from compressor.app._latency_prune import prune_to_latency
+    from compressor.common.files import atomic_write_bytes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")

@@ -516,7 +516,7 @@ def part_bench_harness(check: Check, fig: dict[str, Any]) -> None:
     check.need("unpruned", "pruned")
     benchmarks = import_or_skip("benchmarks")
     from compressor import ExportConfig
-    from compressor._deploy import export_bundle
+    from compressor.app._bundle import export_bundle
     from runtimes._bundle import BundleConfig
 
     a, bundles = check.args, {}

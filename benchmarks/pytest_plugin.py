@@ -56,10 +56,10 @@ from typing import Any
 
 import pytest
 
-from ._env import available_cores
-from ._stats import LatencyStats, summarize
-from ._sweep import _Inputs, _runtime_target, load_bench_bundles
-from ._timing import has_subnormals
+from benchmarks._env import available_cores
+from benchmarks._stats import LatencyStats, summarize
+from benchmarks._sweep import _Inputs, _runtime_target, load_bench_bundles
+from benchmarks._timing import has_subnormals
 
 __all__ = ["bundle_benchmark"]
 

@@ -7,26 +7,28 @@ Public API::
     compressor.train(model, compressor.digits_dataset("train"), compressor.TrainConfig(epochs=10))
     compressor.evaluate_classification("bundle/", compressor.digits_dataset("test"), runtime="openvino")
 """
-from ._api import LayerChange, PruneReport, PruneResult, PruningPlan, plan_pruning, prune, prune_model
-from ._config import PruneConfig
-from ._cost import CostReport, LayerCostRow, count_cost
-from ._criteria import (CriterionContext, CriterionSpec, aggregate_member_scores, get_criterion, list_criteria,
+from compressor.pruning._api import LayerChange, PruneReport, PruneResult, PruningPlan, plan_pruning, prune, prune_model
+from compressor.pruning._config import PruneConfig
+from compressor.graph._cost import CostReport, LayerCostRow, count_cost
+from compressor.criteria._base import (CriterionContext, CriterionSpec, aggregate_member_scores, get_criterion, list_criteria,
                         register_criterion)
-from . import _criteria_data, _criteria_weight, _reconstruct  # noqa: F401  (register the built-in criteria)
-from ._data import DatasetError, MarketDataset, PKSampler, digits_dataset, image_folder_dataset, make_synthetic_market
-from ._evaluate import ClassificationResult, evaluate_classification, evaluate_reid_model
-from ._losses import ReIDLoss, batch_hard_triplet_loss
-from ._metrics import ReIDResult, evaluate_reid, topk_accuracy
-from ._train import CheckpointError, TrainCallbacks, TrainConfig, TrainResult, load_checkpoint_weights_, train
-from ._export import ExportConfig, OnnxInfo, export_onnx
-from ._fold import FoldReport, fold_batchnorm
-from ._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
-from ._select import select_removal
-from ._select_cost import RemovalPath, cost_aware_path
-from ._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, recalibrate_batchnorm_, register_strategy, run_strategy
-from ._serialize import load_model, save_model
-from ._surgery import prune_channels_, zero_channels_
-from .errors import CompressorError, ModelEntryError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
+import compressor.criteria._data as _criteria_data  # noqa: F401  (register the built-in criteria)
+import compressor.criteria._weight as _criteria_weight
+import compressor.criteria._reconstruct as _reconstruct
+from compressor.training._data import DatasetError, MarketDataset, PKSampler, digits_dataset, image_folder_dataset, make_synthetic_market
+from compressor.app._evaluate import ClassificationResult, evaluate_classification, evaluate_reid_model
+from compressor.training._losses import ReIDLoss, batch_hard_triplet_loss
+from compressor.training._metrics import ReIDResult, evaluate_reid, topk_accuracy
+from compressor.training._loop import CheckpointError, TrainCallbacks, TrainConfig, TrainResult, load_checkpoint_weights_, train
+from compressor.deploy._export import ExportConfig, OnnxInfo, export_onnx
+from compressor.deploy._fold import FoldReport, fold_batchnorm
+from compressor.graph._graph import ChannelGroup, DependencyGraph, Member, build_dependency_graph
+from compressor.pruning._select import select_removal
+from compressor.pruning._select_cost import RemovalPath, cost_aware_path
+from compressor.pruning._strategies import StrategyConfig, StrategyResult, get_strategy, list_strategies, psfp_schedule, recalibrate_batchnorm_, register_strategy, run_strategy
+from compressor.deploy._serialize import load_model, save_model
+from compressor.pruning._surgery import prune_channels_, zero_channels_
+from compressor.common.errors import CompressorError, ModelEntryError, ModelFormatError, TraceError, UnprunableModelError, UnreachableTargetError
 
 __all__ = [
     "StrategyConfig", "StrategyResult", "get_strategy", "list_strategies", "psfp_schedule", "recalibrate_batchnorm_", "register_strategy",

@@ -1,7 +1,7 @@
 """``python -m compressor``: the ``compressor`` command line."""
 import sys
 
-from .cli import main
+from compressor.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

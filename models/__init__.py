@@ -14,15 +14,15 @@ by ``torch.fx.symbolic_trace`` (no hard-coded channel counts), so the pruning en
 and slice channels. This package depends only on torch; torchvision and timm are imported lazily.
 """
 
-from ._registry import create_model, default_input_size, is_factory_spec, list_models, register_model
+from models._registry import create_model, default_input_size, is_factory_spec, list_models, register_model
 
 # Importing the family modules registers their models.
-from ._cifar_resnet import CifarBasicBlock, CifarResNet
-from ._imagenet_resnet import Bottleneck, BottleneckResNet
-from ._lenet import LeNet5
-from ._mobilenetv2 import InvertedResidual, MobileNetV2
-from ._reid import ReIDResNet
-from ._vgg import VGG
+from models._cifar_resnet import CifarBasicBlock, CifarResNet
+from models._imagenet_resnet import Bottleneck, BottleneckResNet
+from models._lenet import LeNet5
+from models._mobilenetv2 import InvertedResidual, MobileNetV2
+from models._reid import ReIDResNet
+from models._vgg import VGG
 
 __all__ = [
     "register_model",

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import init_weights_
-from ._registry import register_model
+from models._init import init_weights_
+from models._registry import register_model
 
 __all__ = ["CifarBasicBlock", "CifarResNet", "resnet20", "resnet56", "resnet110"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._registry import register_model
+from models._registry import register_model
 
 __all__ = ["LeNet5", "lenet5"]
 

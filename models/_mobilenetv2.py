@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._init import check_head_args, init_weights_
-from ._registry import register_model
+from models._init import check_head_args, init_weights_
+from models._registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2", "mobilenetv2"]
 

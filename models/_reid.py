@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._imagenet_resnet import BottleneckResNet
-from ._init import init_weights_
-from ._registry import register_model
+from models._imagenet_resnet import BottleneckResNet
+from models._init import init_weights_
+from models._registry import register_model
 
 __all__ = ["ReIDResNet", "reid_resnet50"]
 

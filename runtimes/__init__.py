@@ -12,10 +12,13 @@ Public API::
 Each runtime imports its SDK only when first used, so importing this package imports neither
 onnxruntime, openvino nor tensorrt.
 """
-from . import _onnxruntime, _openvino, _tensorrt, _torch  # noqa: F401  (register the runtimes)
-from ._bundle import Bundle, BundleConfig, BundleError, load_bundle, package_versions, write_bundle
-from ._parity import ParityError, ParityResult, compare
-from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
+import runtimes._onnxruntime as _onnxruntime  # noqa: F401  (register the runtimes)
+import runtimes._openvino as _openvino
+import runtimes._tensorrt as _tensorrt
+import runtimes._torch as _torch
+from runtimes._bundle import Bundle, BundleConfig, BundleError, load_bundle, package_versions, write_bundle
+from runtimes._parity import ParityError, ParityResult, compare
+from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
                     list_runtimes, register_runtime)
 
 __all__ = [

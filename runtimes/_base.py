@@ -18,6 +18,8 @@ from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 
+from compressor.common.errors import ArtifactError, RuntimeUnavailable
+
 __all__ = [
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig",
     "get_runtime", "list_runtimes", "register_runtime",
@@ -26,21 +28,6 @@ __all__ = [
 DEVICES = ("cpu", "cuda", "gpu")
 HINTS = ("latency", "throughput")
 PRECISIONS = ("fp32", "fp16")
-
-
-class RuntimeUnavailable(Exception):
-    """A runtime's package or device is missing. ``reason`` is what ``is_available()`` returns."""
-
-    def __init__(self, message: str, *, runtime: str | None = None, reason: str | None = None):
-        super().__init__(message)
-        self.runtime = runtime
-        self.reason = reason if reason is not None else message
-
-
-class ArtifactError(Exception):
-    """A model file (.onnx, .xml/.bin, .engine, saved model directory) is missing, corrupt or
-    truncated. The message names the file and says what is wrong; the runtime's own exception
-    is chained as ``__cause__``."""
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:

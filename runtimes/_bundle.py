@@ -21,9 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._files import file_sha256 as _sha256
-from ._files import read_versioned_json
-from ._parity import ParityError, ParityResult, compare
+from compressor.common.files import file_sha256 as _sha256
+from compressor.common.files import read_versioned_json
+from runtimes._parity import ParityError, ParityResult, compare
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -115,9 +115,9 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         ArtifactError: a runtime could not build or load an artifact.
         ParityError: an artifact's outputs differ; the bundle is written with the failure.
     """
-    from . import get_runtime
-    from ._base import RuntimeUnavailable, SessionConfig
-    from ._outputs import atomic_directory
+    from runtimes import get_runtime
+    from runtimes._base import RuntimeUnavailable, SessionConfig
+    from compressor.common.outputs import atomic_directory
 
     say = progress or (lambda message: None)
     if "torch" in config.targets:
@@ -209,7 +209,7 @@ def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: b
             output or FLOPs disagree with the ONNX graph; the parity record contradicts itself;
             or the bundle failed its parity check (unless ``allow_failed_parity``).
     """
-    from ._manifest_check import verify_manifest
+    from runtimes._manifest_check import verify_manifest
 
     root = Path(path)
     manifest = _read_manifest(root / MANIFEST)

@@ -27,7 +27,7 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from ._parity import TOLERANCES
+from runtimes._parity import TOLERANCES
 
 __all__ = ["FLOPS_TOLERANCE", "count_graph_macs", "required_files", "verify_manifest"]
 
@@ -43,7 +43,7 @@ class _Unknown(Exception):
 
 
 def _error() -> type[Exception]:
-    from ._bundle import BundleError
+    from runtimes._bundle import BundleError
 
     return BundleError
 
@@ -83,7 +83,7 @@ def required_files(root: Path, manifest: dict[str, Any], graph: Any) -> dict[str
 
     ``graph`` is ``model.onnx`` parsed without its weights (for its external data files).
     """
-    from ._onnx import read_onnx
+    from runtimes._onnx import read_onnx
 
     artifacts = manifest.get("artifacts")
     if not isinstance(artifacts, dict) or not artifacts:
@@ -243,7 +243,7 @@ def _check_cost(root: Path, manifest: dict[str, Any], graph: Any) -> str | None:
 
 
 def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
-    from ._bundle import TARGET_RUNTIME
+    from runtimes._bundle import TARGET_RUNTIME
 
     error = _error()
     parity = manifest.get("parity")
@@ -283,8 +283,8 @@ def verify_manifest(root: Path, manifest: dict[str, Any], sha256: Callable[[Path
     Raises:
         runtimes.BundleError: a check failed; the message names the file, field or artifact.
     """
-    from ._base import ArtifactError
-    from ._onnx import read_onnx
+    from runtimes._base import ArtifactError
+    from runtimes._onnx import read_onnx
 
     error = _error()
     files = manifest.get("files")

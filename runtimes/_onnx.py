@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ._base import ArtifactError
-from ._files import require_file, short_error, staging_dir
+from runtimes._base import ArtifactError
+from compressor.common.files import require_file, short_error, staging_dir
 
 PRECISION_KEY = "runtimes.precision"
 _FP16_MAX = float(np.finfo(np.float16).max)

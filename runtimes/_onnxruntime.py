@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
+from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
                     cuda_device_reason, import_sdk, register_runtime)
-from ._files import require_file, short_error
-from ._onnx import onnx_precision, read_onnx, write_fp16_onnx
+from compressor.common.files import require_file, short_error
+from runtimes._onnx import onnx_precision, read_onnx, write_fp16_onnx
 
 FP16_FILE = "model.fp16.onnx"
 _CUDA_PROVIDER = "CUDAExecutionProvider"

@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
+from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
                     import_sdk, register_runtime)
-from ._files import require_file, short_error, staging_dir
-from ._onnx import read_onnx
+from compressor.common.files import require_file, short_error, staging_dir
+from runtimes._onnx import read_onnx
 
 IR_FILE = "model.xml"
 # Always set explicitly: on CPUs with AMX/AVX512-BF16 the CPU plugin otherwise computes in bf16,

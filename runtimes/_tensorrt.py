@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
+from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
                     cuda_device_reason, import_sdk, register_runtime)
-from ._files import atomic_write_bytes, require_file, staging_dir
-from ._onnx import read_onnx, write_fp16_onnx
+from compressor.common.files import atomic_write_bytes, require_file, staging_dir
+from runtimes._onnx import read_onnx, write_fp16_onnx
 
 ENGINE_FILE = "model.engine"
 METADATA_SUFFIX = ".json"

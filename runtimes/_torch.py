@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
+from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
                     cuda_device_reason, import_sdk, register_runtime)
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _sweep
+import benchmarks._sweep as _sweep
 from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, failed_measurements
 from benchmarks._gate import EXIT_UNMEASURED
-from compressor.cli import main as cli
+from compressor.app.cli import main as cli
 
 FAST = ["--min-runs", "3", "--max-runs", "6", "--min-seconds", "0", "--max-seconds", "0.3", "--warmup", "1",
         "--quiet", "--runtimes", "onnxruntime", "--threads", "1"]

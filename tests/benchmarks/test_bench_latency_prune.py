@@ -5,7 +5,7 @@ import pytest
 
 import models
 from benchmarks import bench_latency_prune as bench
-from benchmarks._latency_prune import LatencyCandidate, _latency
+from compressor.app._latency_prune import LatencyCandidate, _latency
 from benchmarks._timing import TimingConfig
 
 TIMING = TimingConfig(warmup=3, min_runs=20, min_seconds=0.3, max_seconds=2.0)

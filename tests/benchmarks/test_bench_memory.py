@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import _memory
+import benchmarks._memory as _memory
 from benchmarks._memory import (
     MemoryOOM,
     MemoryResult,

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks import _memory
+import benchmarks._memory as _memory
 from benchmarks._memory import MemoryResult, measure_memory, nvml_process_memory_bytes
 from compressor import save_model
 from models import create_model

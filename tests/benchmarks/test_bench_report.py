@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import _report
+import benchmarks._report as _report
 from benchmarks._report import (
     PLOT_FILES,
     REPORT_FILES,

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from benchmarks import _sweep
+import benchmarks._sweep as _sweep
 from benchmarks._report import PLOT_FILES, REPORT_FILES, validate_results, write_report
 from benchmarks._sweep import BenchConfig, load_bench_bundles, run_benchmark
 from benchmarks._timing import TimingConfig
-from compressor.cli import main as cli
+from compressor.app.cli import main as cli
 from runtimes import BundleError, get_runtime
 
 pytestmark = pytest.mark.skipif(get_runtime("openvino").is_available() is not None,
@@ -292,7 +292,7 @@ def test_runtime_options_reach_the_runtime(bundles):
 
 
 def test_cli_runtime_option_parsing():
-    from compressor.cli import _runtime_options
+    from compressor.app.cli import _runtime_options
 
     assert _runtime_options(["onnxruntime.allow_spinning=true", "tensorrt.workspace_bytes=1024"]) == {
         "onnxruntime": {"allow_spinning": True}, "tensorrt": {"workspace_bytes": 1024}}
@@ -335,7 +335,7 @@ def test_cli_bench_missing_bundle_and_other_shape(bundles, tmp_path, capsys):
 def test_ctrl_c_writes_the_partial_report(bundles, tmp_path):
     """A real SIGINT to ``compressor bench``: exit 130 and a valid report marked interrupted."""
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "compressor.cli", "bench", str(bundles["base"]), "--runtimes", "onnxruntime",
+    cmd = [sys.executable, "-m", "compressor.app.cli", "bench", str(bundles["base"]), "--runtimes", "onnxruntime",
            "--batch-sizes", "1,2,4,8,16,32,64", "--min-seconds", "2", "--max-seconds", "2", "--no-memory",
            "--quiet", "--output", str(out)]
     # a shell's background jobs (CI under nohup, say) start with SIGINT ignored, and an ignored signal

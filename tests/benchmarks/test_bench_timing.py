@@ -268,7 +268,7 @@ def test_timing_module_does_not_import_torch():
         import sys
         from benchmarks._timing import TimingConfig, time_callable, interleaved
         from benchmarks._stats import summarize
-        from benchmarks import _memory
+        import benchmarks._memory as _memory
         c = TimingConfig(warmup=1, min_runs=2, max_runs=2, min_seconds=0.0)
         summarize(time_callable(lambda: None, c), 1)
         interleaved({"a": lambda: None}, c)

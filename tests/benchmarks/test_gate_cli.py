@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.cli import main
+from compressor.app.cli import main
 
 REPORT = Path(__file__).parents[2] / "benchmarks" / "results" / "resnet50_cpu_2core"
 

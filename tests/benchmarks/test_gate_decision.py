@@ -11,9 +11,9 @@ import pytest
 from benchmarks._budgets import BudgetError, Budgets, Rule, parse_budgets
 from benchmarks._decision import DECISIONS, decide
 from benchmarks._gate import EXIT_PASS, EXIT_UNMEASURED, EXIT_VIOLATED, evaluate_gate, format_table, write_junit
-from benchmarks._latency_prune import LatencyCandidate
+from compressor.app._latency_prune import LatencyCandidate
 from benchmarks._stats import paired_speedup, summarize
-from compressor.cli import main
+from compressor.app.cli import main
 
 RUNTIME = "onnxruntime"
 # 100 calls: 97 near 5 ms and a slow tail, so that the p99 is 11.97 ms and its bootstrap CI is wide

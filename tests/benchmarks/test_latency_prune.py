@@ -6,9 +6,9 @@ import torch
 
 import compressor as C
 import models
-from benchmarks._latency_prune import LatencyCandidate, _largest_within, _latency, prune_to_latency
+from compressor.app._latency_prune import LatencyCandidate, _largest_within, _latency, prune_to_latency
 from benchmarks._timing import TimingConfig
-from compressor.cli import main
+from compressor.app.cli import main
 
 TIMING = TimingConfig(warmup=3, min_runs=20, min_seconds=0.3, max_seconds=2.0)
 LAYERS = TimingConfig(warmup=2, min_runs=5, min_seconds=0.05, max_seconds=0.3)

@@ -7,15 +7,15 @@ import torch
 
 import compressor as C
 import models
-from benchmarks import _latency_table as lt
-from benchmarks._latency_table import (
+import compressor.app._latency_table as lt
+from compressor.app._latency_table import (
     LatencyTable,
     _Entry,
     build_latency_table,
     layer_shapes,
 )
 from benchmarks._timing import TimingConfig
-from compressor._api import graph_for
+from compressor.pruning._api import graph_for
 
 FAST = TimingConfig(warmup=1, min_runs=3, min_seconds=0.0, max_seconds=0.2)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor._deploy import export_bundle
+from compressor.app._bundle import export_bundle
 from models import create_model
 from runtimes import get_runtime
 from runtimes._bundle import BundleConfig

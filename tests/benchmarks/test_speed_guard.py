@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks._speed_guard import speed_check
+from compressor.app._speed_guard import speed_check
 from benchmarks._timing import TimingConfig
 
 TIMING = TimingConfig(warmup=3, min_runs=30, min_seconds=0.5, max_seconds=3.0)

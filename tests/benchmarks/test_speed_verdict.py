@@ -22,8 +22,8 @@ from torch import nn
 from benchmarks._report import SPEED_WARNINGS, render_markdown, validate_results
 from benchmarks._speed_verdict import EFFICIENCY_FLOOR, SpeedVerdict, row_verdict, speed_verdict, speed_warnings
 from benchmarks._sweep import BenchBundle
-from compressor._deploy import export_bundle
-from compressor.cli import main as cli
+from compressor.app._bundle import export_bundle
+from compressor.app.cli import main as cli
 from runtimes import get_runtime
 from runtimes._bundle import BundleConfig
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from compressor.cli import main as cli
+from compressor.app.cli import main as cli
 from runtimes import get_runtime
 
 PROJECT = Path(__file__).resolve().parents[2]

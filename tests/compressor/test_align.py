@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 import compressor as C
-from benchmarks import _alignment as probe
-from compressor import _align
-from compressor._select import TargetToleranceWarning
+import benchmarks._alignment as probe
+import compressor.pruning._align as _align
+from compressor.pruning._select import TargetToleranceWarning
 from models import create_model
 
 
@@ -120,7 +120,7 @@ def test_auto_alignment_is_recorded_in_recipe_and_manifest(probed, tmp_path):
     C.save_model(pruned, tmp_path / "m")
     again = C.load_model(tmp_path / "m")
     assert again.compressor_metadata["history"][-1]["config"]["alignment"]["kinds"]["conv"] == 16
-    from compressor._deploy import export_bundle
+    from compressor.app._bundle import export_bundle
     from runtimes._bundle import BundleConfig
 
     export_bundle(again, tmp_path / "b", (3, 32, 32), BundleConfig(targets=("onnx",), batch_sizes=(1,)))

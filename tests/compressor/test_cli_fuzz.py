@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from compressor import save_model
-from compressor.cli import main
+from compressor.app.cli import main
 from models import create_model
 from runtimes._bundle import BundleConfig, write_bundle
 
@@ -78,13 +78,13 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the slow library calls (see the module docstring)."""
     import benchmarks
-    import benchmarks._latency_prune
-    import benchmarks._speed_guard
-    import compressor._align
-    import compressor._deploy
-    import compressor._pipeline
-    import compressor._strategies
-    import compressor._train
+    import compressor.app._latency_prune
+    import compressor.app._speed_guard
+    import compressor.pruning._align
+    import compressor.app._bundle
+    import compressor.app.pipeline._core
+    import compressor.pruning._strategies
+    import compressor.training._loop
     from benchmarks._sweep import load_bench_bundles
 
     def reached(*args, **kwargs):
@@ -103,13 +103,13 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         load_bench_bundles(candidates, baseline)  # missing or invalid bundles fail as in the real one
         raise _Reached()
 
-    monkeypatch.setattr(compressor._align, "resolve_alignment", resolve_alignment)
-    monkeypatch.setattr(benchmarks._speed_guard, "speed_check", lambda *a, **k: [])
-    monkeypatch.setattr(benchmarks._latency_prune, "prune_to_latency", reached)
-    monkeypatch.setattr(compressor._strategies, "run_strategy", reached)
-    monkeypatch.setattr(compressor._train, "train", reached)
-    monkeypatch.setattr(compressor._deploy, "export_bundle", reached)
-    monkeypatch.setattr(compressor._pipeline, "run_pipeline", reached)
+    monkeypatch.setattr(compressor.pruning._align, "resolve_alignment", resolve_alignment)
+    monkeypatch.setattr(compressor.app._speed_guard, "speed_check", lambda *a, **k: [])
+    monkeypatch.setattr(compressor.app._latency_prune, "prune_to_latency", reached)
+    monkeypatch.setattr(compressor.pruning._strategies, "run_strategy", reached)
+    monkeypatch.setattr(compressor.training._loop, "train", reached)
+    monkeypatch.setattr(compressor.app._bundle, "export_bundle", reached)
+    monkeypatch.setattr(compressor.app.pipeline._core, "run_pipeline", reached)
     monkeypatch.setattr(benchmarks, "run_benchmark", run_benchmark)
 
 

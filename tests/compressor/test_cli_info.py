@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from compressor._cli_info import INFO_SCHEMA_VERSION, _against_original
-from compressor._deploy import export_bundle
-from compressor.cli import main
+from compressor.app._cli_info import INFO_SCHEMA_VERSION, _against_original
+from compressor.app._bundle import export_bundle
+from compressor.app.cli import main
 from compressor import load_model
 from runtimes._bundle import BundleConfig
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks._report import REPORT_FILES
-from compressor.cli import main as cli
+from compressor.app.cli import main as cli
 
 PROJECT = Path(__file__).resolve().parents[2]
 HOOK = '''\
@@ -35,7 +35,7 @@ def blocking(*args, **kwargs):
     return original(*args, **kwargs)
 
 setattr(module, attr, blocking)
-from compressor.cli import main
+from compressor.app.cli import main
 sys.exit(main(argv))
 '''
 PRUNE = ["prune", "--model", "resnet20", "--ratio", "0.3", "--round-to", "1", "--no-speed-check", "--quiet"]
@@ -128,7 +128,7 @@ def test_ctrl_c_while_train_replaces_its_output_keeps_the_old_one(tmp_path):
     assert cli([*train, "--output", str(tmp_path / "out")]) == 0
     before = _files(tmp_path / "out")
     seen: list[str] = []
-    code, err = _interrupt(tmp_path, "compressor._train._run", [*train, "--output", "out"], while_blocked=seen)
+    code, err = _interrupt(tmp_path, "compressor.training._loop._run", [*train, "--output", "out"], while_blocked=seen)
     assert _temporaries("out", seen), seen  # re-training an earlier output happens beside it
     assert code == 130
     _assert_one_line(err, "interrupted")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import compressor
-from compressor._model_entry import ModelSource, load_source, load_weights_, read_state_dict
-from compressor.cli import main
+from compressor.app._model_entry import ModelSource, load_source, load_weights_, read_state_dict
+from compressor.app.cli import main
 from models import create_model
 
 USER_MODULE = textwrap.dedent('''

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from compressor._outputs import OUTPUT_KINDS, OutputRefused, claim_output
-from compressor._serialize import atomic_directory
-from compressor.cli import main as cli
+from compressor.common.outputs import OUTPUT_KINDS, OutputRefused, claim_output
+from compressor.deploy._serialize import atomic_directory
+from compressor.app.cli import main as cli
 
 PRUNE = ["prune", "--model", "resnet20", "--ratio", "0.3", "--round-to", "1", "--no-speed-check", "--quiet"]
 TRAIN = ["train", "--model", "resnet20", "--model-arg", "width=4", "--data", "digits:0-1", "--epochs", "1",
@@ -132,7 +132,7 @@ def test_a_failed_swap_puts_the_old_directory_back(tmp_path, monkeypatch):
 
 DEFERRED_SIGINT_CHILD = """
 import os, signal
-from runtimes._outputs import deferred_sigint
+from compressor.common.outputs import deferred_sigint
 finished = []
 try:
     with deferred_sigint():

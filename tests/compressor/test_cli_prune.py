@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compressor.cli import main
+from compressor.app.cli import main
 
 COMPRESSOR = str(Path(sys.executable).with_name("compressor"))
 

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from compressor.cli import main
+from compressor.app.cli import main
 
 
 def test_strategy_on_digits_reaches_target_and_recipe_reaches_manifest(tmp_path, capsys):

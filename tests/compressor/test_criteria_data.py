@@ -124,7 +124,7 @@ def test_taylor_matches_a_hand_computation():
 
 
 def test_entropy_of_known_histograms():
-    from compressor._criteria_data import channel_entropy
+    from compressor.criteria._data import channel_entropy
 
     values = np.stack([np.arange(10.0), np.full(10, 3.0), np.r_[np.zeros(5), np.ones(5)]], axis=1)
     np.testing.assert_allclose(channel_entropy(values, 10), [np.log(10), 0.0, np.log(2)])

@@ -14,7 +14,7 @@ from torch import nn
 
 import compressor as C
 import models
-from compressor._criteria_weight import simc_layer_scores
+from compressor.criteria._weight import simc_layer_scores
 
 sys.path.insert(0, str(Path(__file__).parent))
 from oracle import Pruned, check_pruned, randomize_  # noqa: E402

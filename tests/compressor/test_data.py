@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from compressor._data import (
+from compressor.training._data import (
     DIGITS_INPUT_SIZE,
     DIGITS_MEAN,
     DIGITS_STD,
@@ -320,7 +320,7 @@ def test_pk_sampler_errors():
 
 def test_digits_subset_relabels_and_keeps_the_fixed_split():
     import compressor as C
-    from compressor._datasets import parse_data_spec
+    from compressor.training._datasets import parse_data_spec
 
     full = C.digits_dataset("train")
     target = parse_data_spec("digits:5-9").train_set()

@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from compressor._data import DatasetError, digits_dataset, make_synthetic_market
-from compressor._datasets import parse_data_spec
-from compressor._evaluate import (
+from compressor.training._data import DatasetError, digits_dataset, make_synthetic_market
+from compressor.training._datasets import parse_data_spec
+from compressor.app._evaluate import (
     evaluate_classification,
     evaluate_reid_model,
     resolve_model_path,
 )
-from compressor._train import TrainConfig, train
-from compressor.cli import main as cli
+from compressor.training._loop import TrainConfig, train
+from compressor.app.cli import main as cli
 from models import create_model
 from runtimes import get_runtime
 
@@ -62,7 +62,7 @@ def test_top1_is_the_fraction_of_correct_argmax(trained_lenet):
 def test_deployed_accuracy_matches_pytorch(trained_lenet, tmp_path):
     """The bundle that ships is evaluated on each runtime; its accuracy equals the module's."""
     model, _, _ = trained_lenet
-    from compressor._serialize import save_model
+    from compressor.deploy._serialize import save_model
 
     saved = save_model(model, tmp_path / "saved", arch={"name": "lenet5", "kwargs": {"num_classes": 10, "in_chans": 3}})
     assert cli(["export", str(saved), "--output", str(tmp_path / "bundle"), "--input-size", "3,32,32"]) == 0
@@ -111,7 +111,7 @@ def test_resolve_model_path(tmp_path):
 
 def test_eval_errors_name_the_cause(trained_lenet, tmp_path, capsys):
     model, _, _ = trained_lenet
-    from compressor._serialize import save_model
+    from compressor.deploy._serialize import save_model
 
     saved = save_model(model, tmp_path / "saved", arch={"name": "lenet5", "kwargs": {"num_classes": 10, "in_chans": 3}})
     with pytest.raises(ValueError, match="saved PyTorch model.*openvino"):
@@ -174,7 +174,7 @@ def test_cli_train_under_torchrun_writes_once(tmp_path):
     previous = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # see test_train_ddp.py: DataLoader's handler
     try:
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
-                           "compressor.cli", "train", "--model", "lenet5", "--data", "digits", "--epochs", "1",
+                           "compressor.app.cli", "train", "--model", "lenet5", "--data", "digits", "--epochs", "1",
                            "--batch-size", "16", "--threads", "1", "--output", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2],
                               start_new_session=True)  # no signal to torchrun's process group reaches pytest

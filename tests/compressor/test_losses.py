@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compressor._losses import (
+from compressor.training._losses import (
     ReIDLoss,
     batch_hard_triplet_loss,
     classification_loss,

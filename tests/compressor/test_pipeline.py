@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from compressor._pipeline import PipelineError, load_pipeline, run_pipeline
-from compressor.cli import DEFAULT_PIPELINE, main
+from compressor.app.pipeline._core import PipelineError, load_pipeline, run_pipeline
+from compressor.app.cli import DEFAULT_PIPELINE, main
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
 HEAVY = {"latency_resnet50.yaml", "latency_mobilenetv2.yaml", "pruned_vs_thinresnet.yaml"}
@@ -191,7 +191,7 @@ def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, monkeypatc
     assert json.loads((tmp_path / "m" / "05_bench" / "step.json").read_text())["status"] == "failed"
     monkeypatch.setattr(benchmarks, "run_benchmark", real)
 
-    from compressor import _deploy
+    import compressor.app._bundle as _deploy
     from runtimes import ParityError, ParityResult
 
     def parity_fails(*args, **kwargs):

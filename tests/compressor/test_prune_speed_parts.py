@@ -16,8 +16,11 @@ import torch
 from torch import nn
 
 import compressor as C
-from compressor import _api, _graph, _shape_exec, _surgery
-from compressor.errors import CompressorError
+import compressor.pruning._api as _api
+import compressor.graph._graph as _graph
+import compressor.graph._shape_exec as _shape_exec
+import compressor.pruning._surgery as _surgery
+from compressor.common.errors import CompressorError
 from models import create_model
 
 torchvision = pytest.importorskip("torchvision")
@@ -289,7 +292,8 @@ def test_feasible_order_equals_the_atom_by_atom_rule(name):
     """The per-group shortcut of the feasible order gives exactly what the atom-by-atom loop gives."""
     import numpy as np
 
-    from compressor import _align, _select
+    import compressor.pruning._align as _align
+    import compressor.pruning._select as _select
 
     model = create_model(name).eval()
     graph = C.build_dependency_graph(model, torch.randn(1, 3, 32, 32))

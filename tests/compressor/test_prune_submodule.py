@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import compressor as C
-from compressor._api import capture_inputs
+from compressor.pruning._api import capture_inputs
 from models import create_model
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 import compressor as C
 import models
-from compressor._reconstruct import conv_patches, lasso_channel_selection, thinet_order
+from compressor.criteria._reconstruct import conv_patches, lasso_channel_selection, thinet_order
 
 
 class TwoConv(nn.Module):

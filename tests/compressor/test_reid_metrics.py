@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from compressor._metrics import (
+from compressor.training._metrics import (
     ReIDResult,
     evaluate_reid,
     pairwise_distance,

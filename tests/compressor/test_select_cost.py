@@ -6,7 +6,7 @@ from torch import nn
 
 import compressor as C
 import models
-from compressor._api import graph_for
+from compressor.pruning._api import graph_for
 
 
 class Chain(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import compressor as C
-import compressor._api as api
+import compressor.pruning._api as api
 import models
 
 sys.path.insert(0, str(Path(__file__).parent))

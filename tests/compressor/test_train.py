@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from compressor._train import (
+from compressor.training._loop import (
     CheckpointError,
     TrainCallbacks,
     TrainConfig,

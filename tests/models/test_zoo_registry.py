@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 import models
-from models import _registry
+import models._registry as _registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ZOO_NAMES = [

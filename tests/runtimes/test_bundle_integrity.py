@@ -16,8 +16,8 @@ import torch
 from onnx import TensorProto, helper
 
 import compressor as C
-from compressor._deploy import export_bundle
-from compressor._export import ExportConfig
+from compressor.app._bundle import export_bundle
+from compressor.deploy._export import ExportConfig
 from models import create_model
 from runtimes import BundleConfig, BundleError, load_bundle
 from runtimes._manifest_check import _Unknown, count_graph_macs

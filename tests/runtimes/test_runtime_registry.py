@@ -11,7 +11,7 @@ import pytest
 import runtimes
 from runtimes import (BuildConfig, Runtime, RuntimeUnavailable, SessionConfig, get_runtime, list_runtimes,
                       register_runtime)
-from runtimes import _base
+import runtimes._base as _base
 
 REPO = Path(__file__).resolve().parents[2]
 SDKS = {"onnxruntime", "openvino", "tensorrt"}

@@ -1,0 +1,575 @@
+"""The built-in pipeline steps: train, prune, finetune, fold, export, evaluate, bench, baselines.
+
+Each step reads the run's state (the current model, the unpruned baseline, bundles ...), writes
+its outputs in its own directory and returns the state entries it changes. Configs reuse the
+library's own: a ``train``/``finetune`` step takes :class:`TrainConfig` keys, ``prune`` takes
+:class:`PruneConfig` keys plus ``strategy`` (:class:`StrategyConfig`) and ``train`` (the
+training phases), ``bench`` takes :class:`benchmarks.BenchConfig`-like keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from compressor.pruning._config import PruneConfig
+from compressor.app.pipeline._core import PipelineError, StepContext, StepFailed, register_step
+from compressor.pruning._strategies import StrategyConfig
+from compressor.training._loop import TrainConfig
+
+
+def _split(raw: dict[str, Any], own: dict[str, Any], cls: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(own keys with defaults, the rest for ``cls``); an unknown key lists every allowed one.
+
+    Parse errors are ValueErrors; ``load_pipeline`` puts the file and the step in front.
+    """
+    allowed = set(own) | ({f.name for f in dataclasses.fields(cls)} if cls else set())
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    mine = {k: raw.get(k, v) for k, v in own.items()}
+    return mine, {k: v for k, v in raw.items() if k not in own}
+
+
+def _one_epoch(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {**raw, **{k: 1 for k in keys if k in raw or k == "epochs"}}
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+
+
+def _spec(ctx: StepContext, data: str | None, needed: bool = True):
+    from compressor.training._datasets import parse_data_spec
+
+    text = data or ctx.state.get("data") or ctx.pipeline.data
+    if text is None:
+        if needed:
+            raise PipelineError(f"{ctx.pipeline.source}: step {ctx.step_name} needs data: set 'data' in the "
+                                "pipeline or the step (digits, digits:0-4, folder:PATH)")
+        return None
+    return parse_data_spec(text, _input_size(ctx))
+
+
+def _input_size(ctx: StepContext) -> tuple[int, ...]:
+    if ctx.pipeline.input_size:
+        return tuple(ctx.pipeline.input_size)
+    if ctx.state.get("input_size"):
+        return tuple(ctx.state["input_size"])
+    from models import default_input_size
+
+    return tuple(default_input_size(ctx.pipeline.model))
+
+
+def _current(ctx: StepContext, key: str = "model") -> torch.nn.Module:
+    """The state's model (or baseline); before any step made one, the pipeline's source model."""
+    from compressor.deploy._serialize import load_model
+
+    if ctx.state.get(key) or key not in ("model", "baseline_model"):
+        return load_model(ctx.path(key))
+    return _source_model(ctx)
+
+
+def _source_model(ctx: StepContext) -> torch.nn.Module:
+    """The pipeline's ``model``: a saved model directory, or a zoo model with seeded random weights."""
+    from pathlib import Path
+
+    from compressor.deploy._serialize import SPEC_FILE, load_model
+
+    if (Path(ctx.pipeline.model) / SPEC_FILE).is_file():
+        return load_model(ctx.pipeline.model)
+    from models import create_model
+
+    torch.manual_seed(ctx.pipeline.seed)
+    model = create_model(ctx.pipeline.model, **ctx.pipeline.model_args)
+    ctx.log(f"    warning: {ctx.pipeline.model} has random weights here: latency and memory figures are real, "
+            "accuracy figures are meaningless without trained weights")
+    model.compressor_metadata = {"weights": {"origin": "random-init", "trained": False}}
+    return model
+
+
+def _save(ctx: StepContext, model: torch.nn.Module, name: str = "model", **metadata: Any) -> str:
+    from compressor.deploy._serialize import save_model
+
+    model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
+                                 "input_size": list(_input_size(ctx)), **metadata}
+    save_model(model.eval(), ctx.step_dir / name, arch=getattr(model, "zoo_spec", None))
+    return ctx.output(name)
+
+
+def _top1(model: Any, eval_set: Any, runtime: str | None = None, threads: int | None = None) -> float:
+    from compressor.app._evaluate import evaluate_classification
+
+    return evaluate_classification(model, eval_set, runtime=runtime, threads=threads).top1
+
+
+def _example(ctx: StepContext) -> torch.Tensor:
+    return torch.randn(1, *_input_size(ctx), generator=torch.Generator().manual_seed(0))
+
+
+# ---- train / finetune -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    train: TrainConfig
+    data: str | None = None
+
+
+def _parse_train(raw: dict[str, Any], where: str) -> TrainStep:
+    own, rest = _split(raw, {"data": None}, TrainConfig)
+    return TrainStep(TrainConfig.from_dict(rest), own["data"])
+
+
+def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module, train_set: Any, eval_set: Any) -> dict[str, Any]:
+    from compressor.training._loop import train
+
+    threads = config.train.threads or ctx.pipeline.threads
+    train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
+    result = train(model, train_set, train_config, output=ctx.step_dir / "checkpoints",
+                   eval_fn=lambda m: {"top1": _top1(m, eval_set, threads=threads)}, progress=ctx.progress)
+    return {"epochs": result.epochs_completed, "top1": result.final_metrics.get("top1"),
+            "train_seconds": result.train_s, "data": config.data or ctx.state.get("data") or ctx.pipeline.data}
+
+
+@register_step("train", _parse_train, quick=lambda raw: _one_epoch(raw, "epochs"))
+def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
+    """Train the pipeline's model (from scratch, or continue the current one) on the data."""
+    from compressor.training._datasets import build_model
+
+    spec = _spec(ctx, config.data)
+    train_set = spec.train_set()
+    if ctx.state.get("model"):
+        model = _current(ctx)
+    else:
+        torch.manual_seed(ctx.pipeline.seed)
+        model, _ = build_model(ctx.pipeline.model, spec, train_set.num_classes, dict(ctx.pipeline.model_args))
+    results = _fit(config, ctx, model, train_set, spec.eval_sets()[0])
+    path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: train on {results['data']}",
+                                      "trained": True})
+    updates = {"model": path, "input_size": list(spec.input_size), "epochs_total":
+               ctx.state.get("epochs_total", 0) + results["epochs"], "train_config": config.train.to_dict(),
+               "results": results}
+    if not ctx.state.get("pruned"):
+        updates["baseline_model"] = path
+    return updates
+
+
+@register_step("finetune", _parse_train, quick=lambda raw: _one_epoch(raw, "epochs"))
+def finetune_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
+    """Fine-tune the current model (after pruning, or on a target task before it)."""
+    model = _current(ctx)
+    spec = _spec(ctx, config.data)
+    results = _fit(config, ctx, model, spec.train_set(), spec.eval_sets()[0])
+    path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: finetune on {results['data']}",
+                                      "trained": True})
+    updates = {"model": path, "epochs_total": ctx.state.get("epochs_total", 0) + results["epochs"],
+               "results": results}
+    if not ctx.state.get("pruned"):  # scenario 3: the unpruned model adapted to the target
+        updates["baseline_model"] = path
+    return updates
+
+
+# ---- prune and fold ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PruneStep:
+    prune: PruneConfig
+    strategy: StrategyConfig
+    train: TrainConfig
+    data: str | None = None
+
+
+def _parse_prune(raw: dict[str, Any], where: str) -> PruneStep:
+    own, rest = _split(raw, {"data": None, "strategy": {}, "train": {}}, PruneConfig)
+    for key in ("strategy", "train"):
+        if not isinstance(own[key], dict):
+            raise ValueError(f"'{key}' must be a mapping, got {own[key]!r}")
+    return PruneStep(PruneConfig.from_dict(rest), StrategyConfig.from_dict(own["strategy"]),
+                     TrainConfig.from_dict({"epochs": 1, "lr": 0.01, "batch_size": 32, **own["train"]}), own["data"])
+
+
+def _quick_prune(raw: dict[str, Any]) -> dict[str, Any]:
+    strategy = dict(raw.get("strategy") or {})
+    for key in ("finetune_epochs", "retrain_epochs", "epochs"):
+        if key in strategy:
+            strategy[key] = min(int(strategy[key]), 1)
+    return {**raw, "strategy": strategy, "calib_batches": min(int(raw.get("calib_batches", 8)), 2)}
+
+
+@register_step("prune", _parse_prune, quick=_quick_prune)
+def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
+    """Prune the current model physically with a criterion, a target and a strategy."""
+    from compressor.criteria._base import get_criterion
+    from compressor.app._bundle import pruning_alignment
+    from compressor.pruning._strategies import run_strategy
+
+    model = _current(ctx)
+    trains = config.strategy.finetune_epochs or config.strategy.name != "oneshot"
+    spec = _spec(ctx, config.data, needed=bool(trains or get_criterion(config.prune.criterion).needs_data))
+    threads = config.train.threads or ctx.pipeline.threads
+    train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
+    if threads:
+        torch.set_num_threads(threads)
+    eval_set = spec.eval_sets()[0] if spec else None
+    # the alignment is probed with the threads the pipeline deploys with
+    prune = config.prune if config.prune.threads else dataclasses.replace(config.prune, threads=threads)
+    result = run_strategy(model, _example(ctx), prune, config.strategy,
+                          train_data=spec.train_set() if spec else None, eval_data=eval_set,
+                          train_config=train_config, progress=ctx.progress)
+    epochs = sum(p.get("epochs", 0) for p in result.history)
+    top1 = _top1(result.model, eval_set, threads=threads) if spec else None
+    path = _save(ctx, result.model)
+    summary = {k: v for k, v in result.to_dict().items() if k != "recipe"}
+    return {"model": path, "pruned": True, "epochs_total": ctx.state.get("epochs_total", 0) + epochs,
+            "results": {**summary, "top1": top1, "criterion": config.prune.criterion,
+                        "strategy": config.strategy.name, "target": list(config.prune.target),
+                        "alignment": pruning_alignment(getattr(result.model, "compressor_metadata", None))}}
+
+
+def _parse_empty(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    _split(raw, {})
+    return {}
+
+
+@register_step("fold", _parse_empty)
+def fold_step(config: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+    """Fold every BatchNorm into the convolution before it (the deployed form)."""
+    from compressor.deploy._fold import fold_batchnorm
+
+    folded, report = fold_batchnorm(_current(ctx).eval(), _example(ctx))
+    path = _save(ctx, folded)
+    return {"model": path, "results": {"folded": len(report.folded), "kept": report.kept}}
+
+
+# ---- export, evaluate, bench --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportStep:
+    to: tuple[str, ...] = ("onnx", "openvino", "torch")
+    precision: str = "fp32"
+    opset: int = 18
+    exporter: str = "dynamo"
+    batch_sizes: tuple[int, ...] = (1, 8)
+    max_batch: int = 64
+    baseline: bool = True
+
+
+def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
+    from runtimes._bundle import TARGET_RUNTIME
+
+    own, _ = _split(raw, {f.name: f.default for f in dataclasses.fields(ExportStep)})
+    to = tuple(own["to"]) if isinstance(own["to"], (list, tuple)) else (own["to"],)
+    bad = [t for t in to if t not in TARGET_RUNTIME]
+    if bad or not to:
+        raise ValueError(f"'to' has unknown target(s) {bad}; allowed: {sorted(TARGET_RUNTIME)}")
+    if own["precision"] not in ("fp32", "fp16"):
+        raise ValueError(f"'precision' must be 'fp32' or 'fp16', got {own['precision']!r}")
+    sizes = tuple(own["batch_sizes"])
+    if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
+        raise ValueError(f"'batch_sizes' must be integers >= 1, got {own['batch_sizes']!r}")
+    return ExportStep(to, own["precision"], int(own["opset"]), own["exporter"], sizes, int(own["max_batch"]),
+                      bool(own["baseline"]))
+
+
+@register_step("export", _parse_export, quick=lambda raw: {**raw, "batch_sizes": [1, 2]})
+def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
+    """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
+    from runtimes import ParityError
+    from runtimes._bundle import BundleConfig
+
+    from compressor.app._bundle import export_bundle, missing_runtimes
+    from compressor.deploy._export import ExportConfig
+
+    missing = missing_runtimes(config.to)
+    if missing:
+        raise PipelineError("cannot export to " + "; ".join(f"{t}: {why}" for t, why in missing.items()))
+    bundle_config = BundleConfig(targets=config.to, precision=config.precision, threads=ctx.pipeline.threads,
+                                 batch_sizes=config.batch_sizes, max_batch=config.max_batch,
+                                 opt_batch=min(8, config.max_batch))
+    export_config = ExportConfig(opset=config.opset, exporter=config.exporter)
+    updates: dict[str, Any] = {}
+    parity: dict[str, Any] = {}
+    jobs = [("bundle", "model")]
+    if config.baseline and ctx.state.get("pruned"):
+        jobs.append(("baseline_bundle", "baseline_model"))
+    for out_key, model_key in jobs:
+        model = _current(ctx, model_key)
+        try:
+                exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
+                                     source=ctx.state.get(model_key) or ctx.pipeline.model,
+                                     weights=(model.compressor_metadata or {}).get("weights"),
+                                     progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"))
+        except ParityError as exc:
+            raise StepFailed(f"{out_key.replace('_', ' ')}: {exc} (the bundle is in {ctx.step_dir / out_key}, "
+                             "the failure recorded in its manifest.json)", 3) from exc
+        updates[out_key] = ctx.output(out_key)
+        parity[out_key] = [{k: r[k] for k in ("runtime", "batch_size", "max_abs_error", "max_rel_error", "passed")}
+                           for r in exported.bundle.parity]
+    return {**updates, "results": {"parity": parity}}
+
+
+@dataclass(frozen=True)
+class EvaluateStep:
+    runtimes: tuple[str, ...] | None = None
+    data: str | None = None
+    baseline: bool = True
+
+
+def _parse_evaluate(raw: dict[str, Any], where: str) -> EvaluateStep:
+    own, _ = _split(raw, {"runtimes": None, "data": None, "baseline": True})
+    runtimes = own["runtimes"]
+    if runtimes is not None:
+        from runtimes import list_runtimes
+
+        runtimes = tuple(runtimes) if isinstance(runtimes, (list, tuple)) else (runtimes,)
+        bad = [r for r in runtimes if r not in list_runtimes()]
+        if bad:
+            raise ValueError(f"'runtimes' has unknown runtime(s) {bad}; allowed: {list_runtimes()}")
+    return EvaluateStep(runtimes, own["data"], bool(own["baseline"]))
+
+
+@register_step("evaluate", _parse_evaluate)
+def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
+    """Top-1 of the deployed bundles on each runtime (what ships), pruned and baseline."""
+    from runtimes import load_bundle
+    from runtimes._bundle import TARGET_RUNTIME
+
+    eval_set = _spec(ctx, config.data).eval_sets()[0]
+    results: dict[str, dict[str, float]] = {}
+    keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
+    for key in keys:
+        path = ctx.path(key)
+        available = [TARGET_RUNTIME[t] for t in load_bundle(path).manifest.get("artifacts", {}) if t in TARGET_RUNTIME]
+        for runtime in config.runtimes or available:
+            if runtime not in available:
+                raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
+                                    f"(it has {available}); add it to the export step's 'to'")
+            results.setdefault(key, {})[runtime] = _top1(path, eval_set, runtime=runtime, threads=ctx.pipeline.threads)
+            ctx.log(f"    {key} on {runtime}: top-1 {results[key][runtime]:.2%}")
+    return {"results": {"top1": results}}
+
+
+@dataclass(frozen=True)
+class BenchStep:
+    runtimes: tuple[str, ...] | None = None
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] | None = None
+    threads: int | None = None
+    min_seconds: float = 2.0
+    max_seconds: float = 20.0
+    warmup: int = 3
+    memory: bool = True
+
+
+def _parse_bench(raw: dict[str, Any], where: str) -> BenchStep:
+    own, _ = _split(raw, {f.name: f.default for f in dataclasses.fields(BenchStep)})
+    for key in ("runtimes", "devices", "batch_sizes"):
+        if own[key] is not None:
+            own[key] = tuple(own[key]) if isinstance(own[key], (list, tuple)) else (own[key],)
+    step = BenchStep(**own)
+    _bench_config(step, None)  # BenchConfig's own validation, now
+    return step
+
+
+def _bench_config(step: BenchStep, threads: int | None) -> Any:
+    from benchmarks import BenchConfig, TimingConfig
+
+    return BenchConfig(runtimes=step.runtimes, devices=step.devices, batch_sizes=step.batch_sizes,
+                       threads=step.threads or threads, memory=step.memory,
+                       timing=TimingConfig(warmup=step.warmup, min_seconds=step.min_seconds,
+                                           max_seconds=step.max_seconds))
+
+
+@register_step("bench", _parse_bench, quick=lambda raw: {**raw, "batch_sizes": [1, 2], "min_seconds": 0.2,
+                                                         "max_seconds": 1.0, "memory": False})
+def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
+    """Latency, throughput and memory of the pruned bundle against the baseline; the HTML/Markdown report."""
+    import warnings
+
+    from benchmarks import run_benchmark, write_report
+    from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
+
+    baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
+    with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results = run_benchmark([ctx.path("bundle")], baseline, _bench_config(config, ctx.pipeline.threads),
+                                progress=ctx.progress)
+    for message in results["warnings"]:
+        ctx.log(f"    warning: {message}")
+    write_report(results, ctx.step_dir / "report")
+    failed = failed_measurements(results, oom_is_failure=config.batch_sizes is not None)
+    if failed:  # the report is kept; the run must not pass on measurements that did not happen
+        raise StepFailed(f"{len(failed)} measurement(s) failed: " + "; ".join(describe_failure(r) for r in failed[:5])
+                         + f" (report: {ctx.step_dir / 'report'}/summary.md)", EXIT_MEASUREMENT_FAILED)
+    speedups = [{"runtime": r["runtime"], "device": r["device"], "batch_size": r["batch_size"],
+                 "practical": (r["practical"] or {}).get("speedup_median"), "theoretical": r["theoretical"],
+                 "efficiency": r["efficiency"]} for r in results["speedup"]]
+    latency = [{"bundle": r["bundle"], "runtime": r["runtime"], "batch_size": r["batch_size"],
+                "latency_ms_median": (r["stats"] or {}).get("latency_ms_median"),
+                "throughput_sps": (r["stats"] or {}).get("throughput_sps")} for r in results["latency"]]
+    return {"report": ctx.output("report"),
+            "results": {"speedup": speedups, "latency": latency, "warnings": results["warnings"]}}
+
+
+# ---- baselines ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaselinesStep:
+    thin: bool = True
+    shallower: bool = True
+    epochs: int | None = None  # default: every training epoch the pruned model had
+    data: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def _parse_baselines(raw: dict[str, Any], where: str) -> BaselinesStep:
+    own, _ = _split(raw, {f.name: (f.default if f.default is not dataclasses.MISSING else {})
+                          for f in dataclasses.fields(BaselinesStep)})
+    if own["epochs"] is not None and (not isinstance(own["epochs"], int) or own["epochs"] < 1):
+        raise ValueError(f"'epochs' must be an integer >= 1, got {own['epochs']!r}")
+    TrainConfig.from_dict({"epochs": 1, **own["train"]})
+    return BaselinesStep(**own)
+
+
+def _cifar_depth(name: str) -> int | None:
+    depths = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
+    return depths.get(name)
+
+
+@register_step("baselines", _parse_baselines, quick=lambda raw: {**raw, "epochs": 1})
+def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
+    """ThinResNet (uniform width; "ThinResNet: A New Baseline for Structured Convolutional Networks
+    Pruning") and a shallower ResNet at the pruned model's FLOPs, same budget."""
+    from models import create_model
+    from models._cifar_resnet import CifarResNet
+
+    from compressor.graph._cost import count_cost
+    from compressor.training._loop import train
+
+    name = ctx.pipeline.model
+    spec = _spec(ctx, config.data)
+    train_set, eval_set = spec.train_set(), spec.eval_sets()[0]
+    classes = train_set.num_classes
+    x = _example(ctx)
+    pruned = _current(ctx)
+    unpruned = _current(ctx, "baseline_model") if ctx.state.get("baseline_model") else None
+    target = count_cost(pruned, x)
+    original = count_cost(unpruned, x) if unpruned is not None else None
+    channels = _input_size(ctx)[0]
+    candidates: list[tuple[str, Any]] = []
+    depth = _cifar_depth(name)
+    if config.thin and (depth or name == "resnet50"):
+        widths = range(2, 16) if depth else range(8, 64, 4)
+        build = (lambda w: CifarResNet(depth, classes, width=w, in_chans=channels)) if depth else (
+            lambda w: create_model("resnet50", num_classes=classes, width=w))
+        best = _closest(widths, build, target.macs, x)
+        candidates.append((f"ThinResNet ({name} width {best})", lambda: build(best)))
+    if config.shallower and (depth or name == "resnet50"):
+        if depth:
+            depths = [d for d in range(8, depth, 6)]
+            build_d = lambda d: CifarResNet(d, classes, in_chans=channels)  # noqa: E731
+        else:
+            depths = ["resnet18", "resnet34"]
+            build_d = lambda d: create_model(f"torchvision:{d}", num_classes=classes)  # noqa: E731
+        if depths:
+            best_d = _closest(depths, build_d, target.macs, x)
+            label = f"resnet{best_d}" if depth else best_d
+            candidates.append((f"shallower ({label})", lambda: build_d(best_d)))
+    if not candidates:
+        ctx.log(f"    no width/depth family for {name!r}: baselines are built for resnet20/56/110 and resnet50")
+    epochs = config.epochs or max(ctx.state.get("epochs_total", 1), 1)
+    train_config = TrainConfig.from_dict({**(ctx.state.get("train_config") or {}), **config.train, "epochs": epochs})
+    train_config = dataclasses.replace(train_config, threads=train_config.threads or ctx.pipeline.threads)
+    rows = [{"model": "pruned", "macs": target.macs, "params": target.params,
+             "top1": _top1(pruned, eval_set, threads=ctx.pipeline.threads), "epochs": ctx.state.get("epochs_total")}]
+    if original:
+        rows.insert(0, {"model": "unpruned", "macs": original.macs, "params": original.params,
+                        "top1": _top1(unpruned, eval_set, threads=ctx.pipeline.threads),
+                        "epochs": None})
+    for label, make in candidates:
+        torch.manual_seed(ctx.pipeline.seed)
+        model = make()
+        train(model, train_set, train_config, progress=ctx.progress)
+        cost = count_cost(model, x)
+        rows.append({"model": label, "macs": cost.macs, "params": cost.params,
+                     "top1": _top1(model, eval_set, threads=ctx.pipeline.threads), "epochs": epochs})
+        ctx.log(f"    {label}: top-1 {rows[-1]['top1']:.2%} at {cost.macs / target.macs:.2f}x the pruned MACs")
+    base = original.macs if original else target.macs
+    for row in rows:
+        row["flops_ratio"] = row["macs"] / base
+    return {"results": {"rows": rows, "epochs": epochs}}
+
+
+def _closest(options: Any, build: Any, macs: float, x: torch.Tensor) -> Any:
+    """The option whose model's MACs are closest to ``macs`` (log scale)."""
+    from compressor.graph._cost import count_cost
+
+    return min(options, key=lambda o: abs(math.log(count_cost(build(o), x).macs / macs)))
+
+
+# ---- gate ----------------------------------------------------------------------------------------
+
+
+class GateFailed(StepFailed):
+    """The gate step's verdict was not a pass; ``exit_code`` is the gate's (1 violated, 4 unmeasured)."""
+
+
+@dataclass(frozen=True)
+class GateStep:
+    budgets: Any  # a file path, or the budgets mapping inline
+    remeasure: bool = False
+
+
+def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
+    from benchmarks import load_budgets, parse_budgets
+
+    own, _ = _split(raw, {"budgets": None, "remeasure": False})
+    budgets = own["budgets"]
+    if isinstance(budgets, str):
+        load_budgets(budgets)  # validated now: a wrong key fails before anything runs
+    elif isinstance(budgets, dict):
+        import yaml
+
+        parse_budgets(yaml.safe_dump(budgets), "inline budgets")
+    else:
+        raise ValueError("'budgets' must be a budgets file path or an inline {confidence, rules} mapping")
+    return GateStep(budgets, bool(own["remeasure"]))
+
+
+@register_step("gate", _parse_gate)
+def gate_step(config: GateStep, ctx: StepContext) -> dict[str, Any]:
+    """Check the bench step's report (and the evaluate step's accuracy) against latency/accuracy budgets."""
+    import json
+
+    import yaml
+
+    from benchmarks import (
+        evaluate_gate,
+        format_table,
+        load_budgets,
+        parse_budgets,
+        write_junit,
+    )
+
+    budgets = (load_budgets(config.budgets) if isinstance(config.budgets, str)
+               else parse_budgets(yaml.safe_dump(config.budgets), "gate budgets"))
+    results = json.loads((ctx.path("report") / "results.json").read_text())
+    from compressor.app.pipeline._report import deployed_accuracy
+
+    report = evaluate_gate(budgets, results, deployed_accuracy(ctx.state))
+    junit = write_junit(report, ctx.run_dir / "gate-junit.xml")  # outside the step: kept when the gate fails
+    for line in format_table(report).splitlines():
+        ctx.log(f"    {line}")
+    if report.exit_code:
+        raise GateFailed(f"gate {report.verdict}: {len(report.failed)} failed, {len(report.unmeasured)} not measured "
+                         f"(JUnit XML: {junit})", report.exit_code)
+    return {"results": {"verdict": report.verdict, "checks": len(report.checks)}}
+
+
+_STEP_KINDS = ("train", "prune", "finetune", "fold", "export", "evaluate", "bench", "baselines", "gate")

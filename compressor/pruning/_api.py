@@ -1,0 +1,351 @@
+"""``prune``: model + example input + target -> physically smaller model, and its report."""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compressor.pruning._align import resolve_alignment
+from compressor.pruning._config import PruneConfig
+from compressor.criteria._base import CriterionContext, get_criterion
+from compressor.graph._graph import DependencyGraph, _as_tuple, build_dependency_graph
+from compressor.graph._modes import evaluating
+from compressor.pruning._select import select_removal
+from compressor.pruning._surgery import copy_module_tree, prune_channels_, pruned_copy
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerChange:
+    """One conv/Linear layer before and after pruning (MACs are per sample)."""
+
+    name: str
+    kind: str
+    in_before: int
+    in_after: int
+    out_before: int
+    out_after: int
+    macs_before: float
+    macs_after: float
+
+
+@dataclass
+class PruneReport:
+    """What pruning did. FLOPs = 2 x MACs; MACs are per sample at the example input's size.
+
+    ``seconds`` holds the wall-clock time of each phase: ``graph`` (trace and channel groups),
+    ``select`` (scoring and choosing the channels), ``surgery`` (slicing, and the copy unless in
+    place), ``verify`` (the pruned model's shapes checked; 0 with ``verify=False``), ``cost``
+    (this report), ``refit`` (only for criteria that refit the kept weights) and ``total``
+    (their sum).
+    """
+
+    config: dict[str, Any]
+    macs_before: float
+    macs_after: float
+    params_before: int
+    params_after: int
+    channels_removed: int
+    channels_removable: int
+    layers: list[LayerChange]
+    blocked: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def flops_before(self) -> float:
+        return 2 * self.macs_before
+
+    @property
+    def flops_after(self) -> float:
+        return 2 * self.macs_after
+
+    @property
+    def flops_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+    @property
+    def params_ratio(self) -> float:
+        return self.params_after / self.params_before if self.params_before else 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(flops_before=self.flops_before, flops_after=self.flops_after,
+                   flops_ratio=self.flops_ratio, params_ratio=self.params_ratio)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneReport":
+        """The report :meth:`to_dict` wrote (derived ratios are recomputed, not read)."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"prune report schema_version {version!r} is not the supported {SCHEMA_VERSION}")
+        names = {f for f in cls.__dataclass_fields__}
+        fields = {k: v for k, v in data.items() if k in names}
+        fields["layers"] = [LayerChange(**row) for row in data.get("layers", [])]
+        return cls(**fields)
+
+
+@dataclass
+class PruneResult:
+    model: nn.Module
+    report: PruneReport
+    graph: DependencyGraph
+    removed: np.ndarray
+
+
+def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool = False,
+                verify: bool = True, data: Any = None, loss_fn: Any = None) -> PruneResult:
+    """Prune ``model`` physically according to ``config``.
+
+    Args:
+        model: the network; left untouched unless ``inplace=True``.
+        example_inputs: a tensor or tuple of inputs used to trace the model; MACs are per
+            sample at this input size.
+        config: criterion and target.
+        inplace: slice ``model`` itself instead of a deep copy.
+        verify: run the pruned model once on ``example_inputs`` to check that it executes.
+        data: map-style dataset of ``(x, y)`` items for data-based criteria (calibration).
+        loss_fn: ``loss_fn(output, y) -> scalar`` for data-based criteria; default cross entropy.
+
+    Raises:
+        TraceError, UnprunableModelError, UnreachableTargetError, ValueError (see messages);
+        ValueError when a data-based criterion gets no ``data``.
+    """
+    config = resolve_alignment(config)
+    if config.submodule:
+        _check_data(config, data)
+        return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
+                                loss_fn=loss_fn)
+    plan = plan_pruning(model, example_inputs, config, data=data, loss_fn=loss_fn)
+    t0 = time.perf_counter()
+    removed = select_removal(plan.graph, plan.scores, config)
+    plan.seconds["select"] += time.perf_counter() - t0
+    return plan.apply(removed, inplace=inplace, verify=verify)
+
+
+def _check_data(config: PruneConfig, data: Any) -> None:
+    if get_criterion(config.criterion).needs_data and data is None:
+        raise ValueError(f"criterion {config.criterion!r} is data-based and needs calibration data "
+                         "(prune_model(..., data=dataset); CLI: --data digits)")
+
+
+@dataclass
+class PruningPlan:
+    """A model's dependency graph and channel scores, before any channel is chosen.
+
+    :func:`prune_model` chooses the channels for the config's target; a caller with another way
+    to choose them (a latency table, see ``benchmarks``) scores once and applies many choices.
+    """
+
+    model: nn.Module
+    example_inputs: Any
+    config: PruneConfig
+    graph: DependencyGraph
+    scores: np.ndarray  # per atom; low = remove first
+    context: CriterionContext
+    seconds: dict[str, float]
+
+    def apply(self, removed: np.ndarray, *, inplace: bool = False, verify: bool = True,
+              record: dict[str, Any] | None = None) -> PruneResult:
+        """Remove the atoms flagged in ``removed`` (and run the criterion's refit, if it has one)."""
+        spec = get_criterion(self.config.criterion)
+        original = copy_module_tree(self.model)[0] if inplace and spec.after_removal else self.model
+        result = apply_removal(self.model, self.example_inputs, self.graph, removed, self.config, inplace=inplace,
+                               verify=verify, record=record)
+        seconds = {**self.seconds, **result.report.seconds}
+        if spec.after_removal:
+            t0 = time.perf_counter()
+            after = spec.after_removal(original, result.model, self.graph, removed, self.context)
+            if after:
+                result.report.config["after_removal"] = after
+            seconds["refit"] = time.perf_counter() - t0
+        seconds.pop("total", None)
+        result.report.seconds = {**seconds, "total": sum(seconds.values())}
+        return result
+
+
+def plan_pruning(model: nn.Module, example_inputs: Any, config: PruneConfig, *, data: Any = None,
+                 loss_fn: Any = None) -> PruningPlan:
+    """Trace ``model`` and score its channels with ``config``'s criterion (see :func:`prune_model`)."""
+    _check_data(config, data)
+    if config.submodule:
+        raise ValueError("plan_pruning takes the whole model; a submodule is pruned by prune_model")
+    config = resolve_alignment(config)
+    spec = get_criterion(config.criterion)
+    t0 = time.perf_counter()
+    graph = graph_for(model, example_inputs, config)
+    t1 = time.perf_counter()
+    ctx = CriterionContext(example_inputs=_as_tuple(example_inputs), data=data, loss_fn=loss_fn,
+                           batch_size=config.calib_batch_size, num_batches=config.calib_batches,
+                           options=spec.resolve_options(config.criterion_options), seed=config.seed)
+    scores = spec(model, graph, ctx)
+    return PruningPlan(model, example_inputs, config, graph, scores, ctx,
+                       {"graph": t1 - t0, "select": time.perf_counter() - t1})
+
+
+def graph_for(model: nn.Module, example_inputs: Any, config: PruneConfig) -> DependencyGraph:
+    """The dependency graph ``config`` prunes (its exclusions, LayerNorm and residual policies)."""
+    return build_dependency_graph(model, example_inputs, exclude=config.exclude,
+                                  allow_renormalization=config.allow_renormalization, residual=config.residual)
+
+
+def apply_removal(model: nn.Module, example_inputs: Any, graph: DependencyGraph, removed: np.ndarray,
+                  config: PruneConfig, *, inplace: bool = False, verify: bool = True,
+                  record: dict[str, Any] | None = None) -> PruneResult:
+    """Physically remove the atoms flagged in ``removed`` (bool per atom of ``graph``).
+
+    This is the last step of :func:`prune_model`, and of the strategies that choose their
+    channels themselves (PSFP, Auto-Balance, Play-and-Prune). ``record`` replaces the history
+    entry written into the model's metadata (default: the prune config and cost ratios).
+    """
+    t0 = time.perf_counter()
+    if inplace:
+        target = model
+        prune_channels_(target, graph, removed)
+    else:
+        target = pruned_copy(model, graph, removed)
+    t1 = time.perf_counter()
+    if verify:
+        _verify_runs(target, example_inputs, graph)
+    t2 = time.perf_counter()
+    # the graph has the unpruned cost; the pruned one follows from the kept channel counts
+    kept = graph.kept_counts(removed)
+    macs_after, params_after = graph.cost(kept)
+    report = PruneReport(
+        config=config.to_dict(), macs_before=graph.macs, macs_after=macs_after,
+        params_before=graph.params, params_after=int(round(params_after)),
+        channels_removed=int(removed.sum()), channels_removable=int(graph.removable.size),
+        layers=layer_changes(graph, kept), blocked=dict(graph.unsupported),
+        seconds={"surgery": t1 - t0, "verify": t2 - t1},
+    )
+    metadata = dict(getattr(model, "compressor_metadata", {}) or {})
+    entry = record if record is not None else {"step": "prune", "config": config.to_dict()}
+    metadata["history"] = [*metadata.get("history", []),
+                           {**entry, "flops_ratio": report.flops_ratio, "params_ratio": report.params_ratio}]
+    target.compressor_metadata = metadata
+    report.seconds["cost"] = time.perf_counter() - t2
+    report.seconds["total"] = sum(report.seconds.values())
+    return PruneResult(target, report, graph, removed)
+
+
+def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool,
+                     verify: bool, data: Any = None, loss_fn: Any = None) -> PruneResult:
+    """Prune ``model.get_submodule(config.submodule)`` with the inputs it sees in a real forward."""
+    name = config.submodule
+    try:
+        sub = model.get_submodule(name)
+    except AttributeError:
+        children = [n for n, _ in model.named_children()]
+        raise ValueError(f"submodule {name!r} does not exist in {type(model).__name__}; "
+                         f"its children are {children}") from None
+    captured = capture_inputs(model, sub, example_inputs)
+    inner = PruneConfig.from_dict({**config.to_dict(), "submodule": None})
+    if data is not None:
+        raise ValueError("data-based criteria cannot prune a submodule yet: the calibration data feeds the "
+                         "whole model; use a weight-based criterion with submodule")
+    result = prune_model(sub, captured, inner, inplace=inplace, verify=verify)
+    target = model if inplace else copy.deepcopy(model)
+    if not inplace:
+        parent, _, attr = name.rpartition(".")
+        setattr(target.get_submodule(parent) if parent else target, attr, result.model)
+    result.report.config = config.to_dict()
+    target.compressor_metadata = {**result.model.__dict__.get("compressor_metadata", {})}
+    return PruneResult(target, result.report, result.graph, result.removed)
+
+
+def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) -> tuple[Any, ...]:
+    """The positional inputs ``submodule`` receives when ``model`` runs on ``example_inputs``."""
+    from compressor.graph._graph import _as_tuple
+
+    seen: list[tuple[Any, ...]] = []
+
+    def hook(module, args, kwargs):
+        if not seen:
+            if kwargs:
+                raise ValueError(f"the submodule is called with keyword arguments {sorted(kwargs)}; only "
+                                 "positional inputs can be traced")
+            seen.append(args)
+
+    handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with evaluating(model), torch.no_grad():
+            model(*_as_tuple(example_inputs))
+    finally:
+        handle.remove()
+    if not seen:
+        raise ValueError(f"{type(submodule).__name__} was not called when running the model on the example input")
+    return seen[0]
+
+
+def prune(model: nn.Module, example_inputs: Any, criterion: str = "l2", *, ratio: float | None = None,
+          global_ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
+          inplace: bool = False, **options: Any) -> nn.Module:
+    """Return a physically pruned copy of ``model`` (see :class:`PruneConfig` for options).
+
+    Example: ``compressor.prune(model, torch.randn(1, 3, 224, 224), "l2", target_flops=0.5)``.
+    """
+    config = PruneConfig(criterion=criterion, ratio=ratio, global_ratio=global_ratio, target_flops=target_flops,
+                         target_params=target_params, **options)
+    return prune_model(model, example_inputs, config, inplace=inplace).model
+
+
+def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]:
+    """Per conv/Linear layer: channels and MACs before and after (repeated calls summed)."""
+    rows: dict[str, LayerChange] = {}
+    for layer in graph.layers:
+        out_after, in_after = layer.kept_widths(kept)
+        before = layer.macs(layer.out_size, layer.in_size)
+        after = layer.macs(out_after, in_after)
+        row = rows.get(layer.module)
+        if row is None:
+            rows[layer.module] = LayerChange(layer.module, layer.kind, layer.in_size, in_after, layer.out_size,
+                                             out_after, before, after)
+        else:
+            row.macs_before += before
+            row.macs_after += after
+    return list(rows.values())
+
+
+def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph | None = None) -> None:
+    """Check that the pruned ``model`` runs on ``example_inputs``; shapes are what surgery can get wrong.
+
+    With the ``graph`` it was pruned by (traced on meta tensors), the traced forward runs again on
+    meta tensors with the pruned layers: every layer's weights are checked against the shapes that
+    reach it, and its size attributes against its tensors (a few ms). If that fails, the pruned
+    model is traced afresh and checked the same way; if that fails too, the model's own forward
+    runs on fake tensors, which decides.
+
+    Raises:
+        CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from compressor.graph._graph import trace_graph
+    from compressor.graph._shape_exec import LayerMismatch, run_shapes
+    from compressor.common.errors import CompressorError
+
+    inputs = _as_tuple(example_inputs)
+    if graph is not None and graph.traced is not None and graph.execution == "meta":
+        # the unpruned model's trace first; a fresh trace when that one holds sizes read from
+        # module attributes surgery has changed (ConvNeXt's LayerNorm2d passes normalized_shape)
+        for traced in (lambda: graph.traced, lambda: trace_graph(model)):
+            try:
+                with evaluating(model):
+                    run_shapes(traced(), model, inputs)
+                return
+            except LayerMismatch as exc:
+                raise CompressorError(f"internal error: a pruned layer disagrees with its tensors: {exc}") from exc
+            except Exception:  # noqa: BLE001  (the model's own forward below decides)
+                pass
+    try:  # fake tensors check the shapes without arithmetic
+        with evaluating(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            model(*inputs)
+    except Exception as exc:
+        raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc
