@@ -52,9 +52,18 @@ from benchmarks._gate import (
     table_rows,
     write_junit,
 )
+from benchmarks._alignment import ProbeError, probe_alignment
+from benchmarks._cli_types import fraction, fraction_below_one, non_negative_float, non_negative_int, open_fraction, parse_assignments, positive_float, positive_int, positive_int_list, seed
+from benchmarks._command import BENCH_DESCRIPTION, add_bench_arguments, run_bench, run_command, runtime_options
+from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
+from benchmarks._decision import DECISIONS, decide
+from benchmarks._env import collect_environment
+from benchmarks._speed_verdict import speed_verdict
 
 __all__ += [
     "EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "TABLE_HEADERS", "BudgetError", "Budgets", "Check", "GateReport", "Rule",
     "evaluate_gate", "failing_rules", "format_table", "load_budgets", "merge_results", "parse_budgets",
     "table_rows", "write_junit",
 ]
+
+__all__ += ["BENCH_DESCRIPTION", "DECISIONS", "EXIT_MEASUREMENT_FAILED", "ProbeError", "add_bench_arguments", "collect_environment", "decide", "describe_failure", "failed_measurements", "fraction", "fraction_below_one", "non_negative_float", "non_negative_int", "open_fraction", "parse_assignments", "positive_float", "positive_int", "positive_int_list", "probe_alignment", "run_bench", "run_command", "runtime_options", "seed", "speed_verdict"]

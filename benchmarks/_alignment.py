@@ -35,6 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compressor.common.files import atomic_write_bytes
+from runtimes import SessionConfig, get_runtime
+from runtimes import get_runtime, package_versions
+from benchmarks._timing import interleaved
+from benchmarks._timing import TimingConfig
 
 SCHEMA_VERSION = 1
 KINDS = ("conv", "depthwise", "linear")
@@ -173,7 +178,6 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, entries: dict[str, Any]) -> None:
-    from compressor.common.files import atomic_write_bytes
 
     payload = {"schema_version": SCHEMA_VERSION, "entries": entries}
     with contextlib.suppress(OSError):  # a read-only home must not stop pruning
@@ -193,7 +197,7 @@ def _chain_onnx(kind: str, width: int, batch_size: int, seed: int = 0) -> bytes:
     unaligned width pays what it pays inside an aligned network: its own kernels and the
     conversions around it.
     """
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper  # optional SDK: onnx
 
     rng = np.random.default_rng(seed + width)
     side = _side(kind, batch_size)
@@ -241,7 +245,6 @@ def work(kind: str, width: int) -> float:
 def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | None, *, rounds: int = 21,
                     warmup: int = 2, deadline: float | None = None) -> Measure:
     """A measure function that times chains on ``runtime``: one session per width, interleaved rounds."""
-    from runtimes import SessionConfig, get_runtime
 
     # many sessions alternate on few cores: onnxruntime's spinning workers would steal the next one's
     rt = get_runtime(runtime, allow_spinning=False) if runtime == "onnxruntime" else get_runtime(runtime)
@@ -257,11 +260,9 @@ def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | N
                 side = _side(kind, batch_size)
                 shape = (batch_size, FRAME) if kind == "linear" else (batch_size, FRAME, side, side)
                 inputs[w] = np.random.default_rng(w).standard_normal(shape).astype(np.float32)
-            from benchmarks._timing import interleaved
 
             order = list(widths)
             fns = {str(w): (lambda s=sessions[w], x=inputs[w]: s.run(x)) for w in order}
-            from benchmarks._timing import TimingConfig
 
             remaining = None if deadline is None else deadline - time.perf_counter()
             n = rounds if remaining is None else max(3, min(rounds, int(rounds * min(1.0, remaining / 2.0))))
@@ -273,9 +274,9 @@ def runtime_measure(runtime: str, device: str, batch_size: int, threads: int | N
 
 def _torch_chain(onnx_path: Path) -> Any:
     """The torch runtime times an nn.Module: the same chain rebuilt from the ONNX weights."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
+    import onnx  # optional SDK: onnx
+    import torch  # optional SDK: torch
+    from onnx import numpy_helper  # optional SDK: onnx
 
     model = onnx.load(str(onnx_path))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -345,7 +346,6 @@ def probe_alignment(runtime: str, *, device: str = "cpu", batch_size: int = 1, t
     Raises:
         ProbeError: the runtime cannot run here (not installed, no device), with the reason.
     """
-    from runtimes import get_runtime, package_versions
 
     rt = get_runtime(runtime)
     reason = rt.is_available(device)

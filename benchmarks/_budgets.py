@@ -30,6 +30,7 @@ from typing import Any, Callable
 import yaml
 
 from benchmarks._decision import DECISIONS, DEFAULT_DECISION
+from runtimes import list_runtimes
 
 __all__ = ["DEFAULT_CONFIDENCE", "METRICS", "BudgetError", "Budgets", "Metric", "Rule", "load_budgets",
            "parse_budgets"]
@@ -105,7 +106,6 @@ def _field_problem(key: str, value: Any) -> str | None:
         return None if ok else f"must be an integer >= 1, got {value!r}"
     if key == "runtime":
         # lazily, and only the registry: importing runtimes imports no runtime SDK
-        from runtimes import list_runtimes
 
         known = list_runtimes()
         return None if value in known else f"must be a known runtime ({', '.join(known)}), got {value!r}"

@@ -23,6 +23,13 @@ from compressor.common.outputs import FORCE_HELP, claim_output
 
 from benchmarks._cli_types import non_negative_float, non_negative_int, parse_assignments, positive_float, positive_int, seed
 from benchmarks._completeness import EXIT_MEASUREMENT_FAILED
+from benchmarks import BenchConfig, TimingConfig
+from runtimes import BundleError
+from benchmarks import run_benchmark, write_report
+from benchmarks._completeness import describe_failure, failed_measurements
+from rich.console import Console
+from rich.table import Table
+import benchmarks._speed_verdict as _speed_verdict
 
 __all__ = ["BENCH_DESCRIPTION", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "add_bench_arguments", "bench_config",
            "build_parser", "format_warning", "main", "report_failures", "run_bench", "run_command", "runtime_options"]
@@ -101,7 +108,6 @@ def runtime_options(items: list[str]) -> dict[str, dict[str, Any]]:
 
 def bench_config(args: argparse.Namespace) -> Any:
     """The ``BenchConfig`` of parsed bench arguments; ValueError names a bad value."""
-    from benchmarks import BenchConfig, TimingConfig
 
     return BenchConfig(
         runtimes=_names(args.runtimes), devices=_names(args.devices) or (),
@@ -119,9 +125,7 @@ def run_bench(args: argparse.Namespace) -> int:
     Raises:
         ValueError: a bad option or a refused ``--output`` (``OutputRefused``); the caller exits 2.
     """
-    from runtimes import BundleError
 
-    from benchmarks import run_benchmark, write_report
 
     config = bench_config(args)
     claim_output(args.output, "bench", force=args.force, inputs=(*args.bundles, args.baseline, args.inputs))
@@ -150,7 +154,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def report_failures(results: dict[str, Any], *, oom_is_failure: bool, out: Path) -> int:
     """Each failed measurement's cause on stderr; 4 (the gate's "not measured") if any failed, else 0."""
-    from benchmarks._completeness import describe_failure, failed_measurements
 
     failed = failed_measurements(results, oom_is_failure=oom_is_failure)
     for row in failed:
@@ -164,8 +167,6 @@ def report_failures(results: dict[str, Any], *, oom_is_failure: bool, out: Path)
 
 def print_speedups(results: dict[str, Any]) -> None:
     """The practical vs theoretical speedups (or, without a baseline, the median latencies)."""
-    from rich.console import Console
-    from rich.table import Table
 
     if results["speedup"]:
         table = Table(title="practical vs theoretical speedup (median of interleaved per-round ratios)")
@@ -191,9 +192,7 @@ def print_speedups(results: dict[str, Any]) -> None:
 
 def print_speed_warnings(results: dict[str, Any]) -> None:
     """One bold red line on stderr per candidate row slower than its baseline or under the efficiency floor."""
-    from rich.console import Console
 
-    import benchmarks._speed_verdict as _speed_verdict
 
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for row, verdict in _speed_verdict.speed_warnings(results):

@@ -12,6 +12,7 @@ import socket
 import subprocess
 from pathlib import Path
 from typing import Any, Sequence
+from runtimes import package_versions
 
 __all__ = ["available_cores", "collect_environment", "cpu_model", "git_revision"]
 
@@ -56,7 +57,6 @@ def git_revision(root: Path = _PROJECT_ROOT) -> tuple[str | None, bool | None]:
 
 
 def _versions() -> dict[str, str | None]:
-    from runtimes import package_versions
 
     return {"python": platform.python_version(), **package_versions(_PACKAGES)}
 
@@ -64,7 +64,7 @@ def _versions() -> dict[str, str | None]:
 def _gpu_name(devices: Sequence[str]) -> str | None:
     if "cuda" not in devices:
         return None
-    import torch
+    import torch  # optional SDK: torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 

@@ -38,6 +38,7 @@ from benchmarks._completeness import absent_rows, describe_rows
 from benchmarks._decision import check_decision, decide
 from benchmarks._report import _num, validate_results
 from benchmarks._stats import DEFAULT_RESAMPLES, bootstrap_median_ci
+from compressor.common.files import atomic_write_bytes
 
 __all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION", "TABLE_HEADERS", "Check", "GateReport",
            "evaluate_gate", "failing_rules", "format_table", "merge_results", "table_rows", "write_junit"]
@@ -485,7 +486,6 @@ def write_junit(report: GateReport, path: str | Path) -> Path:
         ET.SubElement(case, "error", {"message": _xml(report.incomplete[0]), "type": "Unmeasured"}).text = \
             _xml("\n".join(report.incomplete))
     ET.indent(root)
-    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(path, ET.tostring(root, encoding="utf-8", xml_declaration=True))
     return path

@@ -50,6 +50,11 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from benchmarks._records import check_known_keys
+from runtimes import RuntimeUnavailable, get_runtime
+import gc
+import importlib
+import numpy as np
+from runtimes import SessionConfig, get_runtime
 
 __all__ = ["MemoryOOM", "MemoryResult", "is_out_of_memory", "measure_memory", "nvml_process_memory_bytes",
            "read_proc_status_bytes"]
@@ -238,7 +243,6 @@ def measure_memory(runtime: str, artifact: str | Path, input_shape: Sequence[Any
         why = (": OpenVINO's GPU plugin drives Intel GPUs, whose memory neither NVML nor the CUDA allocator "
                "reports; the CUDA runtimes (torch, onnxruntime, tensorrt) take device='cuda'") if device == "gpu" else ""
         raise ValueError(f"device must be one of {', '.join(map(repr, DEVICES))}, got {device!r}{why}")
-    from runtimes import RuntimeUnavailable, get_runtime
 
     rt = get_runtime(runtime)  # an unknown name fails here, listing the known ones
     shape = _sample_shape(input_shape)
@@ -331,7 +335,7 @@ class _DeviceMemoryProbe:
     """This child's CUDA memory, sampled (the three methods of the module docstring)."""
 
     def __init__(self, runtime: str):
-        import torch
+        import torch  # optional SDK: torch
 
         self._torch = torch
         torch.cuda.init()
@@ -344,7 +348,7 @@ class _DeviceMemoryProbe:
             return
         self.method = "cuda-mem-get-info"
         try:
-            import pynvml
+            import pynvml  # optional SDK: pynvml
         except ImportError as err:
             self.note = f"pynvml is not installed ({err}); install nvidia-ml-py"
             return
@@ -405,12 +409,8 @@ def _engine_device_memory_bytes(session: Any) -> int | None:
 def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int, threads: int, runs: int,
            seed: int, device: str = "cpu") -> dict[str, Any]:
     """The measurement itself; runs in the fresh subprocess."""
-    import gc
-    import importlib
 
-    import numpy as np
 
-    from runtimes import SessionConfig, get_runtime
 
     rt = get_runtime(runtime)
     rt.require(device)  # import the SDK before the baseline: its import is not the model's memory

@@ -35,6 +35,7 @@ from typing import Any
 from compressor.common.outputs import atomic_directory, deferred_sigint
 
 from benchmarks._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
+from jsonschema import Draft202012Validator
 
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 
@@ -61,7 +62,6 @@ _DASH = "—"
 
 @functools.lru_cache(maxsize=1)
 def _validator() -> Any:
-    from jsonschema import Draft202012Validator
 
     schema = json.loads(resources.files("benchmarks").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
@@ -363,7 +363,7 @@ Rows = list[dict[str, Any]]
 
 def _figure(ncols: int = 1) -> tuple[Any, list[Any]]:
     # the object API: savefig draws on an Agg canvas, no pyplot state and no global backend switch
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # optional SDK: matplotlib
 
     fig = Figure(figsize=(max(7.0, 4.5 * ncols), 4.5), layout="constrained")
     return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
@@ -378,7 +378,7 @@ def _placeholder(text: str) -> Any:
 
 def _finish(ax: Any, rows: Rows, ylabel: str, title: str, top: float) -> None:
     """Log2 batch-size axis with one tick per measured size, y from 0, grid and legend."""
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import NullFormatter  # optional SDK: matplotlib
 
     sizes = sorted({r["batch_size"] for r in rows})
     ax.set_xscale("log", base=2)

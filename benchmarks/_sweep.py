@@ -32,6 +32,14 @@ from benchmarks._records import check_known_keys
 from benchmarks._speed_verdict import speed_verdict
 from benchmarks._stats import efficiency, paired_speedup, summarize
 from benchmarks._timing import TimingConfig, has_subnormals, interleaved
+from runtimes import RUNTIME_TARGET
+from runtimes import BundleError, load_bundle
+from benchmarks._memory import MemoryOOM, is_out_of_memory
+from runtimes import get_runtime, list_runtimes
+from runtimes import get_runtime
+from runtimes import SessionConfig, get_runtime
+from benchmarks._memory import measure_memory
+from rich.progress import ( BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, )
 
 __all__ = ["BenchBundle", "BenchConfig", "DEFAULT_BATCH_SIZES", "SCHEMA_VERSION", "load_bench_bundles",
            "run_benchmark"]
@@ -48,7 +56,6 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 def _runtime_target(runtime: str) -> str:
     """The bundle artifact a runtime loads (``onnxruntime`` -> ``onnx``, ...)."""
-    from runtimes._bundle import RUNTIME_TARGET
 
     return RUNTIME_TARGET[runtime]
 
@@ -97,7 +104,6 @@ class BenchConfig:
     runtime_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from runtimes import get_runtime, list_runtimes
 
         if not isinstance(self.runtime_options, dict):
             raise TypeError(f"runtime_options must be a dict, got {type(self.runtime_options).__name__}")
@@ -226,7 +232,6 @@ def load_bench_bundles(candidates: Sequence[str | Path], baseline: str | Path | 
         runtimes.BundleError: a bundle is missing, incomplete, tampered with or failed parity;
             the message names the directory.
     """
-    from runtimes import BundleError, load_bundle
 
     if not candidates:
         raise ValueError("give at least one bundle to benchmark")
@@ -293,7 +298,6 @@ class _Inputs:
 
 def _is_out_of_memory(err: BaseException) -> bool:
     """Whether an exception says the device or the host ran out of memory."""
-    from benchmarks._memory import MemoryOOM, is_out_of_memory
 
     return isinstance(err, (MemoryError, MemoryOOM)) or is_out_of_memory(f"{type(err).__name__}: {err}")
 
@@ -308,14 +312,6 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self._bar = None
         if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
@@ -369,7 +365,6 @@ class _Sweep:
     # --- planning ------------------------------------------------------------------------------
     def plan(self) -> list[tuple[str, str]]:
         """The (device, runtime) pairs to measure; the others are recorded as skipped."""
-        from runtimes import get_runtime
 
         explicit = self.config.runtimes is not None
         names = list(self.config.runtimes) if explicit else [
@@ -409,7 +404,6 @@ class _Sweep:
 
     # --- latency -------------------------------------------------------------------------------
     def _open(self, device: str, runtime: str) -> dict[str, Any]:
-        from runtimes import SessionConfig, get_runtime
 
         options = dict(self.config.runtime_options.get(runtime, {}))
         if runtime == "onnxruntime" and device == "cpu" and len(self.bundles) > 1 \
@@ -491,7 +485,7 @@ class _Sweep:
             status = "oom" if _is_out_of_memory(err) else "error"
             self._record_failure(device, runtime, bs, status, _describe(err))
             if device == "cuda" and runtime == "torch":
-                import torch
+                import torch  # optional SDK: torch
 
                 torch.cuda.empty_cache()
             return status
@@ -516,7 +510,6 @@ class _Sweep:
 
     # --- memory --------------------------------------------------------------------------------
     def memory(self, device: str, runtime: str, failed: dict[int, str], progress: _Progress) -> None:
-        from benchmarks._memory import measure_memory
 
         for bs in self.config.batch_sizes_for(device):
             for bundle in self.bundles:

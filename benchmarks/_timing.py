@@ -110,7 +110,7 @@ class _CudaTimer:
     """
 
     def __init__(self) -> None:
-        import torch
+        import torch  # optional SDK: torch
 
         if not torch.cuda.is_available():
             raise RuntimeError("device='cuda' timing needs a CUDA device (torch.cuda.is_available() is False)")
@@ -236,7 +236,7 @@ def flush_denormals() -> Iterator[bool]:
     Yields:
         Whether the CPU supports flushing (``torch.set_flush_denormal``'s answer: SSE3 on x86).
     """
-    import torch
+    import torch  # optional SDK: torch
 
     # torch has no getter: a float32 subnormal survives a round trip through a tensor only when
     # flushing is off

@@ -52,6 +52,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import compressor
+from compressor.common.files import atomic_write_bytes
+import random
+from models import create_model
+from benchmarks._env import collect_environment
 
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # run as a script from anywhere
@@ -75,7 +80,6 @@ class Method:
 
 def build_methods(ft: int) -> list[Method]:
     """Every method, each with ``ft`` epochs of training after the base model."""
-    import compressor
 
     methods = [Method(f"oneshot/{c}", c, "oneshot", {"finetune_epochs": ft}) for c in compressor.list_criteria()]
     methods.append(Method("oneshot/l2/internal", "l2", "oneshot", {"finetune_epochs": ft}, residual="internal"))
@@ -95,14 +99,12 @@ def build_methods(ft: int) -> list[Method]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode())
 
 
 def _environment(threads: int) -> dict[str, Any]:
     try:
-        from benchmarks._env import collect_environment
 
         env = collect_environment()
     except Exception as exc:  # noqa: BLE001 - the report must not depend on the harness's extras
@@ -115,7 +117,7 @@ def _environment(threads: int) -> dict[str, Any]:
 
 def _holdout_split(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, Any]:
     """Stratified (train part, held-out part) of ``dataset`` as torch Subsets; fixed by ``seed``."""
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # optional SDK: sklearn
 
     labels = np.asarray([int(dataset[i][1]) for i in range(len(dataset))])
     keep, held = train_test_split(np.arange(len(labels)), test_size=fraction, stratify=labels, random_state=seed)
@@ -124,7 +126,6 @@ def _holdout_split(dataset: Any, fraction: float, seed: int = 0) -> tuple[Any, A
 
 
 def _top1(model: torch.nn.Module, data: Any, threads: int) -> float:
-    import compressor
 
     return 100.0 * float(compressor.evaluate_classification(model.eval(), data, threads=threads).top1)
 
@@ -132,7 +133,6 @@ def _top1(model: torch.nn.Module, data: Any, threads: int) -> float:
 def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed)
-    import random
 
     random.seed(seed)
 
@@ -141,22 +141,18 @@ def _seed_all(seed: int) -> None:
 
 
 def base_recipe(args: argparse.Namespace, epochs: int, seed: int):
-    import compressor
 
     return compressor.TrainConfig(epochs=epochs, lr=args.base_lr, batch_size=args.batch_size, schedule="cosine",
                                   threads=args.threads, seed=seed)
 
 
 def finetune_recipe(args: argparse.Namespace, seed: int):
-    import compressor
 
     return compressor.TrainConfig(epochs=1, lr=args.finetune_lr, batch_size=args.batch_size, schedule="cosine",
                                   threads=args.threads, seed=seed)
 
 
 def train_from_scratch(args: argparse.Namespace, width: int, epochs: int, seed: int, data: Any) -> tuple[Any, float]:
-    import compressor
-    from models import create_model
 
     _seed_all(seed)
     model = create_model(MODEL, width=width, in_chans=3)
@@ -167,7 +163,6 @@ def train_from_scratch(args: argparse.Namespace, width: int, epochs: int, seed: 
 
 def run_method(method: Method, base: torch.nn.Module, args: argparse.Namespace, seed: int, data: dict[str, Any],
                x: torch.Tensor) -> dict[str, Any]:
-    import compressor
 
     options: dict[str, Any] = {}
     if method.criterion == "aux_loss":
@@ -347,8 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.finetune_epochs < 1 or args.base_epochs < 1:
         parser.error("--base-epochs and --finetune-epochs must be >= 1")
 
-    import compressor
-    from models import create_model
 
     torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

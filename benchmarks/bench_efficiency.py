@@ -34,6 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compressor.deploy import ExportConfig, export_onnx
+from benchmarks._stats import bootstrap_median_ci, paired_speedup
+from benchmarks._timing import interleaved
+from runtimes import SessionConfig, get_runtime
+from benchmarks._timing import TimingConfig, flush_denormals
+from compressor.deploy import load_model
+from models import create_model
+from benchmarks._env import collect_environment
+from runtimes import package_versions
+from compressor.common.files import atomic_write_bytes
 
 MODELS = {
     "resnet50": ("torchvision:resnet50", 0.5, (3, 224, 224)),
@@ -64,9 +74,8 @@ def prune_cli(spec: str, target: float, out: Path, threads: int, *, runtime: str
 
 
 def export(model: Any, size: tuple[int, ...], path: Path) -> Path:
-    import torch
+    import torch  # optional SDK: torch
 
-    from compressor.deploy._export import ExportConfig, export_onnx
 
     example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
     return export_onnx(model.eval(), example, path, ExportConfig(exporter="torchscript")).path
@@ -75,9 +84,6 @@ def export(model: Any, size: tuple[int, ...], path: Path) -> Path:
 def time_cell(runtime: str, paths: dict[str, Path], size: tuple[int, ...], batch: int, threads: int,
               timing: Any) -> dict[str, Any]:
     """Interleaved timing of every model on one runtime at one batch size; speedups against 'unpruned'."""
-    from benchmarks._stats import bootstrap_median_ci, paired_speedup
-    from benchmarks._timing import interleaved
-    from runtimes import SessionConfig, get_runtime
 
     rt = get_runtime(runtime, allow_spinning=False) if runtime == "onnxruntime" else get_runtime(runtime)
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
@@ -98,7 +104,7 @@ def profile(runtime: str, path: Path, size: tuple[int, ...], batch: int, threads
     x = np.random.default_rng(0).standard_normal((batch, *size)).astype(np.float32)
     by_type: dict[str, float] = defaultdict(float)
     if runtime == "onnxruntime":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional SDK: onnxruntime
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -119,7 +125,7 @@ def profile(runtime: str, path: Path, size: tuple[int, ...], batch: int, threads
             if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
                 by_type[event["args"].get("op_name", "?")] += event["dur"] / 1000.0 / runs
     else:
-        import openvino as ov
+        import openvino as ov  # optional SDK: openvino
 
         core = ov.Core()
         compiled = core.compile_model(str(path), "CPU", {"PERF_COUNT": True, "INFERENCE_NUM_THREADS": threads,
@@ -149,11 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/efficiency"))
     args = parser.parse_args(argv)
 
-    import torch
+    import torch  # optional SDK: torch
 
-    from benchmarks._timing import TimingConfig, flush_denormals
-    from compressor import load_model
-    from models import create_model
 
     torch.set_num_threads(args.threads)
     timing = TimingConfig(warmup=3, min_runs=15, min_seconds=args.min_seconds, max_seconds=args.max_seconds)
@@ -192,8 +195,6 @@ def main(argv: list[str] | None = None) -> int:
                           f"round_to 1 {cell['round_to_1']['speedup']:.2f}x (eff {row['efficiency_round_to_1']:.2f}),"
                           f" theoretical {row['theoretical_default']:.2f}x", flush=True)
                     rows.append(row)
-    from benchmarks._env import collect_environment
-    from runtimes import package_versions
 
     result = {"schema_version": SCHEMA_VERSION, "command": " ".join(["python", "benchmarks/bench_efficiency.py",
                                                                      *(argv if argv is not None else sys.argv[1:])]),
@@ -201,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
               "date": time.strftime("%Y-%m-%d"), "machine": platform.processor() or platform.machine(),
               "versions": package_versions(), "environment": collect_environment(["cpu"]), "rows": rows}
     args.output.mkdir(parents=True, exist_ok=True)
-    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(args.output / "results.json", json.dumps(result, indent=1).encode())
     atomic_write_bytes(args.output / "summary.md", render(result).encode())

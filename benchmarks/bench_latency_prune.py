@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compressor.app._latency_table import open_session
+from benchmarks._stats import summarize
+from benchmarks._timing import TimingConfig, interleaved
+import compressor as C
+import models
+from benchmarks._env import collect_environment
+from compressor.app._latency_prune import prune_to_latency
+from compressor.common.files import atomic_write_bytes
 
 _ROOT = Path(__file__).resolve().parent.parent
 if str(_ROOT) not in sys.path:  # run as a script from anywhere
@@ -40,9 +48,6 @@ SCHEMA_VERSION = 1
 def interleaved_medians(models: dict[str, Any], input_size: tuple[int, ...], runtime: str, batch_size: int,
                         threads: int | None, rounds: int = 96, seed: int = 0) -> dict[str, Any]:
     """Time ``models`` in ``rounds`` interleaved rounds (one call of each per round); ms per batch."""
-    from compressor.app._latency_table import open_session
-    from benchmarks._stats import summarize
-    from benchmarks._timing import TimingConfig, interleaved
 
     x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
     with contextlib.ExitStack() as stack:
@@ -158,13 +163,8 @@ def summary_markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
+    import torch  # optional SDK: torch
 
-    import compressor as C
-    import models
-    from benchmarks._env import collect_environment
-    from compressor.app._latency_prune import prune_to_latency
-    from compressor.common.files import atomic_write_bytes
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet50")

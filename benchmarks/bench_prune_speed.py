@@ -38,6 +38,10 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+import compressor
+from benchmarks._env import collect_environment
+from models import create_model, default_input_size
+from importlib.metadata import PackageNotFoundError, version
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -69,9 +73,6 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def phases(args: argparse.Namespace) -> None:
-    import compressor
-    from benchmarks._env import collect_environment
-    from models import create_model, default_input_size
 
     torch.set_num_threads(args.threads)
     target = {"target_flops": args.target_flops} if args.target_flops is not None else {"ratio": args.ratio}
@@ -126,7 +127,6 @@ def _params(model: nn.Module) -> int:
 
 
 def _ours(model: nn.Module, x: torch.Tensor) -> Callable[[], tuple[float, dict[str, Any]]]:
-    import compressor
 
     config = compressor.PruneConfig(criterion="l2", ratio=0.3, round_to=1)
 
@@ -140,7 +140,7 @@ def _ours(model: nn.Module, x: torch.Tensor) -> Callable[[], tuple[float, dict[s
 
 
 def _torch_pruning(model: nn.Module, x: torch.Tensor, classifier: str) -> Callable[[], tuple[float, dict[str, Any]]]:
-    import torch_pruning as tp
+    import torch_pruning as tp  # optional SDK: torch_pruning
 
     def call() -> tuple[float, dict[str, Any]]:
         c0 = time.perf_counter()
@@ -157,7 +157,7 @@ def _torch_pruning(model: nn.Module, x: torch.Tensor, classifier: str) -> Callab
 
 
 def _measure(name: str, size: int, repeats: int) -> dict[str, Any]:
-    import torchvision
+    import torchvision  # optional SDK: torchvision
 
     row: dict[str, Any] = {"model": name, "size": size, "load_avg_1m": os.getloadavg()[0]}
     with warnings.catch_warnings():
@@ -227,7 +227,7 @@ def summary_markdown(payload: dict[str, Any]) -> str:
         "(other processes share the machine: read the ratios, which interleaving protects, more than the ms).",
         "",
     ]
-    import torchvision
+    import torchvision  # optional SDK: torchvision
 
     every = torchvision.models.list_models(module=torchvision.models)
     lines.append(f"Models: {len({r['model'] for r in rows})} of the {len(every)} torchvision classification "
@@ -259,7 +259,6 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 
 
 def _torch_pruning_version(module: Any) -> str:
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         installed = version("torch-pruning")
@@ -292,13 +291,12 @@ def measure_one(args: argparse.Namespace) -> None:
 
 def sweep(args: argparse.Namespace) -> None:
     try:
-        import torch_pruning
+        import torch_pruning  # optional SDK: torch_pruning
     except ImportError:
         print("skipped: torch-pruning not installed")
         return
-    import torchvision
+    import torchvision  # optional SDK: torchvision
 
-    from benchmarks._env import collect_environment
 
     names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
     sizes = [int(s) for s in args.sizes.split(",")]

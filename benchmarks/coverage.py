@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import nn
+import compressor as C
+from models import create_model
 
 SCHEMA_VERSION = 1
 RTOL = 1e-4  # parity: |pruned - oracle| <= RTOL |oracle| + ATOL_REL max|oracle|
@@ -126,7 +128,7 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 def _flops(model: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
+    from torch.utils.flop_counter import FlopCounterMode  # optional SDK: torch
 
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
@@ -141,7 +143,6 @@ def _short(reason: str) -> str:
 
 def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, row: CoverageRow) -> nn.Module:
     """Prune ``model`` (eval) and fill ``row``; returns the pruned model."""
-    import compressor as C
 
     config = C.PruneConfig(criterion="random", ratio=ratio, allow_renormalization=False, seed=seed)
     try:
@@ -183,7 +184,6 @@ def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, 
 
 def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> CoverageRow:
     """Build torchvision model ``name`` (random weights), prune it, check parity."""
-    from models import create_model
 
     t0 = time.perf_counter()
     torch.manual_seed(0)
@@ -196,7 +196,6 @@ def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> Coverag
         if task != "detection":
             prune_and_check(model, x, ratio, seed, row)
         else:
-            import compressor as C
 
             try:  # detectors take a list of images and branch on it: fx cannot trace them whole
                 C.build_dependency_graph(model, ([x[0]],))
@@ -221,7 +220,7 @@ def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> Coverag
 
 
 def model_list(slow: bool) -> list[tuple[str, str]]:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # optional SDK: torchvision
 
     if not slow:
         return ([(n, "classification") for n in FAST_CLASSIFICATION] + [(n, "segmentation") for n in FAST_SEGMENTATION]
@@ -264,7 +263,7 @@ def markdown(rows: list[CoverageRow], ratio: float) -> str:
 
 
 def environment() -> dict[str, Any]:
-    import torchvision
+    import torchvision  # optional SDK: torchvision
 
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
             "machine": platform.machine(), "processor": platform.processor(), "threads": torch.get_num_threads()}

@@ -63,6 +63,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+from compressor.deploy import ExportConfig
+from compressor.app._bundle import export_bundle
+from runtimes import BundleConfig
+import shutil
+import inspect
 
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":  # run as a file: find the project, and let no benchmarks/*.py shadow a package
@@ -252,7 +257,6 @@ class Check:
     def onnx_file(self, name: str) -> Path:
         """The model exported to ONNX once (legacy exporter: fast), with a dynamic batch dim."""
         if name not in self._onnx:
-            import inspect
 
             path = self.work / f"{name}.onnx"
             example = self.torch.zeros(1, *self.args.input_size)
@@ -515,9 +519,6 @@ def part_tensorrt(check: Check, fig: dict[str, Any]) -> None:
 def part_bench_harness(check: Check, fig: dict[str, Any]) -> None:
     check.need("unpruned", "pruned")
     benchmarks = import_or_skip("benchmarks")
-    from compressor import ExportConfig
-    from compressor.app._bundle import export_bundle
-    from runtimes._bundle import BundleConfig
 
     a, bundles = check.args, {}
     fig["export_s"] = {}
@@ -786,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = EXIT_OK
     try:
         try:
-            import torch
+            import torch  # optional SDK: torch
         except ImportError as err:
             torch, reason = None, f"torch cannot be imported ({_describe(err)})"
         else:
@@ -821,7 +822,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish(check: Check, code: int) -> int:
-    import shutil
 
     if check.results["status"] == "running":
         check.results["status"] = {EXIT_OK: "ok", EXIT_FAILED: "failed", EXIT_INCOMPLETE: "incomplete"}.get(code, "?")

@@ -67,6 +67,10 @@ from benchmarks._benchmark_app import (
 from benchmarks._records import check_known_keys
 from benchmarks._stats import summarize
 from benchmarks._timing import TimingConfig, rotation, time_callable
+from runtimes import get_runtime, load_bundle
+from runtimes import package_versions
+from runtimes import SessionConfig, get_runtime
+from runtimes import ArtifactError, BundleError, RuntimeUnavailable
 
 __all__ = [
     "AgreementConfig", "AgreementError", "AgreementResult", "benchmark_app_command", "compare_with_benchmark_app",
@@ -211,7 +215,6 @@ def resolve_model(source: str | os.PathLike, onnx: str | os.PathLike | None = No
         FileNotFoundError: the file or directory does not exist (the message names it).
         runtimes.BundleError, runtimes.ArtifactError: a damaged bundle or ONNX file.
     """
-    from runtimes import get_runtime, load_bundle
 
     if onnx is not None:
         onnx = Path(onnx)
@@ -258,7 +261,6 @@ def _compiled_properties(session: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _environment(session_settings: Mapping[str, Any]) -> dict[str, Any]:
-    from runtimes import package_versions
 
     return {
         "python": platform.python_version(),
@@ -299,7 +301,6 @@ def compare_with_benchmark_app(xml: str | os.PathLike, config: AgreementConfig =
         known (see ``AgreementConfig.input_shape``) or its batch is fixed above 1.
         runtimes.RuntimeUnavailable: openvino is not installed.
     """
-    from runtimes import SessionConfig, get_runtime
 
     xml = Path(xml)
     if not xml.is_file():
@@ -426,7 +427,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (0 pass, 1 outside tolerance, 2 error)."""
-    from runtimes import ArtifactError, BundleError, RuntimeUnavailable
 
     parser = _parser()
     args = parser.parse_args(argv)

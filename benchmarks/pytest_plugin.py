@@ -60,6 +60,7 @@ from benchmarks._env import available_cores
 from benchmarks._stats import LatencyStats, summarize
 from benchmarks._sweep import _Inputs, _runtime_target, load_bench_bundles
 from benchmarks._timing import has_subnormals
+from runtimes import BundleError, SessionConfig, get_runtime
 
 __all__ = ["bundle_benchmark"]
 
@@ -101,7 +102,6 @@ def _make_runner(benchmark: Any) -> Callable[..., LatencyStats | None]:
             runtimes.BundleError: the bundle is missing, invalid, or has no artifact for ``runtime``.
             RuntimeError: called a second time in one test.
         """
-        from runtimes import BundleError, SessionConfig, get_runtime
 
         nonlocal used
         if used:

@@ -23,6 +23,7 @@ from models._lenet import LeNet5
 from models._mobilenetv2 import InvertedResidual, MobileNetV2
 from models._reid import ReIDResNet
 from models._vgg import VGG
+from models._registry import TIMM_PREFIX, TORCHVISION_PREFIX
 
 __all__ = [
     "register_model",
@@ -40,3 +41,5 @@ __all__ = [
     "ReIDResNet",
     "VGG",
 ]
+
+__all__ += ["TIMM_PREFIX", "TORCHVISION_PREFIX"]

@@ -20,6 +20,7 @@ from runtimes._bundle import Bundle, BundleConfig, BundleError, load_bundle, pac
 from runtimes._parity import ParityError, ParityResult, compare
 from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
                     list_runtimes, register_runtime)
+from runtimes._bundle import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME
 
 __all__ = [
     "Bundle", "BundleConfig", "BundleError", "ParityError", "ParityResult", "compare", "load_bundle",
@@ -27,3 +28,5 @@ __all__ = [
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig", "get_runtime",
     "list_runtimes", "register_runtime",
 ]
+
+__all__ += ["MANIFEST", "RUNTIME_TARGET", "SCHEMA_VERSION", "TARGET_RUNTIME"]

@@ -113,7 +113,7 @@ def import_sdk(runtime: str, module: str, install: str) -> ModuleType:
 
 def cuda_device_reason() -> str | None:
     """Why no CUDA device can be used (from torch, the project's own dependency), or None."""
-    import torch
+    import torch  # optional SDK: torch
 
     if not torch.cuda.is_available():
         return "no CUDA device (torch.cuda.is_available() is False)"

@@ -24,16 +24,12 @@ import numpy as np
 from compressor.common.files import file_sha256 as _sha256
 from compressor.common.files import read_versioned_json
 from runtimes._parity import ParityError, ParityResult, compare
+from runtimes._base import get_runtime
+from runtimes._base import RuntimeUnavailable, SessionConfig
+from compressor.common.outputs import atomic_directory
+from runtimes._manifest_check import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME, BundleError, verify_manifest
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
-RUNTIME_TARGET = {runtime: target for target, runtime in TARGET_RUNTIME.items()}  # the artifact each runtime loads
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
-
-
-class BundleError(Exception):
-    """A bundle is missing files, was tampered with, or failed its parity check."""
 
 
 @dataclass(frozen=True)
@@ -115,9 +111,6 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         ArtifactError: a runtime could not build or load an artifact.
         ParityError: an artifact's outputs differ; the bundle is written with the failure.
     """
-    from runtimes import get_runtime
-    from runtimes._base import RuntimeUnavailable, SessionConfig
-    from compressor.common.outputs import atomic_directory
 
     say = progress or (lambda message: None)
     if "torch" in config.targets:
@@ -209,7 +202,6 @@ def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: b
             output or FLOPs disagree with the ONNX graph; the parity record contradicts itself;
             or the bundle failed its parity check (unless ``allow_failed_parity``).
     """
-    from runtimes._manifest_check import verify_manifest
 
     root = Path(path)
     manifest = _read_manifest(root / MANIFEST)

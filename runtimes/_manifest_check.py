@@ -28,9 +28,16 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
 from runtimes._parity import TOLERANCES
+from runtimes._onnx import read_onnx
+from runtimes._base import ArtifactError
+from compressor.common.errors import CompressorError
 
 __all__ = ["FLOPS_TOLERANCE", "count_graph_macs", "required_files", "verify_manifest"]
 
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+TARGET_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", "torch": "torch"}
+RUNTIME_TARGET = {runtime: target for target, runtime in TARGET_RUNTIME.items()}  # the artifact each runtime loads
 ONNX_FILE = "model.onnx"
 FLOPS_TOLERANCE = 0.01  # relative; a swapped or differently pruned model differs by far more
 _DTYPES = {"float32": 1, "float16": 10, "float64": 11}  # onnx.TensorProto element types
@@ -38,12 +45,15 @@ _CONTROL_FLOW = {"If", "Loop", "Scan"}
 _UNCOUNTED = {"ConvTranspose", "Einsum", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
 
 
+class BundleError(CompressorError):
+    """A bundle is missing files, was tampered with, or failed its parity check."""
+
+
 class _Unknown(Exception):
     """The graph's MACs cannot be counted; the message says why."""
 
 
 def _error() -> type[Exception]:
-    from runtimes._bundle import BundleError
 
     return BundleError
 
@@ -83,7 +93,6 @@ def required_files(root: Path, manifest: dict[str, Any], graph: Any) -> dict[str
 
     ``graph`` is ``model.onnx`` parsed without its weights (for its external data files).
     """
-    from runtimes._onnx import read_onnx
 
     artifacts = manifest.get("artifacts")
     if not isinstance(artifacts, dict) or not artifacts:
@@ -135,7 +144,7 @@ def count_graph_macs(model: Any, sample_shape: tuple[int, ...]) -> float:
     Raises:
         _Unknown: control flow, an op that is not counted here, or a shape that stays unknown.
     """
-    import onnx
+    import onnx  # optional SDK: onnx
 
     value = _graph_inputs(model.graph)[0]
     dims = value.type.tensor_type.shape.dim
@@ -243,7 +252,6 @@ def _check_cost(root: Path, manifest: dict[str, Any], graph: Any) -> str | None:
 
 
 def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
-    from runtimes._bundle import TARGET_RUNTIME
 
     error = _error()
     parity = manifest.get("parity")
@@ -283,8 +291,6 @@ def verify_manifest(root: Path, manifest: dict[str, Any], sha256: Callable[[Path
     Raises:
         runtimes.BundleError: a check failed; the message names the file, field or artifact.
     """
-    from runtimes._base import ArtifactError
-    from runtimes._onnx import read_onnx
 
     error = _error()
     files = manifest.get("files")

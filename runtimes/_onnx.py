@@ -57,7 +57,7 @@ def onnx_precision(metadata: dict[str, str]) -> str:
 
 
 def _tensor_to_fp16(tensor: Any) -> Any:
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # optional SDK: onnx
 
     values = numpy_helper.to_array(tensor).astype(np.float32)
     # finite values beyond the float16 range would become inf; saturate them instead
@@ -80,7 +80,7 @@ def convert_to_fp16(model: Any, source: Path) -> Any:
         ValueError: the graph has control-flow subgraphs (not handled).
     """
     onnx = _onnx()
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper  # optional SDK: onnx
 
     graph = model.graph
     for node in graph.node:

@@ -62,7 +62,7 @@ def strongly_typed_only(trt: Any) -> bool:
 
 
 def _torch_dtypes(trt: Any) -> dict[Any, Any]:
-    import torch
+    import torch  # optional SDK: torch
 
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32,
              trt.int8: torch.int8, trt.bool: torch.bool}
@@ -79,7 +79,7 @@ def _metadata_path(engine: Path) -> Path:
 class TensorRTSession(Session):
     def __init__(self, trt: Any, logger: Any, trt_runtime: Any, engine: Any, path: Path, config: SessionConfig,
                  metadata: dict[str, Any] | None):
-        import torch
+        import torch  # optional SDK: torch
 
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -123,7 +123,7 @@ class TensorRTSession(Session):
         return self._context
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # optional SDK: torch
 
         lowest, highest = self._batch_range
         if not lowest <= x.shape[0] <= highest:
@@ -182,7 +182,7 @@ class TensorRTRuntime(Runtime):
         return [] if cuda_device_reason() else ["cuda"]
 
     def _build(self, trt: Any, source: Path, out_dir: Path, config: BuildConfig) -> Path:
-        import torch
+        import torch  # optional SDK: torch
 
         read_onnx(source)  # names the file if it is truncated or corrupt
         logger = _make_logger(trt)
@@ -256,7 +256,7 @@ class TensorRTRuntime(Runtime):
             raise ArtifactError(f"{path}: unreadable engine metadata ({err})") from err
 
     def _load(self, trt: Any, artifact: Path, config: SessionConfig) -> Session:
-        import torch
+        import torch  # optional SDK: torch
 
         require_file(artifact, "TensorRT engine", (".engine", ".plan", ".trt"))
         metadata = self._read_metadata(artifact)

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from compressor.common.errors import ModelFormatError
 from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig,
                     cuda_device_reason, import_sdk, register_runtime)
 
@@ -19,7 +20,7 @@ def ieee_fp32() -> Iterator[None]:
     cuDNN convs default to TF32 (10 mantissa bits), which breaks FP32 parity (~1e-3 relative).
     The flags are process-wide, so they are set around each run and restored afterwards.
     """
-    import torch
+    import torch  # optional SDK: torch
 
     backends = torch.backends
     if hasattr(getattr(backends.cudnn, "conv", None), "fp32_precision"):  # torch >= 2.9
@@ -38,7 +39,7 @@ def ieee_fp32() -> Iterator[None]:
 
 def _first_output(out: Any) -> Any:
     """The first tensor of a model's output (a tensor, or nested tuples/lists/dicts of them)."""
-    import torch
+    import torch  # optional SDK: torch
 
     while not isinstance(out, torch.Tensor):
         if isinstance(out, (tuple, list)) and out:
@@ -61,7 +62,7 @@ class TorchSession(Session):
     _borrows_output = True  # a model may return a view of its input or of its own buffers
 
     def __init__(self, module: Any, device: Any, config: SessionConfig, source: str):
-        import torch
+        import torch  # optional SDK: torch
 
         self._module = module
         self._device = device
@@ -93,13 +94,13 @@ class TorchSession(Session):
         return self._module
 
     def _apply_thread_settings(self) -> None:
-        import torch
+        import torch  # optional SDK: torch
 
         if self._threads is not None and torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # optional SDK: torch
 
         self._apply_thread_settings()
         if self._cpu:
@@ -162,11 +163,11 @@ class TorchRuntime(Runtime):
     def _load(self, sdk: Any, artifact: Any, config: SessionConfig) -> Session:
         if isinstance(artifact, Path):
             self._check_saved_dir(artifact)
-            import compressor  # the saved-model format belongs to the compressor
+            from compressor.deploy import load_model  # optional SDK: torch (the saved-model format needs it)
 
             try:
-                module = compressor.load_model(artifact, allow_pickle=self.allow_pickle)
-            except compressor.ModelFormatError as err:
+                module = load_model(artifact, allow_pickle=self.allow_pickle)
+            except ModelFormatError as err:
                 raise ArtifactError(f"{artifact}: cannot load the saved model ({err})") from err
             source = str(artifact)
         elif isinstance(artifact, sdk.nn.Module):

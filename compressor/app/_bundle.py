@@ -15,10 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.graph._cost import count_cost
-from compressor.deploy._export import ExportConfig, export_onnx
-from compressor.deploy._fold import FoldReport, fold_batchnorm
-from compressor.deploy._serialize import save_model
+from compressor.graph import count_cost
+from compressor.deploy import ExportConfig, export_onnx
+from compressor.deploy import FoldReport, fold_batchnorm
+from compressor.deploy import save_model
+from runtimes import get_runtime
+from runtimes import TARGET_RUNTIME
+from runtimes import write_bundle
 
 
 @dataclass
@@ -29,8 +32,6 @@ class ExportedBundle:
 
 def missing_runtimes(targets: tuple[str, ...]) -> dict[str, str]:
     """``{target: reason}`` for every export target whose runtime cannot be used here."""
-    from runtimes import get_runtime
-    from runtimes._bundle import TARGET_RUNTIME
 
     out = {}
     for target in targets:
@@ -59,7 +60,6 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
         runtimes.RuntimeUnavailable, runtimes.ArtifactError, runtimes.BundleError; and
         runtimes._parity.ParityError after writing the bundle with the failure recorded.
     """
-    from runtimes._bundle import write_bundle
 
     example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode and BatchNorms

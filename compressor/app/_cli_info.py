@@ -19,8 +19,16 @@ from typing import Any
 from compressor.common.files import file_sha256 as _sha256
 from compressor.common.files import read_versioned_json
 
-from compressor.pruning._config import TARGET_KEYS
-from compressor.deploy._serialize import SPEC_FILE, read_spec
+from compressor.pruning import TARGET_KEYS
+from compressor.deploy import SPEC_FILE, read_spec
+from runtimes import MANIFEST
+from compressor.app._bundle import pruning_alignment
+from runtimes import MANIFEST, SCHEMA_VERSION
+import torch
+from compressor.graph import count_cost
+from compressor.deploy import load_model
+from compressor.common.errors import CompressorError
+from models import default_input_size
 
 __all__ = ["INFO_SCHEMA_VERSION", "InfoError", "add_parser", "cmd_info", "describe", "render"]
 
@@ -40,7 +48,6 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
         InfoError: the path does not exist or holds neither; the bundle manifest is invalid.
         compressor.ModelFormatError: the saved model's ``model.json`` is invalid.
     """
-    from runtimes._bundle import MANIFEST
 
     root = Path(path)
     if root.is_file() and root.name in (SPEC_FILE, MANIFEST):
@@ -60,7 +67,6 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _describe_saved_model(root: Path) -> dict[str, Any]:
-    from compressor.app._bundle import pruning_alignment
 
     spec = read_spec(root)
     metadata = spec.get("metadata") or {}
@@ -88,7 +94,6 @@ def _describe_saved_model(root: Path) -> dict[str, Any]:
 
 
 def _describe_bundle(root: Path) -> dict[str, Any]:
-    from runtimes._bundle import MANIFEST, SCHEMA_VERSION
 
     manifest = read_versioned_json(root / MANIFEST, kind="bundle", schema_version=SCHEMA_VERSION, error=InfoError)
     recipe = manifest.get("recipe") or {}
@@ -142,7 +147,6 @@ def _saved_input_shape(metadata: dict[str, Any], summary: dict[str, Any] | None,
     if summary and summary.get("input_shape"):
         return [int(v) for v in summary["input_shape"][1:]], SUMMARY_FILE
     if name:
-        from models import default_input_size
 
         try:
             return list(default_input_size(name)), "zoo default"
@@ -153,11 +157,7 @@ def _saved_input_shape(metadata: dict[str, Any], summary: dict[str, Any] | None,
 
 def _counted_cost(root: Path, input_shape: list[int] | None) -> dict[str, Any]:
     """The model's cost at ``input_shape``, counted now; ``{"error": why}`` when it cannot be."""
-    import torch
 
-    from compressor.graph._cost import count_cost
-    from compressor.deploy._serialize import load_model
-    from compressor.common.errors import CompressorError
 
     if input_shape is None:
         return {"error": "no input size recorded"}

@@ -10,9 +10,24 @@ from typing import Any
 
 import torch
 
-from benchmarks._cli_types import parse_assignments
+from benchmarks import parse_assignments
 
 from compressor.app._cli_types import fraction_below_one, non_negative_float, open_fraction, positive_float, positive_int, seed
+from compressor.training import build_model, parse_data_spec
+from compressor.app._evaluate import evaluate_classification, evaluate_reid_model
+from compressor.training import ReIDLoss
+from compressor.common.outputs import claim_output
+from compressor.common.outputs import atomic_directory
+from compressor.deploy import save_model
+from compressor.training import TrainConfig, TrainResult, is_main_process, train
+from compressor.training import build_model
+from compressor.app._model_entry import PICKLE_WARNING, ModelSource, is_model_name, load_source, load_weights_, saved_model_dir
+from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
+from runtimes import ArtifactError, BundleError
+from compressor.training import parse_data_spec
+from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
+from compressor.common.outputs import FORCE_HELP
+from compressor.training import PKSampler
 
 __all__ = ["add_parsers", "parse_assignments", "parse_input_size"]
 
@@ -34,12 +49,6 @@ def _size(text: str | None) -> tuple[int, ...] | None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train or fine-tune a model; write checkpoints, history.json and the final model."""
-    from compressor.training._datasets import build_model, parse_data_spec
-    from compressor.app._evaluate import evaluate_classification, evaluate_reid_model
-    from compressor.training._losses import ReIDLoss
-    from compressor.common.outputs import claim_output
-    from compressor.deploy._serialize import atomic_directory, save_model
-    from compressor.training._loop import TrainConfig, TrainResult, is_main_process, train
 
     output = Path(args.output)
     claimed = claim_output(output, "train", force=args.force, inputs=(args.model, args.data.partition(":")[2] or None))
@@ -57,7 +66,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed, threads=args.threads, frozen=tuple(args.freeze or ()))
     sampler, loss_fn = None, None
     if reid:
-        from compressor.training._data import PKSampler
 
         sampler = PKSampler(train_set.pids, args.p, args.k, seed=args.seed)
         loss_fn = ReIDLoss(label_smoothing=args.label_smoothing, triplet_weight=0.0 if _is_pcb(model) else 1.0)
@@ -110,8 +118,6 @@ def _is_pcb(model: torch.nn.Module) -> bool:
 def _train_model(args: argparse.Namespace, spec: Any, outputs: int) -> tuple[torch.nn.Module, dict[str, Any] | None]:
     """--model built for the data (a model name) or loaded as it is (a saved model, a pickled module), with
     its --weights; and its architecture spec (None: the saved model's own)."""
-    from compressor.training._datasets import build_model
-    from compressor.app._model_entry import PICKLE_WARNING, ModelSource, is_model_name, load_source, load_weights_, saved_model_dir
 
     if args.allow_pickle:
         print(PICKLE_WARNING, file=sys.stderr)
@@ -128,7 +134,6 @@ def _train_model(args: argparse.Namespace, spec: Any, outputs: int) -> tuple[tor
 def _eval_source(args: argparse.Namespace) -> Any:
     """The directory itself (a bundle, a saved model, a train output: the evaluator opens it), or the model
     built from a model name with --model-arg/--weights."""
-    from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
 
     if args.allow_pickle:
         print(PICKLE_WARNING, file=sys.stderr)
@@ -140,10 +145,7 @@ def _eval_source(args: argparse.Namespace) -> Any:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Accuracy of a saved model, a `compressor train` output or a bundle on a runtime."""
-    from runtimes import ArtifactError, BundleError
 
-    from compressor.training._datasets import parse_data_spec
-    from compressor.app._evaluate import evaluate_classification, evaluate_reid_model
 
     spec = parse_data_spec(args.data, _size(args.input_size))
     sets = spec.eval_sets()
@@ -174,9 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
 
-    from compressor.common.outputs import FORCE_HELP
 
     data_help = "digits (bundled, no download), folder:PATH (ImageFolder with train/ and val/), or market:PATH"
     t = sub.add_parser("train", help="train or fine-tune a model (digits, ImageFolder or Market-1501 data)")

@@ -5,7 +5,7 @@ They live in :mod:`benchmarks._cli_types` (below ``compressor``, so that the tor
 """
 from __future__ import annotations
 
-from benchmarks._cli_types import (fraction, fraction_below_one, non_negative_float, non_negative_int, open_fraction,
+from benchmarks import (fraction, fraction_below_one, non_negative_float, non_negative_int, open_fraction,
                                    positive_float, positive_int, positive_int_list, seed)
 
 __all__ = ["fraction", "fraction_below_one", "non_negative_float", "non_negative_int", "open_fraction",

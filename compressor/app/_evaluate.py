@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.deploy._serialize import SPEC_FILE
+from compressor.deploy import SPEC_FILE
+from runtimes import SessionConfig, get_runtime, load_bundle
+from runtimes import RUNTIME_TARGET
+from compressor.training import topk_accuracy
+from compressor.training import evaluate_reid, pairwise_distance
 
 __all__ = ["ClassificationResult", "evaluate_classification", "evaluate_reid_model", "open_predictor",
            "resolve_model_path"]
@@ -94,8 +98,6 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
     The function raises ValueError, naming the batch's shape, when the model fails on a batch
     (mostly data of a size it does not take).
     """
-    from runtimes import SessionConfig, get_runtime, load_bundle
-    from runtimes._bundle import RUNTIME_TARGET
 
     if isinstance(source, nn.Module):
         if runtime not in (None, "torch"):
@@ -170,7 +172,6 @@ def evaluate_classification(source: nn.Module | str | Path, dataset: Any, *, run
         ValueError: an empty dataset, a bad batch size, or the model's output is not
             ``[batch, classes]`` logits.
     """
-    from compressor.training._metrics import topk_accuracy
 
     _check_batch_size(batch_size)
     logits, labels = [], []
@@ -217,7 +218,6 @@ def evaluate_reid_model(source: nn.Module | str | Path, query: Any, gallery: Any
     Returns:
         :class:`compressor.training._metrics.ReIDResult`.
     """
-    from compressor.training._metrics import evaluate_reid, pairwise_distance
 
     _check_batch_size(batch_size)
     with open_predictor(source, runtime=runtime, device=device, threads=threads,

@@ -35,9 +35,18 @@ from compressor.app._latency_table import (
     build_latency_table,
     time_model,
 )
-from benchmarks._decision import decide
-from benchmarks._stats import summarize
-from benchmarks._timing import TimingConfig
+from benchmarks import decide
+from benchmarks import summarize
+from benchmarks import TimingConfig
+from compressor.common.errors import UnreachableTargetError
+from compressor.pruning import resolve_alignment
+import torch
+from compressor.graph import count_cost
+from compressor.pruning import plan_pruning
+from runtimes import get_runtime
+from compressor.pruning import PruneConfig, select_removal
+from compressor.pruning import smallest_removal
+from compressor.pruning import cost_aware_path
 
 METHODS = ("lut", "search")
 
@@ -127,7 +136,6 @@ def _largest_within(measure: Callable[[float, bool], tuple[LatencyCandidate, boo
     intervals), kept inside the bracket so that it always shrinks. Every miss that becomes the
     bracket's upper end is measured once more before it is trusted.
     """
-    from compressor import UnreachableTargetError
 
     seen = {top[0]: top[1]}  # position -> its latest measurement
 
@@ -178,9 +186,7 @@ def _largest_within(measure: Callable[[float, bool], tuple[LatencyCandidate, boo
 
 def _aligned_for(config: Any, runtime: str, device: str, batch_size: int, threads: int | None) -> Any:
     """``config`` with the alignment of the runtime the latency is measured on (``round_to="auto"``)."""
-    import dataclasses
 
-    from compressor.pruning._align import resolve_alignment
 
     if config.round_to != "auto":
         return config
@@ -230,10 +236,7 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
             that cannot run here (with the reason).
         compressor.UnreachableTargetError: not even the smallest reachable model meets the budget.
     """
-    import torch
 
-    from compressor import count_cost, plan_pruning
-    from runtimes import get_runtime
 
     if not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) or budget_ms <= 0:
         raise ValueError(f"the latency budget must be a number of ms > 0, got {budget_ms!r}")
@@ -322,8 +325,6 @@ class _Candidates:
 def _flops_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned: LatencyCandidate,
                   max_steps: int) -> tuple[Any, LatencyCandidate]:
     """``search``: the largest FLOPs target whose (importance-ranked) model meets the budget."""
-    from compressor import PruneConfig, select_removal
-    from compressor.pruning._select import smallest_removal
 
     settings = {**plan.config.to_dict(), "ratio": None, "global_ratio": None, "target_params": None}
     graph = plan.graph
@@ -348,7 +349,6 @@ def _flops_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned
 def _lut_search(plan: Any, candidates: _Candidates, budget_ms: float, unpruned: LatencyCandidate, max_steps: int,
                 log: Callable[[str], None], table_kw: dict[str, Any]) -> tuple[Any, LatencyCandidate, dict[str, Any]]:
     """``lut``: time the layer shapes, order channels by importance per ms saved, measure prefixes."""
-    from compressor import cost_aware_path
 
     config = plan.config
     table, shapes = build_latency_table(plan.model, plan.example_inputs, plan.graph, align=table_align(config),

@@ -32,8 +32,17 @@ from typing import Any
 import numpy as np
 
 from compressor.common.files import read_versioned_json
+from compressor.graph import as_tuple
 
-from benchmarks._timing import TimingConfig, time_callable
+from benchmarks import TimingConfig, time_callable
+import torch
+from compressor.deploy import ExportConfig, export_onnx
+from runtimes import SessionConfig, get_runtime
+from torch import nn
+
+from compressor.graph import evaluating
+from benchmarks import collect_environment
+from compressor.common.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -45,10 +54,7 @@ _MATCHED = ("runtime", "device", "batch_size", "threads", "align")
 def open_session(model: Any, input_size: Sequence[int], runtime: str, device: str = "cpu",
                  threads: int | None = None, seed: int = 0) -> Iterator[Any]:
     """``model`` exported to ONNX (in a temporary directory) and open on ``runtime``; closed on exit."""
-    import torch
 
-    from compressor.deploy._export import ExportConfig, export_onnx
-    from runtimes import SessionConfig, get_runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(seed))
@@ -84,8 +90,6 @@ class LayerShape:
 
     def build(self, inp: int, out: int) -> Any:
         """The layer alone at ``inp`` input and ``out`` output channels (random weights)."""
-        import torch
-        from torch import nn
 
         torch.manual_seed(0)
         if self.kind == "linear":
@@ -115,11 +119,7 @@ def layer_shapes(model: Any, example_inputs: Any, graph: Any) -> list[LayerShape
 
     The input shapes are captured by a forward pass of ``model`` on ``example_inputs``.
     """
-    import torch
-    from torch import nn
 
-    from compressor.graph._graph import _as_tuple
-    from compressor.graph._modes import evaluating
 
     names = {layer.module for layer in graph.layers}
     seen: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}
@@ -130,7 +130,7 @@ def layer_shapes(model: Any, example_inputs: Any, graph: Any) -> list[LayerShape
             lambda mod, args, name=name: seen[name].append(tuple(args[0].shape[1:]))))
     try:
         with evaluating(model), torch.no_grad():
-            model(*_as_tuple(example_inputs))
+            model(*as_tuple(example_inputs))
     finally:
         for h in handles:
             h.remove()
@@ -281,7 +281,6 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> None:
         """Write the table as JSON (a temporary file renamed into place)."""
-        from compressor.common.files import atomic_write_bytes
 
         atomic_write_bytes(Path(path), json.dumps(self.to_dict(), indent=1).encode())
 
@@ -335,7 +334,6 @@ def build_latency_table(model: Any, example_inputs: Any, graph: Any, *, runtime:
     Returns:
         The table and the shape of every entry of ``graph.layers``.
     """
-    from benchmarks._env import collect_environment
 
     shapes = layer_shapes(model, example_inputs, graph)
     table = LatencyTable(runtime, device, batch_size, threads, environment=collect_environment([device]), align=align)

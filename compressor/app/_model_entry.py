@@ -31,8 +31,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.deploy._serialize import SPEC_FILE, load_model, read_spec
+from compressor.deploy import SPEC_FILE, load_model, read_spec
 from compressor.common.errors import ModelEntryError
+from models import is_factory_spec, list_models
+from models import TIMM_PREFIX, TORCHVISION_PREFIX
+from models import create_model
 
 __all__ = ["ModelSource", "LoadedModel", "PICKLE_WARNING", "load_source", "load_weights_", "read_state_dict",
            "is_model_name", "saved_model_dir"]
@@ -88,8 +91,6 @@ def saved_model_dir(path: str | os.PathLike) -> Path | None:
 
 def is_model_name(spec: str) -> bool:
     """Whether ``spec`` names an architecture for ``models.create_model`` (zoo, prefixed or factory)."""
-    from models import is_factory_spec, list_models
-    from models._registry import TIMM_PREFIX, TORCHVISION_PREFIX
 
     return spec in list_models() or spec.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)) or is_factory_spec(spec)
 
@@ -145,7 +146,6 @@ def _refuse_model_args(source: ModelSource, why: str) -> None:
 
 
 def _create(spec: str, model_args: dict[str, Any]) -> nn.Module:
-    from models import create_model
 
     try:
         return create_model(spec, **model_args)

@@ -22,8 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._stats import paired_speedup
-from benchmarks._timing import TimingConfig, flush_denormals, interleaved
+from benchmarks import paired_speedup
+from benchmarks import TimingConfig, flush_denormals, interleaved
+import torch
+from compressor.deploy import ExportConfig, export_onnx
+from runtimes import SessionConfig, get_runtime
+from benchmarks import speed_verdict
 
 GUARD_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.6, max_seconds=4.0)
 
@@ -75,12 +79,8 @@ def speed_check(unpruned: Any, pruned: Any, input_size: Sequence[int], runtimes:
         One :class:`SpeedCheck` per runtime; a runtime that cannot run here gets ``error`` set
         (the caller decides whether that is fatal).
     """
-    import torch
 
-    from compressor.deploy._export import ExportConfig, export_onnx
-    from runtimes import SessionConfig, get_runtime
 
-    from benchmarks._speed_verdict import speed_verdict
 
     checks = []
     x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)

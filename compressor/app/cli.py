@@ -11,19 +11,56 @@ from typing import Any, Sequence
 
 import torch
 
-from benchmarks._command import BENCH_DESCRIPTION, add_bench_arguments, run_command
-from benchmarks._command import runtime_options as _runtime_options  # noqa: F401  (the sweep tests import it here)
+from benchmarks import BENCH_DESCRIPTION, add_bench_arguments, run_command
+from benchmarks import runtime_options as _runtime_options  # noqa: F401  (the sweep tests import it here)
 
 import compressor.pruning._api as _api
 from compressor.app._cli_types import (fraction, fraction_below_one, non_negative_float, non_negative_int, positive_float,
                          positive_int, positive_int_list, seed)
-from compressor.pruning._config import DEPLOY_RUNTIMES, PruneConfig
-from compressor.graph._cost import count_cost
-from compressor.criteria._base import list_criteria
+from compressor.pruning import DEPLOY_RUNTIMES, PruneConfig
+from compressor.graph import count_cost
+from compressor.criteria import list_criteria
 from compressor.common.outputs import FORCE_HELP, claim_output
-from compressor.deploy._serialize import SPEC_FILE, save_model
-from compressor.pruning._strategies import list_strategies
+from compressor.deploy import SPEC_FILE, save_model
+from compressor.pruning import list_strategies
 from compressor.common.errors import CompressorError
+from models import default_input_size
+from compressor.app._cli_train import parse_assignments
+from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
+from compressor.app._model_entry import is_model_name, saved_model_dir
+from compressor.pruning import StrategyConfig
+from compressor.training import TrainConfig
+from compressor.criteria import get_criterion
+from compressor.training import parse_data_spec
+from compressor.pruning import run_strategy
+from compressor.app._evaluate import evaluate_classification
+from compressor.app._latency_prune import prune_to_latency
+from rich.console import Console
+from rich.table import Table
+from compressor.pruning import alignment_summary, resolve_alignment
+from compressor.app._speed_guard import speed_check
+from compressor.pruning import default_runtimes
+from runtimes import ArtifactError, RuntimeUnavailable
+from runtimes import BundleConfig, BundleError
+from runtimes import ParityError
+from compressor.app._bundle import export_bundle, missing_runtimes
+from compressor.deploy import ExportConfig
+from benchmarks import run_bench
+from compressor.graph import build_dependency_graph
+from benchmarks import BenchConfig, run_benchmark
+from benchmarks import ( TABLE_HEADERS, BudgetError, evaluate_gate, failing_rules, load_budgets, merge_results, table_rows, write_junit, )
+from runtimes import BundleError
+from compressor.app.pipeline._core import PipelineError, load_pipeline, run_pipeline
+from compressor.app.pipeline._report import HEADERS, summary_rows
+import importlib.metadata
+from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
+from compressor.app._cli_train import add_parsers as add_train_eval_parsers
+from compressor.app._cli_info import add_parser as add_info_parser
+from benchmarks import DECISIONS
+from compressor.app._cli_train import parse_input_size
+from compressor.app.pipeline._report import deployed_accuracy
+from compressor.common.files import atomic_write_bytes
+import compressor
 
 SUMMARY_FILE = "summary.json"
 
@@ -31,21 +68,17 @@ SUMMARY_FILE = "summary.json"
 def _input_size(text: str | None, model_name: str, model: torch.nn.Module | None = None) -> tuple[int, ...]:
     """--input-size, else the size the model was trained or pruned at (its metadata), else the zoo default."""
     if text:
-        from compressor.app._cli_train import parse_input_size
 
         return parse_input_size(text)
     recorded = (getattr(model, "compressor_metadata", None) or {}).get("input_size")
     if recorded:
         return tuple(int(v) for v in recorded)
-    from models import default_input_size
 
     return tuple(default_input_size(model_name))
 
 
 def _load_source(args: argparse.Namespace) -> tuple[torch.nn.Module, str]:
     """The model named by --model and --model-arg, with its --weights (see compressor.app._model_entry)."""
-    from compressor.app._cli_train import parse_assignments
-    from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
 
     if args.allow_pickle:
         print(PICKLE_WARNING, file=sys.stderr)
@@ -63,7 +96,6 @@ def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dic
     declared = getattr(args, "trained", None)
     if args.weights:
         return {"origin": f"file:{args.weights}", "trained": declared}
-    from compressor.app._model_entry import is_model_name, saved_model_dir
 
     inherited = (getattr(model, "compressor_metadata", None) or {}).get("weights")
     if saved_model_dir(args.model) is not None:
@@ -77,7 +109,6 @@ def _weights_provenance(args: argparse.Namespace, model: torch.nn.Module) -> dic
 
 
 def _config(args: argparse.Namespace) -> PruneConfig:
-    from compressor.app._cli_train import parse_assignments
 
     searched = args.target_latency_ms is not None  # the FLOPs target is what the latency search chooses
     return PruneConfig(criterion=args.criterion, ratio=args.ratio, global_ratio=args.global_ratio,
@@ -95,9 +126,6 @@ def _config(args: argparse.Namespace) -> PruneConfig:
 
 def _strategy(args: argparse.Namespace) -> tuple[Any, Any]:
     """The StrategyConfig and the TrainConfig of its training phases."""
-    from compressor.app._cli_train import parse_assignments
-    from compressor.pruning._strategies import StrategyConfig
-    from compressor.training._loop import TrainConfig
 
     options = parse_assignments(args.strategy_option or [], "--strategy-option")
     strategy = StrategyConfig.from_dict({"name": args.strategy, "finetune_epochs": args.finetune_epochs, **options})
@@ -109,7 +137,6 @@ def _strategy(args: argparse.Namespace) -> tuple[Any, Any]:
 def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module, example: Any,
                  size: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """prune_model, or run_strategy when a strategy trains or the criterion needs data."""
-    from compressor.criteria._base import get_criterion
 
     strategy, train = _strategy(args)
     needs_data = get_criterion(config.criterion).needs_data
@@ -124,14 +151,11 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
     if not args.data:
         why = f"criterion {config.criterion!r} is data-based" if needs_data else f"strategy {args.strategy!r} trains"
         raise ValueError(f"{why}: give --data (digits, folder:PATH)")
-    from compressor.training._datasets import parse_data_spec
-    from compressor.pruning._strategies import run_strategy
 
     spec = parse_data_spec(args.data, size)
     train_set, eval_sets = spec.train_set(), spec.eval_sets()
     result = run_strategy(model, example[:1] if isinstance(example, torch.Tensor) else example, config, strategy,
                           train_data=train_set, eval_data=eval_sets[0], train_config=train, progress=not args.quiet)
-    from compressor.app._evaluate import evaluate_classification
 
     top1 = evaluate_classification(result.model, eval_sets[0], threads=args.threads).top1
     return result.model, {"strategy": result.to_dict(), "eval_top1": top1, "seconds": {"strategy": result.seconds}}
@@ -140,7 +164,6 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
 def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module,
                       size: tuple[int, ...]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """--target-latency-ms: the least pruning that meets the budget measured on --runtime (--latency-method)."""
-    from compressor.app._latency_prune import prune_to_latency
 
     if args.strategy != "oneshot" or args.finetune_epochs:
         raise ValueError("--target-latency-ms searches a one-shot pruning; fine-tune the result afterwards "
@@ -149,7 +172,6 @@ def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torc
         raise ValueError("--latency-table and --no-latency-compare apply to --latency-method lut")
     data = None
     if args.data:
-        from compressor.training._datasets import parse_data_spec
 
         data = parse_data_spec(args.data, size).train_set()
     result = prune_to_latency(model, tuple(size), config, args.target_latency_ms, method=args.latency_method,
@@ -161,8 +183,6 @@ def _prune_to_latency(args: argparse.Namespace, config: PruneConfig, model: torc
 
 
 def _print_latency_result(result: Any, args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     budget = result.budget_ms
     table = Table(title=f"latency budget {budget:g} ms on {result.runtime} (batch {result.batch_size})")
@@ -203,8 +223,6 @@ def _layer_rows(before: torch.nn.Module, after: torch.nn.Module, example: Any) -
 
 
 def _print_table(rows: list[dict[str, Any]], title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title, show_lines=False)
     for col in ("layer", "type", "in", "out", "MFLOPs"):
@@ -219,7 +237,7 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
 def _is_detection(name: str) -> bool:
     if not name.startswith("torchvision:"):
         return False
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # optional SDK: torchvision
 
     return name.split(":", 1)[1] in tvm.list_models(module=tvm.detection)
 
@@ -238,7 +256,6 @@ def _round_to(text: str) -> int | str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from compressor.pruning._align import alignment_summary, resolve_alignment
 
     config = _config(args)
     claim_output(args.output, "prune", force=args.force, inputs=(args.model, args.weights))
@@ -301,9 +318,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def _speed_check(args: argparse.Namespace, config: PruneConfig, model: torch.nn.Module, pruned: torch.nn.Module,
                  size: tuple[int, ...], detection: bool, theoretical: float) -> dict[str, Any]:
     """Time the pruned model against the unpruned one on the target runtime(s); print the verdict."""
-    from compressor.app._speed_guard import speed_check
 
-    from compressor.pruning._align import default_runtimes
 
     if detection or args.submodule:
         note = "skipped: the speed check exports single-tensor classifiers; benchmark detectors with compressor bench"
@@ -328,7 +343,6 @@ def _speed_check(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
 
 
 def _print_speed_checks(checks: list[Any]) -> None:
-    from rich.console import Console
 
     console = Console()
     for c in checks:
@@ -347,12 +361,7 @@ def _print_speed_checks(checks: list[Any]) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Fold BN, export ONNX, build the runtime artifacts and verify each one's parity."""
-    from runtimes import ArtifactError, RuntimeUnavailable
-    from runtimes._bundle import BundleConfig, BundleError
-    from runtimes._parity import ParityError
 
-    from compressor.app._bundle import export_bundle, missing_runtimes
-    from compressor.deploy._export import ExportConfig
 
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
     bundle_config = BundleConfig(targets=targets, precision=args.precision, threads=args.threads,
@@ -394,13 +403,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure bundles across runtimes and batch sizes; write the report directory (the same command as the
     torch-free ``python -m benchmarks``: see benchmarks/_command.py)."""
-    from benchmarks._command import run_bench
 
     return run_bench(args)
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from compressor.graph._graph import build_dependency_graph
 
     model, name = _load_source(args)
     example = torch.randn(1, *_input_size(args.input_size, name))
@@ -424,7 +431,6 @@ def _accuracy_file(path: str | None) -> dict[str, Any] | None:
     data = json.loads(source.read_text())
     state = data.get("state") if isinstance(data, dict) else None
     if state and state.get("results"):  # a pipeline summary
-        from compressor.app.pipeline._report import deployed_accuracy
 
         accuracy = deployed_accuracy(state)
         if accuracy is None:
@@ -436,7 +442,6 @@ def _accuracy_file(path: str | None) -> dict[str, Any] | None:
 def _measure_for(rules: list[Any], bundles: list[str], baseline: str | None, threads: int | None,
                  quiet: bool) -> dict[str, Any]:
     """Benchmark exactly what the rules need (their runtimes, devices and batch sizes)."""
-    from benchmarks import BenchConfig, run_benchmark
 
     config = BenchConfig(runtimes=tuple(sorted({r.runtime for r in rules})),
                          devices=tuple(sorted({r.device for r in rules})),
@@ -449,17 +454,6 @@ def _measure_for(rules: list[Any], bundles: list[str], baseline: str | None, thr
 
 def cmd_gate(args: argparse.Namespace) -> int:
     """Check a benchmark report (or fresh measurements) against a budgets file; exit 0/1/4."""
-    from benchmarks import (
-        TABLE_HEADERS,
-        BudgetError,
-        evaluate_gate,
-        failing_rules,
-        load_budgets,
-        merge_results,
-        table_rows,
-        write_junit,
-    )
-    from runtimes import BundleError
 
     try:
         budgets = load_budgets(args.budgets)
@@ -492,7 +486,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if args.junit:
         write_junit(report, args.junit)
     if args.json:
-        from compressor.common.files import atomic_write_bytes
 
         atomic_write_bytes(Path(args.json), json.dumps(report.to_dict(), indent=1).encode())
     print(f"gate: {report.verdict} ({len(report.passed)} passed, {len(report.failed)} failed, "
@@ -502,8 +495,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
 def _print_rows(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A rich table of text rows; in logs (not a terminal) wide enough never to truncate names."""
-    from rich.console import Console
-    from rich.table import Table
 
     table = Table(title=title)
     for col in headers:
@@ -518,8 +509,6 @@ DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline file (default: the built-in demo) into one run directory."""
-    from compressor.app.pipeline._core import PipelineError, load_pipeline, run_pipeline
-    from compressor.app.pipeline._report import HEADERS, summary_rows
 
     try:
         pipeline = load_pipeline(args.pipeline or DEFAULT_PIPELINE, quick=args.quick)
@@ -539,18 +528,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _version() -> str:
     """The installed distribution's version, else the package's ``__version__`` (a source checkout)."""
-    import importlib.metadata
 
     try:
         return importlib.metadata.version("cnn-compressor")
     except importlib.metadata.PackageNotFoundError:
-        import compressor
 
         return getattr(compressor, "__version__", "unknown (not installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
 
     parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -666,11 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_arguments(b)
     b.set_defaults(func=cmd_bench)
 
-    from compressor.app._cli_train import add_parsers as add_train_eval_parsers
 
     add_train_eval_parsers(sub)
 
-    from compressor.app._cli_info import add_parser as add_info_parser
 
     add_info_parser(sub)
 
@@ -682,7 +666,6 @@ def build_parser() -> argparse.ArgumentParser:
     gt.add_argument("--baseline", help="baseline bundle for speedup rules (with --bundles)")
     gt.add_argument("--accuracy", help="JSON {bundle: {runtime: top1}}, or a pipeline run (its summary.json)")
     gt.add_argument("--remeasure", action="store_true", help="re-measure failing rules once before deciding")
-    from benchmarks._decision import DECISIONS
 
     gt.add_argument("--decision", choices=DECISIONS,
                     help="how a measurement is judged against its budget: point (the estimate must be within it), "

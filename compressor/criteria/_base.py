@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.graph._graph import PRODUCER_KINDS, DependencyGraph
+from compressor.graph import PRODUCER_KINDS, DependencyGraph
 
 ScoreFn = Callable[[nn.Module, DependencyGraph, "CriterionContext"], np.ndarray]
 AfterRemoval = Callable[[nn.Module, nn.Module, DependencyGraph, np.ndarray, "CriterionContext"], dict]

@@ -26,9 +26,9 @@ from torch import nn
 from compressor.common.config import int_at_least, number_where
 from compressor.criteria._base import (CriterionContext, aggregate_member_scores, output_members, producer_weights,
                         register_criterion)
-from compressor.graph._graph import PRODUCER_KINDS, DependencyGraph
-from compressor.graph._modes import evaluating
-from compressor.training._loop import TrainCallbacks, TrainConfig, train
+from compressor.graph import PRODUCER_KINDS, DependencyGraph
+from compressor.graph import evaluating
+from compressor.training import TrainCallbacks, TrainConfig, train
 
 
 def _device(model: nn.Module) -> torch.device:

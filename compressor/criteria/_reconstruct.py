@@ -37,8 +37,8 @@ from torch import nn
 
 from compressor.common.config import int_at_least, is_number
 from compressor.criteria._base import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
-from compressor.graph._graph import DependencyGraph
-from compressor.graph._modes import evaluating
+from compressor.graph import DependencyGraph
+from compressor.graph import evaluating
 from compressor.common.errors import CompressorError
 
 _CHECKS = {"points": int_at_least(1)}
@@ -239,8 +239,8 @@ def lasso_path_order(a: np.ndarray, y: np.ndarray, alphas: int = 20, keep: int |
     smallest penalty. With ``keep``, the columns chosen by :func:`lasso_channel_selection` come
     after (are kept before) all others.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import lasso_path
+    from sklearn.exceptions import ConvergenceWarning  # optional SDK: sklearn
+    from sklearn.linear_model import lasso_path  # optional SDK: sklearn
 
     a, y = _scaled(a, y)
     alpha_max = float(np.abs(a.T @ y).max()) / len(y)
@@ -270,8 +270,8 @@ def lasso_channel_selection(a: np.ndarray, y: np.ndarray, keep: int, tol: float 
     Raises:
         ValueError: ``keep`` < 1.
     """
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import Lasso
+    from sklearn.exceptions import ConvergenceWarning  # optional SDK: sklearn
+    from sklearn.linear_model import Lasso  # optional SDK: sklearn
 
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")

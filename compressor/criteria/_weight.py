@@ -20,8 +20,8 @@ from torch import nn
 
 from compressor.common.config import number_where
 from compressor.criteria._base import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
-from compressor.graph._graph import PRODUCER_KINDS, DependencyGraph
-from compressor.graph._modes import evaluating
+from compressor.graph import PRODUCER_KINDS, DependencyGraph
+from compressor.graph import evaluating
 
 # cosine distances below this count as 0: a filter and 3x that filter differ by rounding only
 _COSINE_TOL = 1e-10

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.graph._modes import evaluating
+from compressor.graph import evaluating
 from compressor.common.errors import CompressorError
+import inspect
 
 DEFAULT_OPSET = 18
 _TWO_GB = 2 * 1024**3
@@ -79,7 +80,7 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         CompressorError: export failed or the result does not pass the checker; the message
             names the model and the exporter.
     """
-    import onnx
+    import onnx  # optional SDK: onnx
 
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("export_onnx takes one example input tensor")
@@ -127,7 +128,6 @@ def _run_exporter(model: nn.Module, x: torch.Tensor, path: Path, config: ExportC
     if config.exporter == "dynamo":
         dynamic = {"x": {0: torch.export.Dim("batch", max=1 << 16)}} if config.dynamic_batch else None
         if dynamic is not None:
-            import inspect
 
             first = next(iter(inspect.signature(model.forward).parameters))
             dynamic = {first: dynamic["x"]}

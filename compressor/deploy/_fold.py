@@ -19,9 +19,10 @@ from torch import nn
 from torch.fx import Node
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from compressor.graph._cost import count_cost
-from compressor.graph._graph import _as_tuple, symbolic_trace
-from compressor.graph._modes import evaluating, module_modes, restore_modes_
+from compressor.graph import count_cost
+from compressor.graph import as_tuple
+from compressor.graph import symbolic_trace
+from compressor.graph import evaluating, module_modes, restore_modes_
 from compressor.common.errors import CompressorError
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -112,7 +113,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
     modules = dict(target.named_modules())
     before = count_cost(model, example_inputs)
     with evaluating(model), torch.no_grad():
-        reference = _first_output(model(*_as_tuple(example_inputs)))
+        reference = _first_output(model(*as_tuple(example_inputs)))
     folded = []
     for producer_name, bn_name in pairs:
         producer, bn = modules[producer_name], modules[bn_name]
@@ -127,7 +128,7 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
         _set(target, bn_name, nn.Identity())
         folded.append((producer_name, bn_name))
     with torch.no_grad():
-        got = _first_output(target(*_as_tuple(example_inputs)))
+        got = _first_output(target(*as_tuple(example_inputs)))
     error = float((got - reference).abs().max()) if got.numel() else 0.0
     scale = float(reference.abs().max()) if reference.numel() else 1.0
     restore_modes_(target, modes)  # fused layers take the mode of the conv they replace

@@ -32,8 +32,9 @@ from torch import nn
 from compressor.common.files import read_versioned_json
 from compressor.common.outputs import atomic_directory  # noqa: F401  (re-exported: commands import it from here)
 
-from compressor.graph._modes import restore_modes_
+from compressor.graph import restore_modes_
 from compressor.common.errors import ModelFormatError
+from models import create_model
 
 SCHEMA_VERSION = 1
 SPEC_FILE = "model.json"
@@ -161,7 +162,6 @@ def load_model(path: str | os.PathLike, *, map_location: str | torch.device = "c
         arch = spec.get("arch") or {}
         if "name" not in arch:
             raise ModelFormatError(f"{Path(path) / SPEC_FILE} has no 'arch.name'; pass factory= to load_model")
-        from models import create_model
 
         model = create_model(arch["name"], **arch.get("kwargs", {}))
     for name in (spec.get("metadata") or {}).get("folded_batchnorms", []):

@@ -22,6 +22,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from compressor.graph._modes import evaluating
+from compressor.graph._inputs import as_tuple
+
 
 @dataclass
 class LayerCostRow:
@@ -88,10 +91,8 @@ def count_cost(model: nn.Module, example_inputs: Any) -> CostReport:
 
     The model's train/eval mode is restored afterwards.
     """
-    from compressor.graph._graph import _as_tuple
-    from compressor.graph._modes import evaluating
 
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     first = _first_tensor(inputs)
     batch = int(first.shape[0]) if first is not None and first.dim() else 1
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]

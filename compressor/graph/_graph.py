@@ -32,10 +32,13 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.fx import Graph, GraphModule, Node, Tracer
 
 from compressor.graph._cost import attention_counted, flop_counter
+from compressor.graph._inputs import as_tuple
 from compressor.graph._labels import Coupling
 from compressor.graph._modes import evaluating
 from compressor.graph._shape_exec import MetaExecutor
 from compressor.common.errors import TraceError
+from compressor.graph._op_table import is_flop_free
+import compressor.graph._ops as _ops
 
 PRODUCER_KINDS = ("conv_out", "linear_out")
 RESIDUAL_POLICIES = ("coupled", "internal")
@@ -268,7 +271,6 @@ class _Run:
     """Executes a traced graph, keeping values and labels for every node."""
 
     def __init__(self, model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str):
-        from compressor.graph._op_table import is_flop_free
 
         self.model = model
         self.graph = graph
@@ -333,7 +335,6 @@ class _Run:
 
     # -- execution --------------------------------------------------------------------------
     def run(self) -> None:
-        import compressor.graph._ops as _ops
 
         last_use: dict[Node, Node] = {}
         for node in self.graph.nodes:
@@ -378,14 +379,6 @@ class _Run:
         return max(self.counted_flops / 2 / max(self.batch, 1) - self.counted_modelled_macs, 0.0)
 
 
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,)
-    if isinstance(example_inputs, (list, tuple)):
-        return tuple(example_inputs)
-    raise TypeError(f"example_inputs must be a Tensor or a tuple of inputs, got {type(example_inputs).__name__}")
-
-
 def build_dependency_graph(
     model: nn.Module,
     example_inputs: Any,
@@ -414,7 +407,7 @@ def build_dependency_graph(
     """
     if residual not in RESIDUAL_POLICIES:
         raise ValueError(f"residual must be one of {RESIDUAL_POLICIES}, got {residual!r}")
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     exclude = list(exclude)
     patterns = _compile_excludes(exclude, [n for n, _ in model.named_modules() if n]) if exclude else []
     # trace the deployed (eval) behaviour; per-module modes come back after

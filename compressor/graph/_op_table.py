@@ -10,7 +10,7 @@ from torch import nn
 
 import compressor.graph._ops as o
 import compressor.graph._ops_shape as s
-from compressor.graph._ops import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, _register
+from compressor.graph._ops import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, NAMED_FUNCTION_HANDLERS, _register
 
 
 def _refuse_module(what: str):
@@ -86,9 +86,9 @@ _register(FUNCTION_HANDLERS, [torch.flip], s.flip)
 _register(FUNCTION_HANDLERS, [torch.narrow, torch.select, torch.unbind], s.unbind_like)
 
 # functions known by qualified name, so that optional packages need not be imported here
-NAMED_FUNCTION_HANDLERS = {
+NAMED_FUNCTION_HANDLERS.update({
     "torchvision.ops.stochastic_depth.stochastic_depth": o._elementwise,  # eval: identity; train: per-sample scale
-}
+})
 
 # ---- tensor methods ----------------------------------------------------------------------------
 _register(METHOD_HANDLERS, [

@@ -24,11 +24,14 @@ from compressor.graph._labels import (
     unlabelled,
     varying_dims,
 )
+from torch._subclasses.fake_tensor import FakeTensor
 
 Handler = Callable[..., Any]
 MODULE_HANDLERS: dict[type, Handler] = {}
 FUNCTION_HANDLERS: dict[Any, Handler] = {}
 METHOD_HANDLERS: dict[str, Handler] = {}
+# functions known by qualified name, so that optional packages need not be imported (filled by _op_table)
+NAMED_FUNCTION_HANDLERS: dict[str, Handler] = {}
 
 
 def _register(table: dict, keys: list, handler: Handler) -> None:
@@ -81,7 +84,6 @@ def fresh_labels(value: Any) -> Any:
 def shape_only(obj: Any) -> bool:
     """Whether ``obj`` holds a tensor without values (meta or fake): an op applied to labels with
     it as an argument (an index, a shift) would read values that do not exist."""
-    from torch._subclasses.fake_tensor import FakeTensor
 
     return any(t.device.type == "meta" or isinstance(t, FakeTensor) for t in _flatten(obj))
 
@@ -148,7 +150,6 @@ def function_handler(target: Any) -> Handler | None:
     except TypeError:  # an unhashable callable
         return None
     if handler is None:
-        from compressor.graph._op_table import NAMED_FUNCTION_HANDLERS
 
         handler = NAMED_FUNCTION_HANDLERS.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}")
     return handler

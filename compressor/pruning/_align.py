@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from compressor.pruning._config import PruneConfig
+from runtimes import get_runtime
 
 KINDS = ("conv", "depthwise", "linear")
 DEFAULT_CPU_RUNTIMES = ("onnxruntime", "openvino")
@@ -72,7 +73,6 @@ def table_alignment(runtime: str, device: str) -> dict[str, int]:
 
 @lru_cache(maxsize=1)
 def _installed_cpu_runtimes() -> tuple[str, ...]:
-    from runtimes import get_runtime
 
     return tuple(name for name in DEFAULT_CPU_RUNTIMES if get_runtime(name).is_available("cpu") is None)
 
@@ -121,7 +121,7 @@ def _measured_alignment(runtime: str, config: PruneConfig, refresh: bool) -> tup
     if runtime == "tensorrt" or config.device in ("cuda", "gpu"):
         return table_alignment(runtime, config.device), "isa-table", "GPU targets are not probed"
     try:
-        from benchmarks._alignment import ProbeError, probe_alignment
+        from benchmarks import ProbeError, probe_alignment
     except ImportError as exc:  # a torch-only install without the benchmark package's dependencies
         return table_alignment(runtime, config.device), "isa-table", f"probe unavailable: {exc}"
     try:

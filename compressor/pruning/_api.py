@@ -11,12 +11,18 @@ import torch
 from torch import nn
 
 from compressor.pruning._align import resolve_alignment
+from compressor.graph import as_tuple
 from compressor.pruning._config import PruneConfig
-from compressor.criteria._base import CriterionContext, get_criterion
-from compressor.graph._graph import DependencyGraph, _as_tuple, build_dependency_graph
-from compressor.graph._modes import evaluating
+from compressor.criteria import CriterionContext, get_criterion
+from compressor.graph import DependencyGraph, build_dependency_graph
+from compressor.graph import evaluating
 from compressor.pruning._select import select_removal
 from compressor.pruning._surgery import copy_module_tree, prune_channels_, pruned_copy
+
+from torch._subclasses.fake_tensor import FakeTensorMode
+from compressor.graph import trace_graph
+from compressor.graph import LayerMismatch, run_shapes
+from compressor.common.errors import CompressorError
 
 SCHEMA_VERSION = 1
 
@@ -182,7 +188,7 @@ def plan_pruning(model: nn.Module, example_inputs: Any, config: PruneConfig, *, 
     t0 = time.perf_counter()
     graph = graph_for(model, example_inputs, config)
     t1 = time.perf_counter()
-    ctx = CriterionContext(example_inputs=_as_tuple(example_inputs), data=data, loss_fn=loss_fn,
+    ctx = CriterionContext(example_inputs=as_tuple(example_inputs), data=data, loss_fn=loss_fn,
                            batch_size=config.calib_batch_size, num_batches=config.calib_batches,
                            options=spec.resolve_options(config.criterion_options), seed=config.seed)
     scores = spec(model, graph, ctx)
@@ -262,7 +268,6 @@ def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig,
 
 def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) -> tuple[Any, ...]:
     """The positional inputs ``submodule`` receives when ``model`` runs on ``example_inputs``."""
-    from compressor.graph._graph import _as_tuple
 
     seen: list[tuple[Any, ...]] = []
 
@@ -276,7 +281,7 @@ def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) 
     handle = submodule.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         with evaluating(model), torch.no_grad():
-            model(*_as_tuple(example_inputs))
+            model(*as_tuple(example_inputs))
     finally:
         handle.remove()
     if not seen:
@@ -325,13 +330,9 @@ def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph |
     Raises:
         CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
     """
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from compressor.graph._graph import trace_graph
-    from compressor.graph._shape_exec import LayerMismatch, run_shapes
-    from compressor.common.errors import CompressorError
 
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     if graph is not None and graph.traced is not None and graph.execution == "meta":
         # the unpruned model's trace first; a fresh trace when that one holds sizes read from
         # module attributes surgery has changed (ConvNeXt's LayerNorm2d passes normalized_shape)

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from compressor.common.config import Check, JsonConfig, int_at_least, is_int, is_number, number_where
+from compressor.criteria import get_criterion
+from compressor.graph import RESIDUAL_POLICIES
 
 TARGET_KEYS = ("ratio", "global_ratio", "target_flops", "target_params")
 DEPLOY_RUNTIMES = ("onnxruntime", "openvino", "torch", "tensorrt")
@@ -106,8 +108,6 @@ class PruneConfig(JsonConfig):
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern in self.exclude:
             _compile(pattern, "exclude")
-        from compressor.criteria._base import get_criterion
-        from compressor.graph._graph import RESIDUAL_POLICIES
 
         get_criterion(self.criterion).resolve_options(self.criterion_options)
         if self.residual not in RESIDUAL_POLICIES:

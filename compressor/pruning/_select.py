@@ -17,7 +17,7 @@ from scipy.sparse import csr_matrix
 
 from compressor.pruning._align import group_alignment
 from compressor.pruning._config import PruneConfig
-from compressor.graph._graph import PRODUCER_KINDS, DependencyGraph
+from compressor.graph import PRODUCER_KINDS, DependencyGraph
 from compressor.common.errors import UnprunableModelError, UnreachableTargetError
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from compressor.pruning._config import PruneConfig
-from compressor.graph._graph import DependencyGraph
+from compressor.graph import DependencyGraph
 from compressor.pruning._select import _feasible_order, _Incidence, member_floors
 from compressor.common.errors import UnprunableModelError
 

@@ -37,14 +37,18 @@ from scipy.optimize import brentq
 from torch import nn
 
 from compressor.pruning._api import apply_removal, graph_for, prune_model
+from compressor.graph import as_tuple
 from compressor.pruning._config import PruneConfig
 from compressor.common.config import JsonConfig, int_at_least, number_where
-from compressor.graph._cost import count_cost
-from compressor.criteria._base import CriterionContext, get_criterion, producer_weights
-from compressor.graph._graph import PRODUCER_KINDS, ChannelGroup, DependencyGraph, _as_tuple
+from compressor.graph import count_cost
+from compressor.criteria import CriterionContext, get_criterion, producer_weights
+from compressor.graph import PRODUCER_KINDS, ChannelGroup, DependencyGraph
 from compressor.pruning._select import select_removal
 from compressor.pruning._surgery import zero_channels_
-from compressor.training._loop import TrainCallbacks, TrainConfig, train
+from compressor.training import TrainCallbacks, TrainConfig, train
+from compressor.pruning._align import resolve_alignment
+from compressor.graph import module_modes, restore_modes_
+from compressor.app._evaluate import evaluate_classification
 
 Strategy = Callable[["_Run"], nn.Module]
 _STRATEGIES: dict[str, Strategy] = {}
@@ -333,11 +337,10 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
     strategy = strategy or StrategyConfig()
     train_config = train_config or TrainConfig(epochs=1, lr=0.01, batch_size=64)
     _check_inputs(prune, strategy, train_config, train_data)
-    from compressor.pruning._align import resolve_alignment
 
     prune = resolve_alignment(prune)  # once, so every phase uses and records the same alignment
     start = time.perf_counter()
-    inputs = _as_tuple(example_inputs)
+    inputs = as_tuple(example_inputs)
     work = copy.deepcopy(model)
     base = count_cost(work, inputs)
     run = _Run(work, inputs, prune, strategy, train_config, train_data, eval_data, loss_fn, progress,
@@ -369,7 +372,6 @@ def recalibrate_batchnorm_(model: nn.Module, data: Any, batches: int, batch_size
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms or batches <= 0 or data is None:
         return 0
-    from compressor.graph._modes import module_modes, restore_modes_
 
     modes, momenta = module_modes(model), [m.momentum for m in norms]
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -542,7 +544,6 @@ def autobalance(run: _Run) -> nn.Module:
 
 
 def _accuracy(model: nn.Module, data: Any) -> float:
-    from compressor.app._evaluate import evaluate_classification
 
     return evaluate_classification(model, data).top1
 

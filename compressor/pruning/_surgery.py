@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compressor.graph._graph import DependencyGraph, Member
+from compressor.graph import DependencyGraph, Member
 from compressor.common.errors import CompressorError
 
 

@@ -95,7 +95,7 @@ class _ImageSpec:
 
         Raises DatasetError naming the file when it cannot be decoded (corrupt, truncated,
         not an image despite its extension)."""
-        from PIL import Image
+        from PIL import Image  # optional SDK: PIL
 
         try:
             with Image.open(path) as img:
@@ -179,8 +179,8 @@ def digits_dataset(split: str = "train", *, size: int = 32, channels: int = 3,
         raise DatasetError(f"digits size must be a positive int (pixels), got {size!r}")
     if not isinstance(channels, int) or channels < 1:
         raise DatasetError(f"digits channels must be a positive int, got {channels!r}")
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # optional SDK: sklearn
+    from sklearn.model_selection import train_test_split  # optional SDK: sklearn
 
     bunch = load_digits()
     labels = bunch.target.astype(np.int64)
@@ -381,7 +381,7 @@ def make_synthetic_market(root: str | os.PathLike, *, num_ids: int = 8, cams: in
         raise ValueError(f"num_ids must be <= 4999 (pids are 4 digits), got {num_ids}")
     if len(size) != 2 or any(not isinstance(s, int) or s < 8 for s in size):
         raise ValueError(f"size must be (height, width) ints >= 8, got {size!r}")
-    from PIL import Image
+    from PIL import Image  # optional SDK: PIL
 
     root = Path(root)
     folders = {split: root / name for split, name in MARKET_FOLDERS.items()}

@@ -24,6 +24,8 @@ from compressor.training._data import (
     digits_dataset,
     image_folder_dataset,
 )
+from compressor.deploy import SPEC_FILE, load_model
+from models import create_model
 
 __all__ = ["DataSpec", "build_model", "parse_data_spec"]
 
@@ -122,13 +124,11 @@ def build_model(name: str, spec: Any, num_outputs: int,
     Returns the model and its zoo spec (None for a saved model). ValueError when the model does
     not take the needed arguments.
     """
-    from compressor.deploy._serialize import SPEC_FILE, load_model
 
     if (Path(name) / SPEC_FILE).is_file():
         if extra:
             raise ValueError("--model-arg applies to zoo models, not to a saved model directory")
         return load_model(name), None
-    from models import create_model
 
     kwargs: dict[str, Any] = {"num_ids": num_outputs} if spec.task == "reid" else {"num_classes": num_outputs}
     kwargs.update(extra)

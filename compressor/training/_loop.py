@@ -58,7 +58,8 @@ from compressor.training._checkpoint import (
     load_checkpoint_weights_,
 )
 from compressor.common.config import JsonConfig, is_int, is_number
-from compressor.graph._modes import module_modes, restore_modes_
+from compressor.graph import module_modes, restore_modes_
+import rich.progress as rp  # imported on first use: `import compressor` stays light
 
 # the checkpoint names are re-exported: `from compressor.training._loop import CheckpointError` keeps working
 __all__ = ["BEST_FILE", "CHECKPOINT_FILE", "CHECKPOINT_FORMAT_VERSION", "HISTORY_FILE", "HISTORY_SCHEMA_VERSION",
@@ -345,7 +346,6 @@ def _update_ema_(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _progress(show: bool):
-    import rich.progress as rp  # imported on first use: `import compressor` stays light
 
     return rp.Progress(rp.TextColumn("[bold]epoch {task.fields[epoch]}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                        rp.TextColumn("{task.fields[stats]}"), rp.TimeRemainingColumn(), disable=not show)

@@ -86,13 +86,13 @@ def count_flops(model: nn.Module, inputs: Any) -> int:
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(*_as_tuple(inputs))
+            model(*as_tuple(inputs))
     finally:
         model.train(was_training)
     return counter.get_total_flops()
 
 
-def _as_tuple(inputs: Any) -> tuple:
+def as_tuple(inputs: Any) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
@@ -101,7 +101,7 @@ def run_eval(model: nn.Module, inputs: Any) -> Any:
     was_training = model.training
     model.eval()
     try:
-        return model(*_as_tuple(inputs))
+        return model(*as_tuple(inputs))
     finally:
         model.train(was_training)
 

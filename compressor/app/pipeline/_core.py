@@ -40,82 +40,20 @@ import yaml
 
 from compressor.common.config import is_int
 from compressor.common.outputs import check_output_location
-from compressor.deploy._serialize import atomic_directory
+from compressor.common.outputs import atomic_directory
+import compressor.app.pipeline._steps as _pipeline_steps  # noqa: F401  (registers the built-in steps)
+from compressor.app.pipeline._base import (_STEPS, Pipeline, PipelineError, Step, StepContext, StepFailed, StepSpec,
+                                           list_steps, register_step)
+from compressor.training import DatasetError
+from compressor.training import parse_data_spec
+from compressor.common.files import atomic_write_bytes
+from compressor.app.pipeline._report import write_run_summary
 
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
 STEP_FILE = "step.json"
 RUN_SCHEMA_VERSION = 1
 PIPELINE_KEYS = ("name", "description", "model", "model_args", "data", "input_size", "seed", "threads", "steps")
-
-
-class PipelineError(ValueError):
-    """An invalid pipeline file, a missing step input, or an output directory that is not ours."""
-
-
-class StepFailed(PipelineError):
-    """A step ran, but its result must not pass: ``exit_code`` is the one the same CLI command gives
-    (1 a violated budget, 3 a failed parity check, 4 a failed measurement). The step's directory is
-    kept, marked ``"status": "failed"``, so its outputs can be inspected; a rerun does the step again."""
-
-    def __init__(self, message: str, exit_code: int):
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-@dataclass(frozen=True)
-class StepSpec:
-    """A registered step kind: ``parse(raw, where) -> config``, ``run(config, ctx) -> state updates``."""
-
-    kind: str
-    parse: Callable[[dict[str, Any], str], Any]
-    run: Callable[[Any, "StepContext"], dict[str, Any]]
-    quick: Callable[[dict[str, Any]], dict[str, Any]] = lambda raw: raw
-    summary: str = ""
-
-
-_STEPS: dict[str, StepSpec] = {}
-
-
-def register_step(kind: str, parse: Callable, quick: Callable | None = None) -> Callable:
-    """Register ``run(config, ctx)`` as step ``kind``; ``quick`` shrinks its raw config for ``--quick``."""
-
-    def deco(run: Callable) -> Callable:
-        if kind in _STEPS:
-            raise ValueError(f"step {kind!r} is already registered")
-        _STEPS[kind] = StepSpec(kind, parse, run, quick or (lambda raw: raw), (run.__doc__ or "").split("\n")[0])
-        return run
-
-    return deco
-
-
-def list_steps() -> list[str]:
-    import compressor.app.pipeline._steps as _pipeline_steps  # noqa: F401  (registers the built-in steps)
-
-    return list(_STEPS)
-
-
-@dataclass(frozen=True)
-class Step:
-    index: int
-    kind: str
-    raw: dict[str, Any]  # as run (after --quick), hashed for resume
-    config: Any
-
-
-@dataclass(frozen=True)
-class Pipeline:
-    name: str
-    model: str
-    model_args: dict[str, Any]
-    data: str | None
-    input_size: tuple[int, ...] | None
-    seed: int
-    threads: int | None
-    steps: tuple[Step, ...]
-    source: str  # the file, for messages
-    description: str = ""
-    quick: bool = False
 
 
 def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = False) -> Pipeline:
@@ -126,7 +64,6 @@ def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = F
     Raises:
         PipelineError: naming the file, the step and the key, with the allowed values.
     """
-    from compressor.app.pipeline._steps import _STEP_KINDS  # noqa: F401  (registers the built-in steps)
 
     if isinstance(source, dict):
         data, where = source, "<pipeline>"
@@ -196,8 +133,6 @@ def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = F
 
 
 def _check_data(text: Any, label: str) -> None:
-    from compressor.training._data import DatasetError
-    from compressor.training._datasets import parse_data_spec
 
     if not isinstance(text, str):
         raise PipelineError(f"{label} must be a data spec string (digits, digits:0-4, folder:PATH), got {text!r}")
@@ -208,31 +143,6 @@ def _check_data(text: Any, label: str) -> None:
 
 
 # ---- running ------------------------------------------------------------------------------------
-
-
-@dataclass
-class StepContext:
-    """What a step sees: the pipeline, the state so far, and its own (temporary) directory."""
-
-    pipeline: Pipeline
-    run_dir: Path
-    step_dir: Path  # write outputs here; paths returned in the state are relative to it
-    step_name: str  # the final directory name (``NN_kind``)
-    state: dict[str, Any]
-    progress: bool = True
-    log: Callable[[str], None] = print
-
-    def path(self, key: str) -> Path:
-        """The absolute path of a state entry (a model, a bundle ...); PipelineError when absent."""
-        value = self.state.get(key)
-        if not value:
-            raise PipelineError(f"{self.pipeline.source}: step {self.step_name} needs a {key.replace('_', ' ')}, "
-                                "which no earlier step produced")
-        return self.run_dir / value
-
-    def output(self, relative: str) -> str:
-        """The state value for a file this step writes at ``step_dir / relative``."""
-        return f"{self.step_name}/{relative}"
 
 
 @dataclass
@@ -263,7 +173,6 @@ def _identity(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
@@ -360,7 +269,6 @@ def run_pipeline(pipeline: Pipeline, output: str | os.PathLike, *, force: bool =
             shutil.rmtree(stale)
     result.state, result.seconds = state, time.perf_counter() - start
     _write_json(run_dir / STATE_FILE, state)
-    from compressor.app.pipeline._report import write_run_summary
 
     write_run_summary(pipeline, result)
     return result

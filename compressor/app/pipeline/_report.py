@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from compressor.common.files import atomic_write_bytes
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -75,7 +76,6 @@ def write_run_summary(pipeline: Any, result: Any) -> Path:
     if result.state.get("report"):
         lines += [f"Benchmark report: `{result.state['report']}/report.html` (plots, latency percentiles, memory "
                   f"against TRM) and `{result.state['report']}/summary.md`.", ""]
-    from compressor.common.files import atomic_write_bytes
 
     atomic_write_bytes(run_dir / "summary.json", json.dumps(data, indent=1, default=str).encode())
     atomic_write_bytes(run_dir / "summary.md", "\n".join(lines).encode())

@@ -15,10 +15,42 @@ from typing import Any
 
 import torch
 
-from compressor.pruning._config import PruneConfig
-from compressor.app.pipeline._core import PipelineError, StepContext, StepFailed, register_step
-from compressor.pruning._strategies import StrategyConfig
-from compressor.training._loop import TrainConfig
+from compressor.pruning import PruneConfig
+from compressor.app.pipeline._base import PipelineError, StepContext, StepFailed, register_step
+from compressor.pruning import StrategyConfig
+from compressor.training import TrainConfig
+from compressor.training import parse_data_spec
+from models import default_input_size
+from compressor.deploy import load_model
+from pathlib import Path
+from compressor.deploy import SPEC_FILE, load_model
+from models import create_model
+from compressor.deploy import save_model
+from compressor.app._evaluate import evaluate_classification
+from compressor.training import train
+from compressor.training import build_model
+from compressor.criteria import get_criterion
+from compressor.app._bundle import pruning_alignment
+from compressor.pruning import run_strategy
+from compressor.deploy import fold_batchnorm
+from runtimes import TARGET_RUNTIME
+from runtimes import ParityError
+from runtimes import BundleConfig
+from compressor.app._bundle import export_bundle, missing_runtimes
+from compressor.deploy import ExportConfig
+from runtimes import load_bundle
+from benchmarks import BenchConfig, TimingConfig
+import warnings
+from benchmarks import run_benchmark, write_report
+from benchmarks import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
+from models import CifarResNet
+from compressor.graph import count_cost
+from benchmarks import load_budgets, parse_budgets
+import json
+import yaml
+from benchmarks import ( evaluate_gate, format_table, load_budgets, parse_budgets, write_junit, )
+from compressor.app.pipeline._report import deployed_accuracy
+from runtimes import list_runtimes
 
 
 def _split(raw: dict[str, Any], own: dict[str, Any], cls: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -42,7 +74,6 @@ def _one_epoch(raw: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 
 def _spec(ctx: StepContext, data: str | None, needed: bool = True):
-    from compressor.training._datasets import parse_data_spec
 
     text = data or ctx.state.get("data") or ctx.pipeline.data
     if text is None:
@@ -58,14 +89,12 @@ def _input_size(ctx: StepContext) -> tuple[int, ...]:
         return tuple(ctx.pipeline.input_size)
     if ctx.state.get("input_size"):
         return tuple(ctx.state["input_size"])
-    from models import default_input_size
 
     return tuple(default_input_size(ctx.pipeline.model))
 
 
 def _current(ctx: StepContext, key: str = "model") -> torch.nn.Module:
     """The state's model (or baseline); before any step made one, the pipeline's source model."""
-    from compressor.deploy._serialize import load_model
 
     if ctx.state.get(key) or key not in ("model", "baseline_model"):
         return load_model(ctx.path(key))
@@ -74,13 +103,10 @@ def _current(ctx: StepContext, key: str = "model") -> torch.nn.Module:
 
 def _source_model(ctx: StepContext) -> torch.nn.Module:
     """The pipeline's ``model``: a saved model directory, or a zoo model with seeded random weights."""
-    from pathlib import Path
 
-    from compressor.deploy._serialize import SPEC_FILE, load_model
 
     if (Path(ctx.pipeline.model) / SPEC_FILE).is_file():
         return load_model(ctx.pipeline.model)
-    from models import create_model
 
     torch.manual_seed(ctx.pipeline.seed)
     model = create_model(ctx.pipeline.model, **ctx.pipeline.model_args)
@@ -91,7 +117,6 @@ def _source_model(ctx: StepContext) -> torch.nn.Module:
 
 
 def _save(ctx: StepContext, model: torch.nn.Module, name: str = "model", **metadata: Any) -> str:
-    from compressor.deploy._serialize import save_model
 
     model.compressor_metadata = {**(getattr(model, "compressor_metadata", None) or {}),
                                  "input_size": list(_input_size(ctx)), **metadata}
@@ -100,7 +125,6 @@ def _save(ctx: StepContext, model: torch.nn.Module, name: str = "model", **metad
 
 
 def _top1(model: Any, eval_set: Any, runtime: str | None = None, threads: int | None = None) -> float:
-    from compressor.app._evaluate import evaluate_classification
 
     return evaluate_classification(model, eval_set, runtime=runtime, threads=threads).top1
 
@@ -124,7 +148,6 @@ def _parse_train(raw: dict[str, Any], where: str) -> TrainStep:
 
 
 def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module, train_set: Any, eval_set: Any) -> dict[str, Any]:
-    from compressor.training._loop import train
 
     threads = config.train.threads or ctx.pipeline.threads
     train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
@@ -137,7 +160,6 @@ def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module, train_set:
 @register_step("train", _parse_train, quick=lambda raw: _one_epoch(raw, "epochs"))
 def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
     """Train the pipeline's model (from scratch, or continue the current one) on the data."""
-    from compressor.training._datasets import build_model
 
     spec = _spec(ctx, config.data)
     train_set = spec.train_set()
@@ -203,9 +225,6 @@ def _quick_prune(raw: dict[str, Any]) -> dict[str, Any]:
 @register_step("prune", _parse_prune, quick=_quick_prune)
 def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     """Prune the current model physically with a criterion, a target and a strategy."""
-    from compressor.criteria._base import get_criterion
-    from compressor.app._bundle import pruning_alignment
-    from compressor.pruning._strategies import run_strategy
 
     model = _current(ctx)
     trains = config.strategy.finetune_epochs or config.strategy.name != "oneshot"
@@ -238,7 +257,6 @@ def _parse_empty(raw: dict[str, Any], where: str) -> dict[str, Any]:
 @register_step("fold", _parse_empty)
 def fold_step(config: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
     """Fold every BatchNorm into the convolution before it (the deployed form)."""
-    from compressor.deploy._fold import fold_batchnorm
 
     folded, report = fold_batchnorm(_current(ctx).eval(), _example(ctx))
     path = _save(ctx, folded)
@@ -260,7 +278,6 @@ class ExportStep:
 
 
 def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
-    from runtimes._bundle import TARGET_RUNTIME
 
     own, _ = _split(raw, {f.name: f.default for f in dataclasses.fields(ExportStep)})
     to = tuple(own["to"]) if isinstance(own["to"], (list, tuple)) else (own["to"],)
@@ -279,11 +296,7 @@ def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
 @register_step("export", _parse_export, quick=lambda raw: {**raw, "batch_sizes": [1, 2]})
 def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
-    from runtimes import ParityError
-    from runtimes._bundle import BundleConfig
 
-    from compressor.app._bundle import export_bundle, missing_runtimes
-    from compressor.deploy._export import ExportConfig
 
     missing = missing_runtimes(config.to)
     if missing:
@@ -324,7 +337,6 @@ def _parse_evaluate(raw: dict[str, Any], where: str) -> EvaluateStep:
     own, _ = _split(raw, {"runtimes": None, "data": None, "baseline": True})
     runtimes = own["runtimes"]
     if runtimes is not None:
-        from runtimes import list_runtimes
 
         runtimes = tuple(runtimes) if isinstance(runtimes, (list, tuple)) else (runtimes,)
         bad = [r for r in runtimes if r not in list_runtimes()]
@@ -336,8 +348,6 @@ def _parse_evaluate(raw: dict[str, Any], where: str) -> EvaluateStep:
 @register_step("evaluate", _parse_evaluate)
 def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
     """Top-1 of the deployed bundles on each runtime (what ships), pruned and baseline."""
-    from runtimes import load_bundle
-    from runtimes._bundle import TARGET_RUNTIME
 
     eval_set = _spec(ctx, config.data).eval_sets()[0]
     results: dict[str, dict[str, float]] = {}
@@ -377,7 +387,6 @@ def _parse_bench(raw: dict[str, Any], where: str) -> BenchStep:
 
 
 def _bench_config(step: BenchStep, threads: int | None) -> Any:
-    from benchmarks import BenchConfig, TimingConfig
 
     return BenchConfig(runtimes=step.runtimes, devices=step.devices, batch_sizes=step.batch_sizes,
                        threads=step.threads or threads, memory=step.memory,
@@ -389,10 +398,7 @@ def _bench_config(step: BenchStep, threads: int | None) -> Any:
                                                          "max_seconds": 1.0, "memory": False})
 def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     """Latency, throughput and memory of the pruned bundle against the baseline; the HTML/Markdown report."""
-    import warnings
 
-    from benchmarks import run_benchmark, write_report
-    from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
 
     baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
     with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
@@ -446,11 +452,7 @@ def _cifar_depth(name: str) -> int | None:
 def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
     """ThinResNet (uniform width; "ThinResNet: A New Baseline for Structured Convolutional Networks
     Pruning") and a shallower ResNet at the pruned model's FLOPs, same budget."""
-    from models import create_model
-    from models._cifar_resnet import CifarResNet
 
-    from compressor.graph._cost import count_cost
-    from compressor.training._loop import train
 
     name = ctx.pipeline.model
     spec = _spec(ctx, config.data)
@@ -508,7 +510,6 @@ def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
 
 def _closest(options: Any, build: Any, macs: float, x: torch.Tensor) -> Any:
     """The option whose model's MACs are closest to ``macs`` (log scale)."""
-    from compressor.graph._cost import count_cost
 
     return min(options, key=lambda o: abs(math.log(count_cost(build(o), x).macs / macs)))
 
@@ -527,14 +528,12 @@ class GateStep:
 
 
 def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
-    from benchmarks import load_budgets, parse_budgets
 
     own, _ = _split(raw, {"budgets": None, "remeasure": False})
     budgets = own["budgets"]
     if isinstance(budgets, str):
         load_budgets(budgets)  # validated now: a wrong key fails before anything runs
     elif isinstance(budgets, dict):
-        import yaml
 
         parse_budgets(yaml.safe_dump(budgets), "inline budgets")
     else:
@@ -545,22 +544,12 @@ def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
 @register_step("gate", _parse_gate)
 def gate_step(config: GateStep, ctx: StepContext) -> dict[str, Any]:
     """Check the bench step's report (and the evaluate step's accuracy) against latency/accuracy budgets."""
-    import json
 
-    import yaml
 
-    from benchmarks import (
-        evaluate_gate,
-        format_table,
-        load_budgets,
-        parse_budgets,
-        write_junit,
-    )
 
     budgets = (load_budgets(config.budgets) if isinstance(config.budgets, str)
                else parse_budgets(yaml.safe_dump(config.budgets), "gate budgets"))
     results = json.loads((ctx.path("report") / "results.json").read_text())
-    from compressor.app.pipeline._report import deployed_accuracy
 
     report = evaluate_gate(budgets, results, deployed_accuracy(ctx.state))
     junit = write_junit(report, ctx.run_dir / "gate-junit.xml")  # outside the step: kept when the gate fails
