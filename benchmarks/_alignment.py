@@ -35,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from compressor.common.errors import CompressorError
 from compressor.common.files import atomic_write_bytes
-from runtimes import SessionConfig, get_runtime
-from runtimes import get_runtime, package_versions
-from benchmarks._timing import interleaved
-from benchmarks._timing import TimingConfig
+from runtimes import get_runtime, package_versions, SessionConfig
+from benchmarks._timing import interleaved, TimingConfig
 
 SCHEMA_VERSION = 1
 KINDS = ("conv", "depthwise", "linear")
@@ -54,7 +53,7 @@ FRAME = 128  # channels at the probe block's input and output
 _SIDE = {"conv": 14, "depthwise": 28}  # spatial side at batch 1
 
 
-class ProbeError(Exception):
+class ProbeError(CompressorError):
     """The probe could not run on this runtime/device (the reason says why)."""
 
 

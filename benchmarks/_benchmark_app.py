@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from compressor.common.errors import CompressorError
+
 __all__ = ["AgreementError", "benchmark_app_command", "find_benchmark_app", "parse_benchmark_app_report",
            "parse_benchmark_app_stdout", "run_benchmark_app"]
 
@@ -24,7 +26,7 @@ REPORT_CSV = "benchmark_report.csv"
 REPORT_ROUNDING_MS = 0.005  # the report prints latencies with two decimals in ms
 
 
-class AgreementError(Exception):
+class AgreementError(CompressorError):
     """The comparison could not be made: benchmark_app is missing or failed, or its output could
     not be parsed. The message names the file or command at fault."""
 

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 import yaml
 
+from compressor.common.errors import CompressorError
 from benchmarks._decision import DECISIONS, DEFAULT_DECISION
 from runtimes import list_runtimes
 
@@ -39,7 +40,7 @@ DEFAULT_CONFIDENCE = 0.95
 DEVICES = ("cpu", "cuda")
 
 
-class BudgetError(ValueError):
+class BudgetError(CompressorError, ValueError):
     """An invalid budgets file or rule; the message names the file, the line and the key."""
 
 

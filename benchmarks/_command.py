@@ -19,22 +19,21 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from compressor.common.outputs import FORCE_HELP, claim_output
+from compressor.common.errors import EXIT_BAD_INPUT, exit_code_for, EXIT_INTERRUPTED, EXIT_OK
+from compressor.common.outputs import claim_output, FORCE_HELP
 
-from benchmarks._cli_types import non_negative_float, non_negative_int, parse_assignments, positive_float, positive_int, seed
-from benchmarks._completeness import EXIT_MEASUREMENT_FAILED
-from benchmarks import BenchConfig, TimingConfig
-from runtimes import BundleError
-from benchmarks import run_benchmark, write_report
-from benchmarks._completeness import describe_failure, failed_measurements
+from benchmarks._cli_types import (non_negative_float, non_negative_int, parse_assignments, positive_float,
+                                   positive_int, seed)
+from benchmarks._completeness import describe_failure, EXIT_MEASUREMENT_FAILED, failed_measurements
+from benchmarks._sweep import BenchConfig, run_benchmark
+from benchmarks._timing import TimingConfig
+from benchmarks._report import write_report
 from rich.console import Console
 from rich.table import Table
 import benchmarks._speed_verdict as _speed_verdict
 
 __all__ = ["BENCH_DESCRIPTION", "EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "EXIT_OK", "add_bench_arguments", "bench_config",
            "build_parser", "format_warning", "main", "report_failures", "run_bench", "run_command", "runtime_options"]
-
-EXIT_OK, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 2, 130
 
 BENCH_DESCRIPTION = (
     "Benchmark exported bundles on each runtime and batch size. With --baseline, the baseline and the candidates "
@@ -124,18 +123,15 @@ def run_bench(args: argparse.Namespace) -> int:
 
     Raises:
         ValueError: a bad option or a refused ``--output`` (``OutputRefused``); the caller exits 2.
+        runtimes.BundleError: a bundle refused on load; the caller exits 2.
     """
 
 
     config = bench_config(args)
     claim_output(args.output, "bench", force=args.force, inputs=(*args.bundles, args.baseline, args.inputs))
-    try:
-        with warnings.catch_warnings():  # printed once, below, from the results
-            warnings.simplefilter("ignore", RuntimeWarning)
-            results = run_benchmark(args.bundles, args.baseline, config, progress=not args.quiet)
-    except BundleError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    with warnings.catch_warnings():  # printed once, below, from the results
+        warnings.simplefilter("ignore", RuntimeWarning)
+        results = run_benchmark(args.bundles, args.baseline, config, progress=not args.quiet)
     try:
         out = write_report(results, args.output)
     except KeyboardInterrupt:  # write_report holds Ctrl-C back until the report is complete
@@ -216,24 +212,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_command(command: Callable[[], int], bad_input: tuple[type[BaseException], ...] = ()) -> int:
+def run_command(command: Callable[[], int]) -> int:
     """Run one command-line command and map what escapes it to the project's exit codes.
 
-    Warnings print as one ``warning:`` line each; Ctrl-C is 130 with one line (outputs are swapped in
-    only when complete, so an interrupt leaves the old ones); ``ValueError``, a missing or existing
-    file, a missing package and ``bad_input`` are 2 with the message. Shared by ``compressor`` and
-    ``python -m benchmarks``.
+    Warnings print as one ``warning:`` line each. An exception that escapes ``command`` exits with the
+    code of :func:`compressor.common.errors.exit_code_for`, the one table of both command lines: Ctrl-C
+    is 130 with one line (outputs are swapped in only when complete, so an interrupt leaves the old
+    ones); a project error (a ``CompressorError``) or bad input (``ValueError``, a missing or existing
+    file, a missing package) prints ``error:`` and the message, and exits with its class's code (2 bad
+    input, 3 parity failed ...). Anything else is an internal error and keeps its traceback. Shared by
+    ``compressor`` and ``python -m benchmarks``.
     """
     previous_format = warnings.formatwarning
     warnings.formatwarning = format_warning
     try:
         return command()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, *bad_input) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    except BaseException as exc:  # SystemExit (argparse) and internal errors map to None: re-raised
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        print("interrupted" if isinstance(exc, KeyboardInterrupt) else f"error: {exc}", file=sys.stderr)
+        return code
     finally:
         warnings.formatwarning = previous_format
 

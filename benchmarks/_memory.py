@@ -49,12 +49,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
+from compressor.common.errors import CompressorError, EXIT_NOT_MEASURED
 from benchmarks._records import check_known_keys
-from runtimes import RuntimeUnavailable, get_runtime
+from runtimes import get_runtime, RuntimeUnavailable, SessionConfig
 import gc
 import importlib
 import numpy as np
-from runtimes import SessionConfig, get_runtime
 
 __all__ = ["MemoryOOM", "MemoryResult", "is_out_of_memory", "measure_memory", "nvml_process_memory_bytes",
            "read_proc_status_bytes"]
@@ -73,9 +73,11 @@ _OOM_PATTERN = re.compile(r"out.of.memory|outofmemory|memoryerror|failed to allo
                           r"|cudaErrorMemoryAllocation|alloc_failed|bad_alloc|cannot allocate memory", re.IGNORECASE)
 
 
-class MemoryOOM(RuntimeError):
+class MemoryOOM(CompressorError, RuntimeError):
     """The measurement ran out of memory (host or device): the child's error says so, or the
     kernel's out-of-memory killer ended it. A sweep records this batch size as "oom"."""
+
+    exit_code = EXIT_NOT_MEASURED
 
     def __init__(self, message: str, *, runtime: str, device: str, batch_size: int):
         super().__init__(message)

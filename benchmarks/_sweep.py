@@ -31,15 +31,10 @@ from benchmarks._env import available_cores, collect_environment
 from benchmarks._records import check_known_keys
 from benchmarks._speed_verdict import speed_verdict
 from benchmarks._stats import efficiency, paired_speedup, summarize
-from benchmarks._timing import TimingConfig, has_subnormals, interleaved
-from runtimes import RUNTIME_TARGET
-from runtimes import BundleError, load_bundle
-from benchmarks._memory import MemoryOOM, is_out_of_memory
-from runtimes import get_runtime, list_runtimes
-from runtimes import get_runtime
-from runtimes import SessionConfig, get_runtime
-from benchmarks._memory import measure_memory
-from rich.progress import ( BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn, )
+from benchmarks._timing import has_subnormals, interleaved, TimingConfig
+from runtimes import BundleError, get_runtime, list_runtimes, load_bundle, RUNTIME_TARGET, SessionConfig
+from benchmarks._memory import is_out_of_memory, measure_memory, MemoryOOM
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 __all__ = ["BenchBundle", "BenchConfig", "DEFAULT_BATCH_SIZES", "SCHEMA_VERSION", "load_bench_bundles",
            "run_benchmark"]

@@ -170,7 +170,7 @@ def run_method(method: Method, base: torch.nn.Module, args: argparse.Namespace, 
     prune = compressor.PruneConfig(criterion=method.criterion, target_flops=TARGET_FLOPS, round_to=1, seed=seed,
                                    residual=method.residual, criterion_options=options,
                                    calib_batches=args.calib_batches, calib_batch_size=args.calib_batch_size)
-    strategy = compressor.StrategyConfig(name=method.strategy, **method.strategy_options)
+    strategy = compressor.strategy_config_from_dict(method.strategy, method.strategy_options)
     train_data, eval_data = (data["train_part"], data["holdout"]) if method.holdout else (data["train"], None)
     _seed_all(seed)
     result = compressor.run_strategy(base, x, prune, strategy, train_data=train_data, eval_data=eval_data,
@@ -180,7 +180,7 @@ def run_method(method: Method, base: torch.nn.Module, args: argparse.Namespace, 
     return {"top1": _top1(result.model, data["test"], args.threads), "flops_ratio": result.flops_ratio,
             "params_ratio": result.params_ratio, "macs": cost.macs, "params": cost.params,
             "seconds": result.seconds, "train_epochs_after_base": trained,
-            "prune_config": prune.to_dict(), "strategy_config": strategy.to_dict(),
+            "prune_config": prune.to_dict(), "strategy_config": result.recipe["strategy"],
             "train_size": len(train_data), "eval_data": "train holdout 20%" if method.holdout else None,
             "phases": _jsonable(result.history)}
 

@@ -34,15 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compressor.deploy import ExportConfig, export_onnx
+from compressor.app.cli import main as compressor_main
+from compressor.deploy import export_onnx, ExportConfig, load_model
 from benchmarks._stats import bootstrap_median_ci, paired_speedup
-from benchmarks._timing import interleaved
-from runtimes import SessionConfig, get_runtime
-from benchmarks._timing import TimingConfig, flush_denormals
-from compressor.deploy import load_model
+from benchmarks._timing import flush_denormals, interleaved, TimingConfig
+from runtimes import get_runtime, package_versions, SessionConfig
 from models import create_model
 from benchmarks._env import collect_environment
-from runtimes import package_versions
 from compressor.common.files import atomic_write_bytes
 
 MODELS = {
@@ -59,15 +57,13 @@ GOAL = 0.95
 def prune_cli(spec: str, target: float, out: Path, threads: int, *, runtime: str | None = None,
               round_to: str | None = None) -> dict[str, Any]:
     """Run ``compressor prune`` as a user would; returns its summary.json."""
-    from compressor.app.cli import main
-
     argv = ["prune", "--model", spec, "--criterion", "l2", "--target-flops", f"{target:.6f}", "--output", str(out),
             "--threads", str(threads), "--quiet", "--no-speed-check"]
     if runtime:
         argv += ["--runtime", runtime]
     if round_to:
         argv += ["--round-to", round_to]
-    code = main(argv)
+    code = compressor_main(argv)
     if code != 0:
         raise RuntimeError(f"compressor {' '.join(argv)} exited {code}")
     return json.loads((out / "summary.json").read_text())

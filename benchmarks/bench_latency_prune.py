@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from compressor.app._latency_table import open_session
+from compressor.app import open_session, prune_to_latency
 from benchmarks._stats import summarize
-from benchmarks._timing import TimingConfig, interleaved
+from benchmarks._timing import interleaved, TimingConfig
 import compressor as C
 import models
 from benchmarks._env import collect_environment
-from compressor.app._latency_prune import prune_to_latency
 from compressor.common.files import atomic_write_bytes
 
 _ROOT = Path(__file__).resolve().parent.parent

@@ -59,9 +59,9 @@ model = create_model({model!r}).eval()
 x = torch.randn(1, *default_input_size({model!r}))
 config = compressor.PruneConfig(**{config!r})
 t2 = time.perf_counter()
-first = compressor.prune_model(model, x, config)
+first = compressor.pruning.prune_model(model, x, config)
 t3 = time.perf_counter()
-second = compressor.prune_model(model, x, config)
+second = compressor.pruning.prune_model(model, x, config)
 t4 = time.perf_counter()
 print(json.dumps({{"import_s": t1 - t0, "first_call_s": t3 - t2, "second_call_s": t4 - t3,
                    "first_phases": first.report.seconds, "second_phases": second.report.seconds}}))
@@ -80,11 +80,11 @@ def phases(args: argparse.Namespace) -> None:
     model = create_model(args.model).eval()
     x = torch.randn(1, *default_input_size(args.model))
     config = compressor.PruneConfig(**config_kw)
-    compressor.prune_model(model, x, config)  # warm-up: lazy imports, allocator
+    compressor.pruning.prune_model(model, x, config)  # warm-up: lazy imports, allocator
     runs = []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        result = compressor.prune_model(model, x, config)
+        result = compressor.pruning.prune_model(model, x, config)
         wall = time.perf_counter() - t0
         runs.append({**result.report.seconds, "wall": wall})
     summary = {k: _summary([r[k] for r in runs]) for k in runs[0]}
@@ -132,7 +132,7 @@ def _ours(model: nn.Module, x: torch.Tensor) -> Callable[[], tuple[float, dict[s
 
     def call() -> tuple[float, dict[str, Any]]:
         t0 = time.perf_counter()
-        result = compressor.prune_model(model, x, config)  # what compressor.prune(model, x, "l2", ratio=0.3) runs
+        result = compressor.pruning.prune_model(model, x, config)  # what compressor.prune(model, x, "l2", ratio=0.3) runs
         seconds = time.perf_counter() - t0
         return seconds, {"params_after": _params(result.model), "phases": result.report.seconds}
 

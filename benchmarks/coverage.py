@@ -6,9 +6,12 @@
 Every model is built with random weights (nothing is downloaded), its BatchNorm statistics and
 constant initialisations are randomised so that every channel matters, and it is pruned with
 the ``random`` criterion at ``ratio`` (``allow_renormalization=False``). The pruned model must
-equal the masked oracle (the same channels zeroed, ``compressor.zero_channels_``) on a random
-input. Detection models cannot be traced as a whole; their ``backbone`` is pruned on the image
-tensor, then the full detector is run with the pruned backbone.
+pass ``compressor.testing.compare_with_oracle`` on a random input, the check the tests use: equal
+the masked oracle (the same channels zeroed), with channels removed, the same output shapes,
+fewer parameters and FLOPs, and consistent layers; a model that fails any of these is reported as
+``parity-failed`` with the problems in ``detail``. Detection models cannot be traced as a whole;
+their ``backbone`` is pruned on the image tensor, then the full detector is run with the pruned
+backbone and must give outputs of the same structure.
 
 Prints a Markdown table (model, outcome, removable channels, parameters after/before, blocked
 channel groups and the top reason) and optionally writes the rows as JSON (schema_version 1).
@@ -28,12 +31,15 @@ from typing import Any
 
 import torch
 from torch import nn
+
 import compressor as C
+from compressor.testing import (
+    ATOL_REL, RTOL, compare_with_oracle, prune_with_oracle, randomize_, run_eval, structure_problems,
+)
 from models import create_model
 
 SCHEMA_VERSION = 1
-RTOL = 1e-4  # parity: |pruned - oracle| <= RTOL |oracle| + ATOL_REL max|oracle|
-ATOL_REL = 1e-4
+WEIGHT_SEED = 1  # randomize_'s seed, as in tests/compressor/test_prune_torchvision.py
 PROTECTED = "model output (protected)"
 
 # Representative subset: one or two of every family (the default test run covers these too).
@@ -80,59 +86,13 @@ class CoverageRow:
         return 100.0 * self.removable_channels / self.producer_channels if self.producer_channels else 0.0
 
 
-# ---- weights under which every channel matters --------------------------------------------------
-
-
-@torch.no_grad()
-def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BatchNorm statistics/affine terms; constant parameters (zero heads, zero biases,
-    1e-6 layer scales, LayerNorm ones) replaced by random values, so that a wrongly removed or
-    kept channel changes the output."""
-    gen = torch.Generator().manual_seed(seed)
-    bn_params = set()
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase):
-            if m.running_mean is not None:
-                m.running_mean.copy_(0.2 * torch.randn(m.running_mean.shape, generator=gen))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=gen))
-            if m.weight is not None:
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=gen))
-                m.bias.copy_(0.2 * torch.randn(m.bias.shape, generator=gen))
-            bn_params.update(id(p) for p in m.parameters(recurse=False))
-    for p in model.parameters():
-        if id(p) in bn_params or p.numel() < 2:
-            continue
-        flat = p.reshape(-1)
-        if not bool((flat == flat[0]).all()):
-            continue
-        if float(flat[0]) != 0.0:
-            p.copy_(0.5 + torch.rand(p.shape, generator=gen))
-        elif p.dim() >= 2:
-            p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(p[0].numel()))
-        else:
-            p.copy_(0.1 * torch.randn(p.shape, generator=gen))
-    return model
-
-
 # ---- one model ----------------------------------------------------------------------------------
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for k in sorted(out) for t in _tensors(out[k])]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
-def _flops(model: nn.Module, x: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode  # optional SDK: torch
-
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops()
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """torchvision model ``name`` in eval mode, random weights under which every channel matters."""
+    torch.manual_seed(0)
+    return randomize_(create_model(f"torchvision:{name}", **kwargs).eval(), seed=WEIGHT_SEED)
 
 
 def _short(reason: str) -> str:
@@ -142,61 +102,46 @@ def _short(reason: str) -> str:
 
 
 def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, row: CoverageRow) -> nn.Module:
-    """Prune ``model`` (eval) and fill ``row``; returns the pruned model."""
+    """Prune ``model`` (eval), check it against the masked oracle and fill ``row``; returns the
+    pruned model (``model`` itself when the engine refuses it)."""
 
     config = C.PruneConfig(criterion="random", ratio=ratio, allow_renormalization=False, seed=seed)
     try:
-        result = C.prune_model(model, x, config)
+        pruned = prune_with_oracle(model, x, config)
     except (C.TraceError, C.UnprunableModelError) as exc:
         row.status, row.detail = "refused", f"{type(exc).__name__}: {exc}"
         return model
-    graph = result.graph
-    oracle = copy.deepcopy(model)
-    C.zero_channels_(oracle, graph, result.removed)
-    with torch.no_grad():
-        got, want = _tensors(result.model(x)), _tensors(oracle(x))
-    worst, scale, ok = 0.0, 0.0, len(got) == len(want) > 0
-    for a, e in zip(got, want):
-        if a.shape != e.shape:
-            ok = False
-            continue
-        s = float(e.abs().max())
-        err = (a - e).abs()
-        ok &= bool((err <= RTOL * e.abs() + ATOL_REL * s).all())
-        worst, scale = max(worst, float(err.max())), max(scale, s)
-    row.parity_max_abs_err, row.oracle_max_abs = worst, scale
-    row.status = "pruned" if ok and result.removed.any() else "parity-failed"
-    if not result.removed.any():
-        row.detail = "nothing was removed"
+    check = compare_with_oracle(pruned, x)
+    row.status = "pruned" if check.ok else "parity-failed"
+    row.detail = "; ".join(check.problems)
+    row.parity_max_abs_err, row.oracle_max_abs = check.parity.max_abs_err, check.parity.expected_max_abs
+    graph = pruned.graph
     row.removable_channels = int(graph.removable.size)
     row.producer_channels = int(graph.producer.sum())
-    row.params_before = sum(p.numel() for p in model.parameters())
-    row.params_after = sum(p.numel() for p in result.model.parameters())
-    row.flops_before, row.flops_after = _flops(model, x), _flops(result.model, x)
+    row.params_before, row.params_after = check.params_before, check.params_after
+    row.flops_before, row.flops_after = check.flops_before, check.flops_after
     row.groups = len(graph.groups)
     row.blocked_groups = sum(1 for g in graph.groups if g.blocked_reasons and g.removable.size == 0)
     counts: dict[str, int] = {}
     for reason, n in graph.unsupported.items():
         counts[_short(reason)] = counts.get(_short(reason), 0) + n
     row.blocked_channels_by_reason = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-    return result.model
+    return pruned.pruned
 
 
 def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> CoverageRow:
     """Build torchvision model ``name`` (random weights), prune it, check parity."""
 
     t0 = time.perf_counter()
-    torch.manual_seed(0)
     size = {"classification": input_size(name), "segmentation": SEGMENTATION_SIZE}.get(task, DETECTION_SIZE)
     row = CoverageRow(name, task, size, "error", "")
     try:
         kwargs = SMALL_DETECTOR_KWARGS if task == "detection" and not name.startswith("ssd") else {}
-        model = randomize_(create_model(f"torchvision:{name}", **kwargs).eval())
+        model = build_model(name, **kwargs)
         x = torch.randn(1, *size)
         if task != "detection":
             prune_and_check(model, x, ratio, seed, row)
         else:
-
             try:  # detectors take a list of images and branch on it: fx cannot trace them whole
                 C.build_dependency_graph(model, ([x[0]],))
                 whole = "whole model traceable"
@@ -209,10 +154,10 @@ def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> Coverag
                 detector = copy.deepcopy(model)
                 detector.backbone = pruned_backbone
                 images = [torch.rand(*DETECTION_SIZE), torch.rand(3, 256, 300)]
-                with torch.no_grad():
-                    got, want = detector(images), model(images)
-                if [sorted(d) for d in got] != [sorted(d) for d in want]:
-                    row.status, row.detail = "parity-failed", "detector output structure changed"
+                problems = structure_problems(run_eval(detector, images), run_eval(model, images), "detections")
+                if problems:
+                    row.status = "parity-failed"
+                    row.detail = "detector output structure changed: " + "; ".join(problems)
     except Exception as exc:  # a coverage report records failures instead of stopping at the first
         row.status, row.detail = "error", f"{type(exc).__name__}: {exc}"
     row.seconds = time.perf_counter() - t0

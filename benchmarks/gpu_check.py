@@ -64,7 +64,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from compressor.deploy import ExportConfig
-from compressor.app._bundle import export_bundle
+from compressor.app import export_bundle
 from runtimes import BundleConfig
 import shutil
 import inspect
@@ -363,7 +363,7 @@ def part_prune(check: Check, fig: dict[str, Any]) -> None:
     example = torch.randn(1, *a.input_size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
     pruned = compressor.prune(check.models["unpruned"], example, "l2", target_flops=a.target_flops,
-                              round_to=a.round_to)  # explicit: round_to="auto" would probe CPU runtimes
+                              round_to=a.round_to).model  # explicit: round_to="auto" would probe CPU runtimes
     fig.update(criterion="l2", target_flops=a.target_flops, round_to=a.round_to, prune_s=time.perf_counter() - start)
     for name, model in (("unpruned", check.models["unpruned"]), ("pruned", pruned)):
         cost = compressor.count_cost(model, example).to_dict()

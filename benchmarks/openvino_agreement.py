@@ -66,11 +66,9 @@ from benchmarks._benchmark_app import (
 )
 from benchmarks._records import check_known_keys
 from benchmarks._stats import summarize
-from benchmarks._timing import TimingConfig, rotation, time_callable
-from runtimes import get_runtime, load_bundle
-from runtimes import package_versions
-from runtimes import SessionConfig, get_runtime
-from runtimes import ArtifactError, BundleError, RuntimeUnavailable
+from benchmarks._timing import rotation, time_callable, TimingConfig
+from runtimes import (ArtifactError, BundleError, get_runtime, load_bundle, package_versions, RuntimeUnavailable,
+                      SessionConfig)
 
 __all__ = [
     "AgreementConfig", "AgreementError", "AgreementResult", "benchmark_app_command", "compare_with_benchmark_app",

@@ -32,9 +32,11 @@ def _export(module: str, names: str) -> None:
 
 
 # pruning
-_export("compressor.app._prune", "prune")
+_export("compressor.app", "prune prune_to_latency LatencyPruneResult")
 _export("compressor.pruning", "PruneConfig PruneResult PruneReport LayerChange PruningPlan plan_pruning "
-                              "StrategyResult list_strategies register_strategy get_strategy")
+                              "StrategyResult list_strategies register_strategy get_strategy StrategyConfig "
+                              "OneShotConfig IterativeConfig PSFPConfig AutoBalanceConfig PlayAndPruneConfig "
+                              "strategy_config_from_dict")
 _export("compressor.criteria", "CriterionContext CriterionSpec get_criterion list_criteria register_criterion")
 # graph and cost
 _export("compressor.graph", "build_dependency_graph DependencyGraph ChannelGroup Member count_cost CostReport "
@@ -44,7 +46,7 @@ _export("compressor.deploy", "fold_batchnorm FoldReport export_onnx ExportConfig
 # training and evaluation
 _export("compressor.training", "train TrainConfig TrainCallbacks TrainResult digits_dataset image_folder_dataset "
                                "topk_accuracy")
-_export("compressor.app", "evaluate_classification ClassificationResult evaluate_reid_model")
+_export("compressor.app", "export_bundle evaluate_classification ClassificationResult evaluate_reid_model")
 # errors
 _export("compressor.common.errors", "CompressorError TraceError UnprunableModelError UnreachableTargetError "
                                     "ModelFormatError ModelEntryError")
@@ -52,7 +54,12 @@ _export("compressor.common.errors", "CompressorError TraceError UnprunableModelE
 __all__ = list(_EXPORTS)
 
 
+_SUBPACKAGES = ("app", "common", "criteria", "deploy", "graph", "pruning", "testing", "training")
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"compressor.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'compressor' has no attribute {name!r}")

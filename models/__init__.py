@@ -14,7 +14,8 @@ by ``torch.fx.symbolic_trace`` (no hard-coded channel counts), so the pruning en
 and slice channels. This package depends only on torch; torchvision and timm are imported lazily.
 """
 
-from models._registry import create_model, default_input_size, is_factory_spec, list_models, register_model
+from models._registry import (create_model, default_input_size, is_factory_spec, list_models, register_model,
+                              TIMM_PREFIX, TORCHVISION_PREFIX)
 
 # Importing the family modules registers their models.
 from models._cifar_resnet import CifarBasicBlock, CifarResNet
@@ -23,7 +24,6 @@ from models._lenet import LeNet5
 from models._mobilenetv2 import InvertedResidual, MobileNetV2
 from models._reid import ReIDResNet
 from models._vgg import VGG
-from models._registry import TIMM_PREFIX, TORCHVISION_PREFIX
 
 __all__ = [
     "register_model",

@@ -12,15 +12,15 @@ Public API::
 Each runtime imports its SDK only when first used, so importing this package imports neither
 onnxruntime, openvino nor tensorrt.
 """
-import runtimes._onnxruntime as _onnxruntime  # noqa: F401  (register the runtimes)
-import runtimes._openvino as _openvino
-import runtimes._tensorrt as _tensorrt
-import runtimes._torch as _torch
-from runtimes._bundle import Bundle, BundleConfig, BundleError, load_bundle, package_versions, write_bundle
+import runtimes._onnxruntime  # noqa: F401  (each runtime module registers its runtime)
+import runtimes._openvino  # noqa: F401
+import runtimes._tensorrt  # noqa: F401
+import runtimes._torch  # noqa: F401
+from runtimes._bundle import Bundle, BundleConfig, load_bundle, package_versions, write_bundle
+from runtimes._manifest_check import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME, BundleError
 from runtimes._parity import ParityError, ParityResult, compare
 from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
                     list_runtimes, register_runtime)
-from runtimes._bundle import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME
 
 __all__ = [
     "Bundle", "BundleConfig", "BundleError", "ParityError", "ParityResult", "compare", "load_bundle",

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, TypeVar
 import numpy as np
 
 from compressor.common.errors import ArtifactError, RuntimeUnavailable
+from compressor.common.registry import Registry
 
 __all__ = [
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig",
@@ -332,7 +333,7 @@ class Runtime(abc.ABC):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
-_RUNTIMES: dict[str, type[Runtime]] = {}
+_RUNTIMES: Registry[type[Runtime]] = Registry("runtime")
 _R = TypeVar("_R", bound=type[Runtime])
 
 
@@ -343,18 +344,13 @@ def register_runtime(name: str) -> Callable[[_R], _R]:
         ValueError: ``name`` is empty or already registered.
         TypeError: the decorated object is not a Runtime subclass.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"runtime name must be a non-empty string, got {name!r}")
-    if name in _RUNTIMES:
-        raise ValueError(f"runtime {name!r} is already registered (by {_RUNTIMES[name].__qualname__})")
+    register = _RUNTIMES.register(name)  # checks the name now, and again when applied
 
     def decorator(cls: _R) -> _R:
         if not (isinstance(cls, type) and issubclass(cls, Runtime)):
             raise TypeError(f"register_runtime({name!r}) decorates Runtime subclasses, got {cls!r}")
-        if name in _RUNTIMES:  # two decorators for one name created before either was applied
-            raise ValueError(f"runtime {name!r} is already registered (by {_RUNTIMES[name].__qualname__})")
+        register(cls)
         cls.name = name
-        _RUNTIMES[name] = cls
         return cls
 
     return decorator
@@ -362,7 +358,7 @@ def register_runtime(name: str) -> Callable[[_R], _R]:
 
 def list_runtimes() -> list[str]:
     """The registered runtime names, sorted (whether or not they are installed)."""
-    return sorted(_RUNTIMES)
+    return _RUNTIMES.names()
 
 
 def get_runtime(name: str, **options: Any) -> Runtime:
@@ -372,7 +368,4 @@ def get_runtime(name: str, **options: Any) -> Runtime:
     Raises:
         ValueError: an unknown name; the message lists the known ones.
     """
-    cls = _RUNTIMES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown runtime {name!r}; known runtimes: {', '.join(list_runtimes())}")
-    return cls(**options)
+    return _RUNTIMES.get(name)(**options)

@@ -21,13 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from compressor.common.files import file_sha256 as _sha256
-from compressor.common.files import read_versioned_json
-from runtimes._parity import ParityError, ParityResult, compare
-from runtimes._base import get_runtime
-from runtimes._base import RuntimeUnavailable, SessionConfig
+from compressor.common.files import file_sha256 as _sha256, read_versioned_json
+from runtimes._parity import compare, ParityError, ParityResult
 from compressor.common.outputs import atomic_directory
-from runtimes._manifest_check import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME, BundleError, verify_manifest
+from runtimes._base import RuntimeUnavailable, SessionConfig, get_runtime
+from runtimes._manifest_check import MANIFEST, SCHEMA_VERSION, TARGET_RUNTIME, BundleError, verify_manifest
 
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
 

@@ -27,7 +27,7 @@ _EXTERNAL_DATA_BYTES = 1 << 30
 
 
 def _onnx() -> Any:
-    import onnx  # a project dependency; imported here to keep `import runtimes` light
+    import onnx  # optional SDK: onnx (a dependency, imported on first use to keep `import runtimes` light)
 
     return onnx
 

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from compressor.common.errors import EXIT_PARITY_FAILED, CompressorError
+
 # (max relative error, min cosine similarity) by precision; relative = max|a-b| / max|ref|
 TOLERANCES = {"fp32": (1e-4, 0.99999), "fp16": (2e-2, 0.999)}
 
@@ -34,8 +36,10 @@ class ParityResult:
                 f"(tol {self.tolerance_cosine:g}), top-1 agreement {self.top1_agreement:.1%}: {verdict}")
 
 
-class ParityError(Exception):
+class ParityError(CompressorError):
     """An artifact does not compute the same function as the PyTorch model; carries the numbers."""
+
+    exit_code = EXIT_PARITY_FAILED
 
     def __init__(self, results: list[ParityResult]):
         self.results = results

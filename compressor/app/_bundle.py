@@ -16,12 +16,8 @@ import torch
 from torch import nn
 
 from compressor.graph import count_cost
-from compressor.deploy import ExportConfig, export_onnx
-from compressor.deploy import FoldReport, fold_batchnorm
-from compressor.deploy import save_model
-from runtimes import get_runtime
-from runtimes import TARGET_RUNTIME
-from runtimes import write_bundle
+from compressor.deploy import export_onnx, ExportConfig, fold_batchnorm, FoldReport, save_model
+from runtimes import get_runtime, TARGET_RUNTIME, write_bundle
 
 
 @dataclass

@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from compressor.common.files import file_sha256 as _sha256
-from compressor.common.files import read_versioned_json
+from compressor.common.files import file_sha256 as _sha256, read_versioned_json
 
 from compressor.pruning import TARGET_KEYS
-from compressor.deploy import SPEC_FILE, read_spec
-from runtimes import MANIFEST
-from compressor.app._bundle import pruning_alignment
+from compressor.deploy import load_model, read_spec, SPEC_FILE
 from runtimes import MANIFEST, SCHEMA_VERSION
+from compressor.app._bundle import pruning_alignment
 import torch
 from compressor.graph import count_cost
-from compressor.deploy import load_model
 from compressor.common.errors import CompressorError
 from models import default_input_size
 
@@ -36,7 +33,7 @@ INFO_SCHEMA_VERSION = 1
 SUMMARY_FILE = "summary.json"  # written by `compressor prune` beside model.json
 
 
-class InfoError(ValueError):
+class InfoError(CompressorError, ValueError):
     """The path is missing, or is neither a saved model directory nor an export bundle."""
 
 

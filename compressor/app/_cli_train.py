@@ -12,22 +12,16 @@ import torch
 
 from benchmarks import parse_assignments
 
-from compressor.app._cli_types import fraction_below_one, non_negative_float, open_fraction, positive_float, positive_int, seed
-from compressor.training import build_model, parse_data_spec
+from compressor.app._cli_types import (fraction_below_one, non_negative_float, open_fraction, positive_float,
+                                       positive_int, seed)
+from compressor.training import is_main_process, parse_data_spec, PKSampler, ReIDLoss, train, TrainConfig, TrainResult
 from compressor.app._evaluate import evaluate_classification, evaluate_reid_model
-from compressor.training import ReIDLoss
-from compressor.common.outputs import claim_output
-from compressor.common.outputs import atomic_directory
+from compressor.common.outputs import atomic_directory, claim_output, FORCE_HELP
 from compressor.deploy import save_model
-from compressor.training import TrainConfig, TrainResult, is_main_process, train
-from compressor.training import build_model
-from compressor.app._model_entry import PICKLE_WARNING, ModelSource, is_model_name, load_source, load_weights_, saved_model_dir
-from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
+from compressor.app._model_entry import (ALLOW_PICKLE_HELP, build_model, is_model_name, load_source, load_weights_,
+                                         MODEL_ARG_HELP, MODEL_HELP, ModelSource, PICKLE_WARNING, saved_model_dir,
+                                         WEIGHTS_HELP)
 from runtimes import ArtifactError, BundleError
-from compressor.training import parse_data_spec
-from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
-from compressor.common.outputs import FORCE_HELP
-from compressor.training import PKSampler
 
 __all__ = ["add_parsers", "parse_assignments", "parse_input_size"]
 

@@ -22,10 +22,8 @@ import torch
 from torch import nn
 
 from compressor.deploy import SPEC_FILE
-from runtimes import SessionConfig, get_runtime, load_bundle
-from runtimes import RUNTIME_TARGET
-from compressor.training import topk_accuracy
-from compressor.training import evaluate_reid, pairwise_distance
+from runtimes import get_runtime, load_bundle, RUNTIME_TARGET, SessionConfig
+from compressor.training import evaluate_reid, pairwise_distance, topk_accuracy
 
 __all__ = ["ClassificationResult", "evaluate_classification", "evaluate_reid_model", "open_predictor",
            "resolve_model_path"]

@@ -35,18 +35,13 @@ from compressor.app._latency_table import (
     build_latency_table,
     time_model,
 )
-from benchmarks import decide
-from benchmarks import summarize
-from benchmarks import TimingConfig
+from benchmarks import decide, summarize, TimingConfig
 from compressor.common.errors import UnreachableTargetError
-from compressor.pruning import resolve_alignment
+import compressor.app._alignment as _alignment
 import torch
 from compressor.graph import count_cost
-from compressor.pruning import plan_pruning
+from compressor.pruning import cost_aware_path, plan_pruning, PruneConfig, select_removal, smallest_removal
 from runtimes import get_runtime
-from compressor.pruning import PruneConfig, select_removal
-from compressor.pruning import smallest_removal
-from compressor.pruning import cost_aware_path
 
 METHODS = ("lut", "search")
 
@@ -193,7 +188,7 @@ def _aligned_for(config: Any, runtime: str, device: str, batch_size: int, thread
     target = (runtime, device, batch_size, threads)
     if config.alignment and (config.runtime, config.device, config.batch_size, config.threads) == target:
         return config
-    return resolve_alignment(dataclasses.replace(config, runtime=runtime, device=device, batch_size=batch_size,
+    return _alignment.resolve_alignment(dataclasses.replace(config, runtime=runtime, device=device, batch_size=batch_size,
                                                  threads=threads, alignment={}))
 
 

@@ -31,18 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from compressor.common.files import read_versioned_json
-from compressor.graph import as_tuple
+from compressor.common.files import atomic_write_bytes, read_versioned_json
+from compressor.graph import as_tuple, evaluating
 
-from benchmarks import TimingConfig, time_callable
+from benchmarks import collect_environment, time_callable, TimingConfig
 import torch
-from compressor.deploy import ExportConfig, export_onnx
-from runtimes import SessionConfig, get_runtime
+from compressor.deploy import export_onnx, ExportConfig
+from runtimes import get_runtime, SessionConfig
 from torch import nn
 
-from compressor.graph import evaluating
-from benchmarks import collect_environment
-from compressor.common.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)

@@ -31,11 +31,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from compressor.deploy import SPEC_FILE, load_model, read_spec
+from compressor.deploy import load_model, read_spec, SPEC_FILE
 from compressor.common.errors import ModelEntryError
-from models import is_factory_spec, list_models
-from models import TIMM_PREFIX, TORCHVISION_PREFIX
-from models import create_model
+from models import create_model, is_factory_spec, list_models, TIMM_PREFIX, TORCHVISION_PREFIX
 
 __all__ = ["ModelSource", "LoadedModel", "PICKLE_WARNING", "load_source", "load_weights_", "read_state_dict",
            "is_model_name", "saved_model_dir"]
@@ -340,3 +338,32 @@ WEIGHTS_HELP = ("state_dict or checkpoint file to load into the model (torch.loa
 ALLOW_PICKLE_HELP = ("let a file be unpickled: a whole pickled nn.Module as the model, or a checkpoint holding "
                      "Python objects as --weights. Unpickling runs arbitrary code from the file: only for files "
                      "you trust")
+
+
+def build_model(name: str, spec: Any, num_outputs: int,
+                 extra: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
+    """A zoo model sized for the data (classes, input channels), or a saved model to fine-tune.
+
+    Returns the model and its zoo spec (None for a saved model). ValueError when the model does
+    not take the needed arguments.
+    """
+
+    if (Path(name) / SPEC_FILE).is_file():
+        if extra:
+            raise ValueError("--model-arg applies to zoo models, not to a saved model directory")
+        return load_model(name), None
+
+    kwargs: dict[str, Any] = {"num_ids": num_outputs} if spec.task == "reid" else {"num_classes": num_outputs}
+    kwargs.update(extra)
+    attempts = [kwargs]
+    if spec.task == "classification":  # zoo CNNs take in_chans; torchvision's models are RGB only
+        attempts.insert(0, {**kwargs, "in_chans": spec.input_size[0]})
+    for attempt in attempts:
+        try:
+            model = create_model(name, **attempt)
+            break
+        except TypeError as err:
+            error = err
+    else:
+        raise ValueError(f"model {name!r} does not take {sorted(kwargs)} ({error}); pick a zoo model that does")
+    return model, getattr(model, "zoo_spec", None)

@@ -22,12 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks import paired_speedup
-from benchmarks import TimingConfig, flush_denormals, interleaved
+from benchmarks import flush_denormals, interleaved, paired_speedup, speed_verdict, TimingConfig
 import torch
-from compressor.deploy import ExportConfig, export_onnx
-from runtimes import SessionConfig, get_runtime
-from benchmarks import speed_verdict
+from compressor.deploy import export_onnx, ExportConfig
+from runtimes import get_runtime, SessionConfig
 
 GUARD_TIMING = TimingConfig(warmup=3, min_runs=15, min_seconds=0.6, max_seconds=4.0)
 

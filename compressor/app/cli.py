@@ -11,54 +11,36 @@ from typing import Any, Sequence
 
 import torch
 
-from benchmarks import BENCH_DESCRIPTION, add_bench_arguments, run_command
+from benchmarks import (add_bench_arguments, BENCH_DESCRIPTION, BenchConfig, DECISIONS, evaluate_gate, failing_rules,
+                        load_budgets, merge_results, run_bench, run_benchmark, run_command, TABLE_HEADERS,
+                        table_rows, write_junit)
 from benchmarks import runtime_options as _runtime_options  # noqa: F401  (the sweep tests import it here)
 
-import compressor.pruning._api as _api
 from compressor.app._cli_types import (fraction, fraction_below_one, non_negative_float, non_negative_int, positive_float,
                          positive_int, positive_int_list, seed)
-from compressor.pruning import DEPLOY_RUNTIMES, PruneConfig
-from compressor.graph import count_cost
-from compressor.criteria import list_criteria
-from compressor.common.outputs import FORCE_HELP, claim_output
-from compressor.deploy import SPEC_FILE, save_model
-from compressor.pruning import list_strategies
-from compressor.common.errors import CompressorError
+from compressor.pruning import (alignment_summary, DEPLOY_RUNTIMES, list_strategies, prune_model,
+                                PRUNE_SCHEMA_VERSION, PruneConfig, run_strategy, strategy_config_from_dict)
+from compressor.graph import build_dependency_graph, count_cost
+from compressor.criteria import get_criterion, list_criteria
+from compressor.common.outputs import claim_output, FORCE_HELP
+from compressor.deploy import ExportConfig, save_model, SPEC_FILE
 from models import default_input_size
-from compressor.app._cli_train import parse_assignments
-from compressor.app._model_entry import PICKLE_WARNING, ModelSource, load_source
-from compressor.app._model_entry import is_model_name, saved_model_dir
-from compressor.pruning import StrategyConfig
-from compressor.training import TrainConfig
-from compressor.criteria import get_criterion
-from compressor.training import parse_data_spec
-from compressor.pruning import run_strategy
+from compressor.app._cli_train import add_parsers as add_train_eval_parsers, parse_assignments, parse_input_size
+from compressor.app._model_entry import (ALLOW_PICKLE_HELP, is_model_name, load_source, MODEL_ARG_HELP, MODEL_HELP,
+                                         ModelSource, PICKLE_WARNING, saved_model_dir, WEIGHTS_HELP)
+from compressor.training import parse_data_spec, TrainConfig
 from compressor.app._evaluate import evaluate_classification
 from compressor.app._latency_prune import prune_to_latency
 from rich.console import Console
 from rich.table import Table
-from compressor.pruning import alignment_summary, resolve_alignment
+import compressor.app._alignment as _alignment
 from compressor.app._speed_guard import speed_check
-from compressor.pruning import default_runtimes
-from runtimes import ArtifactError, RuntimeUnavailable
-from runtimes import BundleConfig, BundleError
-from runtimes import ParityError
+from runtimes import BundleConfig, ParityError
 from compressor.app._bundle import export_bundle, missing_runtimes
-from compressor.deploy import ExportConfig
-from benchmarks import run_bench
-from compressor.graph import build_dependency_graph
-from benchmarks import BenchConfig, run_benchmark
-from benchmarks import ( TABLE_HEADERS, BudgetError, evaluate_gate, failing_rules, load_budgets, merge_results, table_rows, write_junit, )
-from runtimes import BundleError
-from compressor.app.pipeline._core import PipelineError, load_pipeline, run_pipeline
-from compressor.app.pipeline._report import HEADERS, summary_rows
+from compressor.app.pipeline._core import load_pipeline, run_pipeline
+from compressor.app.pipeline._report import deployed_accuracy, HEADERS, summary_rows
 import importlib.metadata
-from compressor.app._model_entry import ALLOW_PICKLE_HELP, MODEL_ARG_HELP, MODEL_HELP, WEIGHTS_HELP
-from compressor.app._cli_train import add_parsers as add_train_eval_parsers
 from compressor.app._cli_info import add_parser as add_info_parser
-from benchmarks import DECISIONS
-from compressor.app._cli_train import parse_input_size
-from compressor.app.pipeline._report import deployed_accuracy
 from compressor.common.files import atomic_write_bytes
 import compressor
 
@@ -125,10 +107,10 @@ def _config(args: argparse.Namespace) -> PruneConfig:
 
 
 def _strategy(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The StrategyConfig and the TrainConfig of its training phases."""
+    """The strategy's config and the TrainConfig of its training phases."""
 
     options = parse_assignments(args.strategy_option or [], "--strategy-option")
-    strategy = StrategyConfig.from_dict({"name": args.strategy, "finetune_epochs": args.finetune_epochs, **options})
+    strategy = strategy_config_from_dict(args.strategy, {"finetune_epochs": args.finetune_epochs, **options})
     train = TrainConfig(epochs=1, lr=args.lr, optimizer=args.optimizer, batch_size=args.train_batch_size,
                         weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
     return strategy, train
@@ -143,7 +125,7 @@ def _run_pruning(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
     if args.target_latency_ms is not None:
         return _prune_to_latency(args, config, model, size)
     if args.strategy == "oneshot" and strategy.finetune_epochs == 0 and not needs_data and not args.data:
-        result = _api.prune_model(model, example, config)
+        result = prune_model(model, example, config)
         return result.model, {"channels_removed": result.report.channels_removed,
                               "channels_removable": result.report.channels_removable,
                               "blocked": result.report.blocked, "seconds": result.report.seconds,
@@ -268,7 +250,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    config = resolve_alignment(config)
+    config = _alignment.resolve_alignment(config)
     print(alignment_summary(config))
     pruned, facts = _run_pruning(args, config, model, example, size)
     seconds = time.perf_counter() - t0
@@ -276,7 +258,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     checks = None if args.no_speed_check else _speed_check(args, config, model, pruned, size, detection,
                                                            before.macs / after.macs if after.macs else 1.0)
     summary = {
-        "schema_version": _api.SCHEMA_VERSION,
+        "schema_version": PRUNE_SCHEMA_VERSION,
         "model": name,
         "input_shape": before.input_shape,
         "config": config.to_dict(),
@@ -324,7 +306,7 @@ def _speed_check(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
         note = "skipped: the speed check exports single-tensor classifiers; benchmark detectors with compressor bench"
         print(note)
         return {"skipped": note}
-    runtimes = [config.runtime] if config.runtime else default_runtimes()
+    runtimes = [config.runtime] if config.runtime else _alignment.default_runtimes()
     round_to = config.round_to if config.round_to != "auto" else max(config.alignment["kinds"].values())
     print(f"speed check: pruned vs unpruned on {', '.join(runtimes)} ({config.device}, batch {config.batch_size}, "
           f"threads {config.threads or 'default'}), interleaved ...", flush=True)
@@ -378,15 +360,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         exported = export_bundle(model, args.output, tuple(size), bundle_config, export_config,
                                  fold=not args.no_fold, source=name, weights=_weights_provenance(args, model),
                                  progress=lambda m: print(f"... {m}", file=sys.stderr))
-    except RuntimeUnavailable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ParityError as exc:
+    except ParityError as exc:  # its code is the table's (3); the message adds where the failure is recorded
         print(f"error: {exc}\n(the bundle was written with the failure recorded in manifest.json)", file=sys.stderr)
-        return 3
-    except (ArtifactError, BundleError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     bundle, fold_report = exported.bundle, exported.fold
     if fold_report:
         print(f"folded {len(fold_report.folded)} BatchNorms, kept {len(fold_report.kept)}"
@@ -476,9 +452,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
             print(f"re-measuring {len(rules)} failing rule(s) before deciding ...", file=sys.stderr)
             results = merge_results(results, _measure_for(rules, paths, base, args.threads, args.quiet))
             report = evaluate_gate(budgets, results, accuracy, decision=args.decision)
-    except (BudgetError, BundleError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except TypeError as exc:  # a report or accuracy file of the wrong shape: bad input (2), not an internal error
+        raise ValueError(str(exc)) from exc
     _print_rows(f"release gate: {args.budgets} (confidence {budgets.confidence:g}, decision {report.decision})",
                 TABLE_HEADERS, table_rows(report))
     for line in report.incomplete:
@@ -504,19 +479,15 @@ def _print_rows(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-DEFAULT_PIPELINE = Path(__file__).parent / "pipelines" / "demo.yaml"
+DEFAULT_PIPELINE = Path(__file__).parents[1] / "pipelines" / "demo.yaml"  # compressor/pipelines/
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a pipeline file (default: the built-in demo) into one run directory."""
 
-    try:
-        pipeline = load_pipeline(args.pipeline or DEFAULT_PIPELINE, quick=args.quick)
-        output = Path(args.output or Path("runs") / pipeline.name)
-        result = run_pipeline(pipeline, output, force=args.force, progress=not args.quiet)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)  # a failed gate step exits with the gate's code
+    pipeline = load_pipeline(args.pipeline or DEFAULT_PIPELINE, quick=args.quick)
+    output = Path(args.output or Path("runs") / pipeline.name)
+    result = run_pipeline(pipeline, output, force=args.force, progress=not args.quiet)  # a failed step: its code
     for title, rows in summary_rows(result.state).items():
         _print_rows(title, HEADERS[title], rows)
     print(f"run finished in {result.seconds:.0f}s: {len(result.executed)} steps run, {len(result.skipped)} skipped")
@@ -696,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.func(args)
 
-    return run_command(command, bad_input=(CompressorError,))
+    return run_command(command)  # the exit codes of errors: one table, compressor.common.errors.exit_code_for
 
 
 if __name__ == "__main__":

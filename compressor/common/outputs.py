@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from compressor.common.errors import CompressorError
+
 __all__ = ["FORCE_HELP", "OUTPUT_KINDS", "OutputKind", "OutputRefused", "atomic_directory", "check_output_location",
            "claim_output", "deferred_sigint"]
 
@@ -46,7 +48,7 @@ FORCE_HELP = ("replace an --output directory that holds something other than thi
               "(the new output is swapped in once complete)")
 
 
-class OutputRefused(ValueError):
+class OutputRefused(CompressorError, ValueError):
     """An output directory a command may not write; the message names it and says why."""
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from compressor.common.registry import Registry
 from compressor.graph import PRODUCER_KINDS, DependencyGraph
 
 ScoreFn = Callable[[nn.Module, DependencyGraph, "CriterionContext"], np.ndarray]
@@ -113,7 +114,7 @@ class CriterionSpec:
         return scores
 
 
-_CRITERIA: dict[str, CriterionSpec] = {}
+_CRITERIA: Registry[CriterionSpec] = Registry("criterion", "criteria")
 
 
 def register_criterion(name: str, *, needs_data: bool = False, defaults: dict[str, Any] | None = None,
@@ -126,25 +127,22 @@ def register_criterion(name: str, *, needs_data: bool = False, defaults: dict[st
     """
 
     def deco(fn: ScoreFn) -> ScoreFn:
-        if name in _CRITERIA:
-            raise ValueError(f"criterion {name!r} is already registered")
         summary = (fn.__doc__ or "").strip().split("\n")[0]
-        _CRITERIA[name] = CriterionSpec(name, fn, needs_data, dict(defaults or {}), dict(checks or {}),
-                                        after_removal, summary)
+        _CRITERIA.register(name, CriterionSpec(name, fn, needs_data, dict(defaults or {}), dict(checks or {}),
+                                               after_removal, summary))
         return fn
 
     return deco
 
 
 def list_criteria() -> list[str]:
-    return sorted(_CRITERIA)
+    """The registered criterion names, sorted."""
+    return _CRITERIA.names()
 
 
 def get_criterion(name: str) -> CriterionSpec:
-    try:
-        return _CRITERIA[name]
-    except KeyError:
-        raise ValueError(f"unknown criterion {name!r}; known criteria: {', '.join(list_criteria())}") from None
+    """The criterion registered as ``name``; an unknown name is a ValueError listing the known ones."""
+    return _CRITERIA.get(name)
 
 
 def aggregate_member_scores(graph: DependencyGraph, member_scores: dict[int, np.ndarray],

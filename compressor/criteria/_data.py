@@ -26,9 +26,8 @@ from torch import nn
 from compressor.common.config import int_at_least, number_where
 from compressor.criteria._base import (CriterionContext, aggregate_member_scores, output_members, producer_weights,
                         register_criterion)
-from compressor.graph import PRODUCER_KINDS, DependencyGraph
-from compressor.graph import evaluating
-from compressor.training import TrainCallbacks, TrainConfig, train
+from compressor.graph import DependencyGraph, evaluating, PRODUCER_KINDS
+from compressor.training import train, TrainCallbacks, TrainConfig
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -36,9 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from compressor.common.config import int_at_least, is_number
-from compressor.criteria._base import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
-from compressor.graph import DependencyGraph
-from compressor.graph import evaluating
+from compressor.criteria._base import aggregate_member_scores, CriterionContext, producer_weights, register_criterion
+from compressor.graph import DependencyGraph, evaluating
 from compressor.common.errors import CompressorError
 
 _CHECKS = {"points": int_at_least(1)}

@@ -19,9 +19,8 @@ from scipy.spatial.distance import pdist
 from torch import nn
 
 from compressor.common.config import number_where
-from compressor.criteria._base import CriterionContext, aggregate_member_scores, producer_weights, register_criterion
-from compressor.graph import PRODUCER_KINDS, DependencyGraph
-from compressor.graph import evaluating
+from compressor.criteria._base import aggregate_member_scores, CriterionContext, producer_weights, register_criterion
+from compressor.graph import DependencyGraph, evaluating, PRODUCER_KINDS
 
 # cosine distances below this count as 0: a filter and 3x that filter differ by rounding only
 _COSINE_TOL = 1e-10

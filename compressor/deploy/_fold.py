@@ -19,10 +19,7 @@ from torch import nn
 from torch.fx import Node
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from compressor.graph import count_cost
-from compressor.graph import as_tuple
-from compressor.graph import symbolic_trace
-from compressor.graph import evaluating, module_modes, restore_modes_
+from compressor.graph import as_tuple, count_cost, evaluating, module_modes, restore_modes_, symbolic_trace
 from compressor.common.errors import CompressorError
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -1,7 +1,8 @@
 """Channel alignment chosen for the deployment target (``round_to="auto"``).
 
 Runtimes run channel counts that fit their vector blocks on fast kernels and fall back to slower,
-generic ones for the rest (see ``benchmarks/_alignment.py`` for the measurements). Pruning to
+generic ones for the rest (see ``benchmarks/_alignment.py`` for the measurements; the probe is wired
+in by ``compressor/app/_alignment.py``, since measuring a runtime sits above the pruning engine). Pruning to
 arbitrary widths can therefore make a model with half the FLOPs run *slower*. With
 ``round_to="auto"`` (the default) every channel group is pruned to a multiple of the alignment
 its layers need on the target:
@@ -28,15 +29,16 @@ from __future__ import annotations
 import dataclasses
 import platform
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from compressor.pruning._config import PruneConfig
-from runtimes import get_runtime
 
 KINDS = ("conv", "depthwise", "linear")
-DEFAULT_CPU_RUNTIMES = ("onnxruntime", "openvino")
+#: finds one runtime's alignment: (alignment per kind, source, note); see :func:`resolve_alignment`
+Measure = Callable[[str, PruneConfig, bool], tuple[dict[str, int], str, str]]
+NOT_MEASURED = "not probed: the pruning engine measures no runtime (compressor.prune and the command line probe)"
 #: fallback alignment (channels) by instruction set, when a runtime cannot be probed
 ISA_TABLE = {"avx512": 16, "avx2": 8, "sse": 4, "neon": 4, "gpu": 8, "unknown": 8}
 
@@ -71,66 +73,33 @@ def table_alignment(runtime: str, device: str) -> dict[str, int]:
     return {kind: value for kind in KINDS}
 
 
-@lru_cache(maxsize=1)
-def _installed_cpu_runtimes() -> tuple[str, ...]:
-
-    return tuple(name for name in DEFAULT_CPU_RUNTIMES if get_runtime(name).is_available("cpu") is None)
-
-
-def default_runtimes() -> list[str]:
-    """The CPU runtimes installed here (onnxruntime, OpenVINO); torch when neither is."""
-    return list(_installed_cpu_runtimes()) or ["torch"]
-
-
-def resolve_alignment(config: PruneConfig, *, refresh: bool = False) -> PruneConfig:
+def resolve_alignment(config: PruneConfig, *, measure: Measure | None = None, runtimes: Sequence[str] = (),
+                      refresh: bool = False) -> PruneConfig:
     """``config`` with ``alignment`` filled in for ``round_to="auto"`` (unchanged otherwise).
 
+    ``measure(runtime, config, refresh) -> (alignment per kind, source, note)`` finds a runtime's
+    alignment; the pruning engine itself measures nothing, so without it every kind gets the ISA
+    table. :func:`compressor.prune`, the command line and pipelines pass the runtime probe
+    (``compressor.app``). ``runtimes`` are the targets when ``config.runtime`` is unset.
     The result records, per layer kind, the alignment chosen, where it came from (``probe``,
     ``cache`` or ``isa-table`` with the reason) and for which runtimes, so the recipe says why
     each width is what it is.
     """
     if config.round_to != "auto" or (config.alignment and not refresh):
         return config
-    runtimes = [config.runtime] if config.runtime else default_runtimes()
+    targets = [config.runtime] if config.runtime else list(runtimes) or ["cpu"]
     kinds = {kind: 1 for kind in KINDS}
     per_runtime: dict[str, Any] = {}
-    for name in runtimes:
-        found, source, note = _runtime_alignment(name, config, refresh)
+    for name in targets:
+        if measure is None:
+            found, source, note = table_alignment(name, config.device), "isa-table", NOT_MEASURED
+        else:
+            found, source, note = measure(name, config, refresh)
         per_runtime[name] = {"kinds": found, "source": source, **({"note": note} if note else {})}
         kinds = {k: max(kinds[k], found[k]) for k in KINDS}
     alignment = {"kinds": kinds, "runtimes": per_runtime, "device": config.device, "batch_size": config.batch_size,
                  "threads": config.threads, "isa": cpu_isa()}
     return dataclasses.replace(config, alignment=alignment)
-
-
-_RESOLVED: dict[tuple[Any, ...], tuple[dict[str, int], str, str]] = {}  # per process: no file read per prune
-
-
-def _runtime_alignment(runtime: str, config: PruneConfig, refresh: bool) -> tuple[dict[str, int], str, str]:
-    """(alignment per kind, source, note) for one runtime, remembered for the process."""
-    key = (runtime, config.device, config.batch_size, config.threads)
-    if refresh or key not in _RESOLVED:
-        found, source, note = _measured_alignment(runtime, config, refresh)
-        _RESOLVED[key] = (found, "cache" if source == "probe" else source, note)
-        return found, source, note
-    return _RESOLVED[key]
-
-
-def _measured_alignment(runtime: str, config: PruneConfig, refresh: bool) -> tuple[dict[str, int], str, str]:
-    """(alignment per kind, source, note) for one runtime: measured, cached, or the ISA table."""
-    if runtime == "tensorrt" or config.device in ("cuda", "gpu"):
-        return table_alignment(runtime, config.device), "isa-table", "GPU targets are not probed"
-    try:
-        from benchmarks import ProbeError, probe_alignment
-    except ImportError as exc:  # a torch-only install without the benchmark package's dependencies
-        return table_alignment(runtime, config.device), "isa-table", f"probe unavailable: {exc}"
-    try:
-        result = probe_alignment(runtime, device=config.device, batch_size=config.batch_size,
-                                 threads=config.threads, isa=cpu_isa(), refresh=refresh)
-    except ProbeError as exc:
-        return table_alignment(runtime, config.device), "isa-table", str(exc)
-    found = {k: int(result.alignment.get(k, 1)) for k in KINDS}
-    return found, "cache" if result.cached else "probe", ""
 
 
 def member_kind(graph: Any, m: int) -> str | None:

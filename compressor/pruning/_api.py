@@ -1,4 +1,7 @@
-"""``prune``: model + example input + target -> physically smaller model, and its report."""
+"""The pruning engine: model + example input + PruneConfig -> physically smaller model and its report.
+
+``prune_model`` prunes in one call; ``plan_pruning`` traces and scores once, then applies any target.
+"""
 from __future__ import annotations
 
 import copy
@@ -11,17 +14,14 @@ import torch
 from torch import nn
 
 from compressor.pruning._align import resolve_alignment
-from compressor.graph import as_tuple
+from compressor.graph import (as_tuple, build_dependency_graph, DependencyGraph, evaluating, LayerMismatch,
+                              run_shapes, trace_graph)
 from compressor.pruning._config import PruneConfig
 from compressor.criteria import CriterionContext, get_criterion
-from compressor.graph import DependencyGraph, build_dependency_graph
-from compressor.graph import evaluating
 from compressor.pruning._select import select_removal
 from compressor.pruning._surgery import copy_module_tree, prune_channels_, pruned_copy
 
 from torch._subclasses.fake_tensor import FakeTensorMode
-from compressor.graph import trace_graph
-from compressor.graph import LayerMismatch, run_shapes
 from compressor.common.errors import CompressorError
 
 SCHEMA_VERSION = 1
@@ -287,18 +287,6 @@ def capture_inputs(model: nn.Module, submodule: nn.Module, example_inputs: Any) 
     if not seen:
         raise ValueError(f"{type(submodule).__name__} was not called when running the model on the example input")
     return seen[0]
-
-
-def prune(model: nn.Module, example_inputs: Any, criterion: str = "l2", *, ratio: float | None = None,
-          global_ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
-          inplace: bool = False, **options: Any) -> nn.Module:
-    """Return a physically pruned copy of ``model`` (see :class:`PruneConfig` for options).
-
-    Example: ``compressor.prune(model, torch.randn(1, 3, 224, 224), "l2", target_flops=0.5)``.
-    """
-    config = PruneConfig(criterion=criterion, ratio=ratio, global_ratio=global_ratio, target_flops=target_flops,
-                         target_params=target_params, **options)
-    return prune_model(model, example_inputs, config, inplace=inplace).model
 
 
 def layer_changes(graph: DependencyGraph, kept: np.ndarray) -> list[LayerChange]:

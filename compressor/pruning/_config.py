@@ -1,14 +1,11 @@
 """Typed, validated configuration of a pruning run (round-trips through JSON)."""
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
-from compressor.common.config import Check, JsonConfig, int_at_least, is_int, is_number, number_where
+from compressor.common.config import JsonConfig, is_int
 from compressor.criteria import get_criterion
 from compressor.graph import RESIDUAL_POLICIES
 

@@ -16,6 +16,11 @@ and uses :func:`compressor.train` for its training phases:
 * ``play_and_prune``: an L1 penalty on the lowest filters (AFP) with a threshold and penalty
   driven by an accuracy tolerance (PRC) ("Exploiting prunability" eq. 18–23).
 
+Each strategy has its own frozen config (:class:`OneShotConfig`, :class:`IterativeConfig`,
+:class:`PSFPConfig`, :class:`AutoBalanceConfig`, :class:`PlayAndPruneConfig`), and the config's
+class selects the strategy in :func:`run_strategy`; the configs and the strategy registry are in
+``_strategy_configs``.
+
 Layer-wise against global ranking is the target's choice (``ratio`` is layer-wise;
 ``global_ratio``, ``target_flops`` and ``target_params`` rank globally), and the ResNet residual
 policy is ``PruneConfig.residual``. The full recipe goes into the model's metadata, which the
@@ -37,101 +42,17 @@ from scipy.optimize import brentq
 from torch import nn
 
 from compressor.pruning._api import apply_removal, graph_for, prune_model
-from compressor.graph import as_tuple
+from compressor.graph import (as_tuple, ChannelGroup, count_cost, DependencyGraph, module_modes, PRODUCER_KINDS,
+                              restore_modes_)
 from compressor.pruning._config import PruneConfig
-from compressor.common.config import JsonConfig, int_at_least, number_where
-from compressor.graph import count_cost
+from compressor.pruning._strategy_configs import (AutoBalanceConfig, IterativeConfig, OneShotConfig,
+                                                  PlayAndPruneConfig, PSFPConfig, StrategyConfig, _SOFT, _record,
+                                                  _spec_of, register_strategy)
 from compressor.criteria import CriterionContext, get_criterion, producer_weights
-from compressor.graph import PRODUCER_KINDS, ChannelGroup, DependencyGraph
 from compressor.pruning._select import select_removal
 from compressor.pruning._surgery import zero_channels_
-from compressor.training import TrainCallbacks, TrainConfig, train
+from compressor.training import module_top1, train, TrainCallbacks, TrainConfig
 from compressor.pruning._align import resolve_alignment
-from compressor.graph import module_modes, restore_modes_
-from compressor.app._evaluate import evaluate_classification
-
-Strategy = Callable[["_Run"], nn.Module]
-_STRATEGIES: dict[str, Strategy] = {}
-
-
-def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
-    """Register a strategy under ``name``; registering a name twice is an error."""
-
-    def deco(fn: Strategy) -> Strategy:
-        if name in _STRATEGIES:
-            raise ValueError(f"strategy {name!r} is already registered")
-        _STRATEGIES[name] = fn
-        return fn
-
-    return deco
-
-
-def list_strategies() -> list[str]:
-    return sorted(_STRATEGIES)
-
-
-def get_strategy(name: str) -> Strategy:
-    try:
-        return _STRATEGIES[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; known strategies: {', '.join(list_strategies())}") from None
-
-
-_RULES = {
-    "finetune_epochs": int_at_least(0), "rank_epochs": int_at_least(0), "retrain_epochs": int_at_least(0), "epochs": int_at_least(1),
-    "step": number_where(lambda v: 0 < v <= 1, "in (0, 1]"),
-    "psfp_d": number_where(lambda v: 0 < v < 0.75, "in (0, 0.75)"),
-    "ab_alpha": number_where(lambda v: v > 0, "> 0"),
-    "pp_fraction": number_where(lambda v: 0 < v < 1, "in (0, 1)"),
-    "pp_lambda": number_where(lambda v: v >= 0, ">= 0"),
-    "pp_delta": number_where(lambda v: v > 1, "> 1"),
-    "tolerance": number_where(lambda v: v >= 0, ">= 0 (an accuracy drop, as a fraction)"),
-    "bn_recalibration": int_at_least(0),
-}
-
-
-@dataclass(frozen=True)
-class StrategyConfig(JsonConfig):
-    """How to reach the pruning target. Epoch counts are training epochs over the data.
-
-    * ``name``: one of :func:`list_strategies`.
-    * ``finetune_epochs``: fine-tuning after the final removal (every strategy).
-    * iterative: ``step`` is the share of the target removed per iteration (of the channels for
-      ``ratio``/``global_ratio``, of the FLOPs or params for the cost targets);
-      ``rank_epochs`` epochs of data feed a data-based criterion's ranking; ``retrain_epochs``
-      follow each removal.
-    * psfp / autobalance / play_and_prune: ``epochs`` of training with soft pruning or the
-      regulariser. ``psfp_d`` is D of the schedule (``P'_{D T} = 3P/4``).
-    * autobalance: ``ab_alpha`` is alpha of eq. 9.
-    * play_and_prune: ``pp_fraction`` is alpha of eq. 18 (the share of a layer's live filters
-      under the L1 penalty), ``pp_lambda`` the initial penalty lambda of eq. 23, ``pp_delta``
-      the threshold factor delta_w of eq. 21 and ``tolerance`` the accuracy tolerance epsilon
-      (a fraction: 0.01 = one point).
-    * ``bn_recalibration``: after every physical removal, re-estimate the BatchNorm running
-      statistics on this many training batches (forward passes only, no weight update). The
-      layers after a removal see different inputs, and stale statistics alone can take a pruned
-      ResNet to chance accuracy; 0 turns it off.
-    """
-
-    name: str = "oneshot"
-    finetune_epochs: int = 0
-    step: float = 0.05
-    rank_epochs: int = 1
-    retrain_epochs: int = 4
-    epochs: int = 10
-    psfp_d: float = 0.125
-    ab_alpha: float = 1e-4
-    pp_fraction: float = 0.1
-    pp_lambda: float = 1e-3
-    pp_delta: float = 1.5
-    tolerance: float = 0.01
-    bn_recalibration: int = 8
-
-    def __post_init__(self) -> None:
-        get_strategy(self.name)
-        for key, (ok, what) in _RULES.items():
-            if not ok(getattr(self, key)):
-                raise ValueError(f"strategy option {key} must be {what}, got {getattr(self, key)!r}")
 
 
 @dataclass
@@ -296,19 +217,20 @@ def _prunable_groups(graph: DependencyGraph) -> list[tuple[ChannelGroup, list[st
 
 
 def _check_inputs(prune: PruneConfig, strategy: StrategyConfig, train_config: TrainConfig, train_data: Any) -> None:
-    trains = strategy.finetune_epochs > 0 or strategy.name in ("psfp", "autobalance", "play_and_prune") or (
-        strategy.name == "iterative" and strategy.retrain_epochs > 0)
+    soft = isinstance(strategy, _SOFT)
+    retrains = isinstance(strategy, IterativeConfig) and strategy.retrain_epochs > 0
+    trains = strategy.finetune_epochs > 0 or soft or retrains
     spec = get_criterion(prune.criterion)
     if (trains or spec.needs_data) and train_data is None:
         why = f"criterion {prune.criterion!r} is data-based" if spec.needs_data else f"strategy {strategy.name!r} trains"
         raise ValueError(f"{why} and needs training data (train_data=...; CLI: --data digits)")
-    if spec.needs_data and strategy.name in ("psfp", "autobalance", "play_and_prune"):
+    if spec.needs_data and soft:
         raise ValueError(f"strategy {strategy.name!r} re-ranks filters by their weights during training; "
                          f"use a weight-based criterion (l1, l2, fpgm ...), not {prune.criterion!r}")
-    if strategy.name in ("psfp", "autobalance", "play_and_prune") and spec.after_removal is not None:
+    if soft and spec.after_removal is not None:
         raise ValueError(f"strategy {strategy.name!r} cannot use {prune.criterion!r}, whose refit needs the "
                          "unpruned model at removal time")
-    if train_config.ema_decay is not None and strategy.name in ("psfp", "play_and_prune"):
+    if train_config.ema_decay is not None and isinstance(strategy, (PSFPConfig, PlayAndPruneConfig)):
         raise ValueError("ema_decay would average the zeroed filters back in; train without EMA for "
                          f"strategy {strategy.name!r}")
 
@@ -322,7 +244,8 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
         model: the trained network.
         example_inputs: tensor or tuple used to trace the model (MACs are per sample at its size).
         prune: criterion, target, residual policy, rounding ... (:class:`PruneConfig`).
-        strategy: :class:`StrategyConfig` (default one-shot without fine-tuning).
+        strategy: the strategy's config, whose class selects it: :class:`OneShotConfig` (the default,
+            without fine-tuning), :class:`IterativeConfig`, :class:`PSFPConfig` ... or a user one.
         train_data: map-style ``(x, y)`` dataset for training phases and data-based criteria.
         eval_data: dataset whose top-1 accuracy drives Play-and-Prune (default ``train_data``).
         train_config: optimiser, lr, batch size ... of every training phase; its ``epochs`` is
@@ -331,10 +254,12 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
         progress: show training progress bars.
 
     Raises:
-        ValueError: a strategy that trains, or a data-based criterion, without ``train_data``;
+        ValueError: a config of no registered strategy; a strategy that trains, or a data-based
+            criterion, without ``train_data``;
             incompatible choices (named in the message); and :func:`prune_model`'s errors.
     """
-    strategy = strategy or StrategyConfig()
+    strategy = strategy if strategy is not None else OneShotConfig()
+    spec = _spec_of(strategy)
     train_config = train_config or TrainConfig(epochs=1, lr=0.01, batch_size=64)
     _check_inputs(prune, strategy, train_config, train_data)
 
@@ -345,10 +270,10 @@ def run_strategy(model: nn.Module, example_inputs: Any, prune: PruneConfig, stra
     base = count_cost(work, inputs)
     run = _Run(work, inputs, prune, strategy, train_config, train_data, eval_data, loss_fn, progress,
                base.macs, base.params, graph_for(work, inputs, prune))
-    pruned = get_strategy(strategy.name)(run)
+    pruned = spec.fn(run)
     run.fit(pruned, strategy.finetune_epochs, "finetune")
     macs, params = run.cost(pruned)
-    recipe = {"strategy": strategy.to_dict(), "prune": prune.to_dict(), "train": train_config.to_dict(),
+    recipe = {"strategy": _record(strategy), "prune": prune.to_dict(), "train": train_config.to_dict(),
               "phases": run.history}
     metadata = dict(getattr(pruned, "compressor_metadata", {}) or {})
     metadata["history"] = [*metadata.get("history", []),
@@ -406,7 +331,7 @@ def _log_removal(run: _Run, phase: str, model: nn.Module, **extra: Any) -> tuple
     return macs, params
 
 
-@register_strategy("oneshot")
+@register_strategy("oneshot", OneShotConfig)
 def oneshot(run: _Run) -> nn.Module:
     """Rank once, prune to the target (fine-tuning follows in run_strategy)."""
     result = prune_model(run.model, run.inputs, run.prune, data=run.train_data, loss_fn=run.loss_fn)
@@ -422,7 +347,7 @@ def _target_amount(prune: PruneConfig) -> float:
     return value if key == "global_ratio" else 1 - value
 
 
-@register_strategy("iterative")
+@register_strategy("iterative", IterativeConfig)
 def iterative(run: _Run) -> nn.Module:
     """Repeat rank -> remove ``step`` of the target -> retrain ("Exploiting prunability": 5%, 1 and 4 epochs)."""
     s = run.strategy
@@ -478,14 +403,14 @@ def _zeroing_callbacks(run: _Run, graph: DependencyGraph, fraction_at: Callable[
     return TrainCallbacks(on_epoch_end=on_epoch_end)
 
 
-@register_strategy("psfp")
+@register_strategy("psfp", PSFPConfig)
 def psfp(run: _Run) -> nn.Module:
     """Progressive soft filter pruning: zero on the exponential schedule, remove at the end."""
     s = run.strategy
     graph = run.graph
     masks: list[np.ndarray] = []
     # "Exploiting prunability" eq. 11-12: the zeroed share after epoch e (1-based t = e + 1) follows P'_t / P
-    share = lambda e: 1.0 if e + 1 >= s.epochs else psfp_schedule(e + 1, s.epochs, 1.0, s.psfp_d)  # noqa: E731
+    share = lambda e: 1.0 if e + 1 >= s.epochs else psfp_schedule(e + 1, s.epochs, 1.0, s.d)  # noqa: E731
     callbacks = _zeroing_callbacks(run, graph, share, masks)
     run.fit(run.model, s.epochs, "psfp train", callbacks)
     result = apply_removal(run.model, run.inputs, graph, masks[-1], run.prune,
@@ -510,7 +435,7 @@ def _producer_rows(model: nn.Module, graph: DependencyGraph, removed: np.ndarray
     return out
 
 
-@register_strategy("autobalance")
+@register_strategy("autobalance", AutoBalanceConfig)
 def autobalance(run: _Run) -> nn.Module:
     """Auto-Balance: weaken P and strengthen R by a balanced L2 regulariser, then remove P."""
     s = run.strategy
@@ -533,8 +458,8 @@ def autobalance(run: _Run) -> nn.Module:
             return None
         s_p = sum((lam * module.weight[rows].pow(2).flatten(1).sum(1)).sum() for module, rows, lam, _, _ in terms)
         s_r = sum((lam * module.weight[rows].pow(2).flatten(1).sum(1)).sum() for module, _, _, rows, lam in terms)
-        tau = (-s.ab_alpha * s_p / s_r).detach()  # eq. 10
-        return s.ab_alpha * s_p + tau * s_r  # eq. 9
+        tau = (-s.alpha * s_p / s_r).detach()  # eq. 10
+        return s.alpha * s_p + tau * s_r  # eq. 9
 
     run.fit(run.model, s.epochs, "autobalance train", TrainCallbacks(extra_loss=extra_loss))
     result = apply_removal(run.model, run.inputs, graph, removed, run.prune,
@@ -545,14 +470,14 @@ def autobalance(run: _Run) -> nn.Module:
 
 def _accuracy(model: nn.Module, data: Any) -> float:
 
-    return evaluate_classification(model, data).top1
+    return module_top1(model, data)
 
 
 def _row_l1(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().reshape(module.weight.shape[0], -1).abs().sum(1)
 
 
-@register_strategy("play_and_prune")
+@register_strategy("play_and_prune", PlayAndPruneConfig)
 def play_and_prune(run: _Run) -> nn.Module:
     """Play-and-Prune: AFP penalises the weakest filters, PRC sets penalty and threshold from accuracy.
 
@@ -571,9 +496,9 @@ def play_and_prune(run: _Run) -> nn.Module:
     producers = [(m, modules[graph.members[m].module]) for m in producer_weights(model, graph)]
     xi = _accuracy(model, data)
     zeroed = np.zeros(graph.num_atoms, dtype=bool)
-    state: dict[str, Any] = {"lam": s.pp_lambda, "penalised": []}
-    # the first threshold: the pp_fraction quantile of each layer's filter L1 norms (eq. 18)
-    threshold = {m: float(torch.quantile(_row_l1(module), s.pp_fraction)) for m, module in producers}
+    state: dict[str, Any] = {"lam": s.lambda_, "penalised": []}
+    # the first threshold: the fraction quantile of each layer's filter L1 norms (eq. 18)
+    threshold = {m: float(torch.quantile(_row_l1(module), s.fraction)) for m, module in producers}
 
     def live_rows(m: int) -> np.ndarray:
         atoms = graph.member_atoms(m)
@@ -583,7 +508,7 @@ def play_and_prune(run: _Run) -> nn.Module:
         chosen = []
         for m, module in producers:
             live = live_rows(m)
-            count = int(round(s.pp_fraction * live.size))
+            count = int(round(s.fraction * live.size))
             if count:
                 order = torch.argsort(_row_l1(module)[torch.from_numpy(live)])[:count]
                 chosen.append((module, torch.from_numpy(live)[order]))
@@ -601,10 +526,10 @@ def play_and_prune(run: _Run) -> nn.Module:
     def on_epoch_end(epoch: int, model: nn.Module) -> None:
         accuracy = _accuracy(model, data)
         tr = max(accuracy - (xi - s.tolerance), 0.0)  # eq. 22
-        state["lam"] = tr * s.pp_lambda  # eq. 23
+        state["lam"] = tr * s.lambda_  # eq. 23
         below = np.zeros(graph.num_atoms, dtype=bool)
         for m, module in producers:
-            threshold[m] *= s.pp_delta if tr > 0 else 1 / s.pp_delta  # eq. 21 (see docstring)
+            threshold[m] *= s.delta if tr > 0 else 1 / s.delta  # eq. 21 (see docstring)
             atoms = graph.member_atoms(m)
             hit = (_row_l1(module) < threshold[m]).numpy() & (atoms >= 0)
             below[atoms[hit]] = True

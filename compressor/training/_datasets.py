@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
 from compressor.training._data import (
     DIGITS_INPUT_SIZE,
@@ -24,10 +23,8 @@ from compressor.training._data import (
     digits_dataset,
     image_folder_dataset,
 )
-from compressor.deploy import SPEC_FILE, load_model
-from models import create_model
 
-__all__ = ["DataSpec", "build_model", "parse_data_spec"]
+__all__ = ["DataSpec", "parse_data_spec"]
 
 _KINDS = ("digits", "folder", "market")
 _EVAL_FOLDERS = ("val", "test")
@@ -115,32 +112,3 @@ def parse_data_spec(text: str, input_size: tuple[int, ...] | None = None) -> Dat
     if len(size) != 3:
         raise DatasetError(f"input size must be C,H,W, got {size}")
     return DataSpec(kind, root, size)  # type: ignore[arg-type]
-
-
-def build_model(name: str, spec: Any, num_outputs: int,
-                 extra: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any] | None]:
-    """A zoo model sized for the data (classes, input channels), or a saved model to fine-tune.
-
-    Returns the model and its zoo spec (None for a saved model). ValueError when the model does
-    not take the needed arguments.
-    """
-
-    if (Path(name) / SPEC_FILE).is_file():
-        if extra:
-            raise ValueError("--model-arg applies to zoo models, not to a saved model directory")
-        return load_model(name), None
-
-    kwargs: dict[str, Any] = {"num_ids": num_outputs} if spec.task == "reid" else {"num_classes": num_outputs}
-    kwargs.update(extra)
-    attempts = [kwargs]
-    if spec.task == "classification":  # zoo CNNs take in_chans; torchvision's models are RGB only
-        attempts.insert(0, {**kwargs, "in_chans": spec.input_size[0]})
-    for attempt in attempts:
-        try:
-            model = create_model(name, **attempt)
-            break
-        except TypeError as err:
-            error = err
-    else:
-        raise ValueError(f"model {name!r} does not take {sorted(kwargs)} ({error}); pick a zoo model that does")
-    return model, getattr(model, "zoo_spec", None)

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from compressor.graph import evaluating
+
 __all__ = ["METRICS", "ReIDResult", "evaluate_reid", "pairwise_distance", "topk_accuracy"]
 
 METRICS = ("euclidean", "cosine")
@@ -219,3 +221,23 @@ def evaluate_reid(
         num_queries=num_queries,
         ap_per_query=ap_per_query.tolist(),
     )
+
+
+def module_top1(model: torch.nn.Module, dataset: Any, batch_size: int = 256) -> float:
+    """Top-1 accuracy of a PyTorch module on ``(image, label, ...)`` items, in eval mode, without gradients.
+
+    What the training strategies use to compare candidates; accuracy of a saved model or of a
+    bundle on a runtime is :func:`compressor.evaluate_classification`'s job.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    logits, labels = [], []
+    with evaluating(model), torch.no_grad():
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            images = torch.stack([torch.as_tensor(item[0]).float() for item in items]).to(device)
+            logits.append(model(images).float().cpu())
+            labels.append(torch.as_tensor([int(item[1]) for item in items]))
+    if not logits:
+        raise ValueError("the evaluation dataset is empty")
+    return topk_accuracy(torch.cat(logits), torch.cat(labels), ks=(1,))[1]
+

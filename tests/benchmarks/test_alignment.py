@@ -133,7 +133,7 @@ def test_a_busy_machine_is_not_probed_and_nothing_is_cached(tmp_path, monkeypatc
     import os
 
     from compressor import PruneConfig
-    import compressor.pruning._align as _align
+    import compressor.app._alignment as _align
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     monkeypatch.setattr(A, "_load_average", lambda: 1.5 * cores + 2)

@@ -1,8 +1,9 @@
 """``python -m benchmarks``: ``compressor bench`` on a device without torch.
 
 The bundle is exported here, with torch; the benchmark runs in a child process where importing
-torch or ``compressor`` is impossible (a ``sitecustomize`` on PYTHONPATH, so the memory
-subprocesses inherit it) and every attempt is logged, even one a ``try/except`` would swallow.
+torch, or any part of ``compressor`` but its torch-free foundation ``compressor.common`` (errors,
+atomic files), is impossible (a ``sitecustomize`` on PYTHONPATH, so the memory subprocesses
+inherit it) and every attempt is logged, even one a ``try/except`` would swallow.
 """
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ from runtimes import get_runtime
 PROJECT = Path(__file__).resolve().parents[2]
 SCHEMA = PROJECT / "benchmarks" / "results.schema.json"
 BLOCKED = ("torch", "compressor")
+ALLOWED = ("compressor", "compressor.common")  # the lazy facade and the torch-free foundation
 
-# Refuses torch and compressor (and their submodules) to every import in this process and its
-# children, and logs the process and each refused name to $TORCH_FREE_LOG.
+# Refuses torch and compressor (and their submodules, but for compressor.common) to every import in
+# this process and its children, and logs the process and each refused name to $TORCH_FREE_LOG.
 SITECUSTOMIZE = f'''
 import os, sys
 
 BLOCKED = {BLOCKED!r}
+ALLOWED = {ALLOWED!r}
 LOG = os.environ["TORCH_FREE_LOG"]
 
 
@@ -38,7 +41,7 @@ def _log(line):
 
 class _Refuse:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in BLOCKED:
+        if name.split(".")[0] in BLOCKED and not (name in ALLOWED or name.startswith("compressor.common.")):
             _log(f"import {{name}} in {{' '.join(sys.argv)}}")
             raise ImportError(f"{{name}} is not installed on this device (blocked by the test)")
         return None
@@ -83,6 +86,10 @@ def test_the_child_cannot_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, text=True, env=env)
     assert proc.returncode != 0 and "blocked by the test" in proc.stderr
     assert any(line.startswith("import torch") for line in log.read_text().splitlines())
+    # the foundation imports; the pruning engine does not (it needs torch)
+    code = "import compressor.common.errors, compressor.common.files; import compressor.graph"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode != 0 and "compressor.graph is not installed" in proc.stderr, proc.stderr
 
 
 def test_bench_runs_without_torch_and_the_gate_reads_its_report(bundle, tmp_path, capsys):

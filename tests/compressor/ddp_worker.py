@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from compressor.training._loop import TrainCallbacks, TrainConfig, is_main_process, train
+from compressor.training import TrainCallbacks, TrainConfig, is_main_process, train
 
 EPOCHS = 2
 

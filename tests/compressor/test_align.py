@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 import compressor as C
+import compressor.pruning
 import benchmarks._alignment as probe
-import compressor.pruning._align as _align
+import compressor.app._alignment as _align
+import compressor.pruning._align as core_align
 from compressor.pruning._select import TargetToleranceWarning
 from models import create_model
 
@@ -36,7 +38,7 @@ def _fresh_memo():
 def probed(monkeypatch):
     """Every runtime's probe answers conv 16, depthwise 8, linear 1."""
     calls: list = []
-    monkeypatch.setattr(probe, "probe_alignment", fake_probe({"conv": 16, "depthwise": 8, "linear": 1}, calls))
+    monkeypatch.setattr(_align, "probe_alignment", fake_probe({"conv": 16, "depthwise": 8, "linear": 1}, calls))
     return calls
 
 
@@ -64,7 +66,7 @@ def test_default_target_is_every_cpu_runtime_here(probed):
 def test_unprobeable_target_falls_back_to_the_isa_table(monkeypatch):
     def refuse(*a, **k):
         raise probe.ProbeError("cannot probe: not installed")
-    monkeypatch.setattr(probe, "probe_alignment", refuse)
+    monkeypatch.setattr(_align, "probe_alignment", refuse)
     config = _align.resolve_alignment(C.PruneConfig(ratio=0.3, runtime="openvino"))
     expected = _align.ISA_TABLE[_align.cpu_isa()]
     assert config.alignment["kinds"] == {k: expected for k in _align.KINDS}
@@ -84,22 +86,22 @@ def test_groups_take_their_kinds_alignment_capped_by_width(probed):
     x = torch.randn(1, 3, 64, 64)
     config = _align.resolve_alignment(C.PruneConfig(target_flops=0.5, runtime="onnxruntime"))
     graph = C.build_dependency_graph(model, x)
-    align = _align.group_alignment(graph, config)
+    align = core_align.group_alignment(graph, config)
     for g in graph.groups:
-        kinds = {_align.member_kind(graph, m) for m in g.members} - {None}
+        kinds = {core_align.member_kind(graph, m) for m in g.members} - {None}
         wanted = max({"conv": 16, "depthwise": 8, "linear": 1}[k] for k in kinds) if kinds else 1
         cap = 1 << (len(g.atoms).bit_length() - 1)
         assert align[g.index] == min(wanted, cap), g.describe(graph)
     # an expanded group feeds a depthwise conv and is produced by a dense one: the larger alignment wins
-    mixed = [g for g in graph.groups if {_align.member_kind(graph, m) for m in g.members} >= {"conv", "depthwise"}]
+    mixed = [g for g in graph.groups if {core_align.member_kind(graph, m) for m in g.members} >= {"conv", "depthwise"}]
     assert mixed and all(align[g.index] == 16 for g in mixed)
 
-    pruned = C.prune_model(model, x, config).model
+    pruned = compressor.pruning.prune_model(model, x, config).model
     for name, (cin, cout, groups) in widths_of(pruned).items():
         if groups > 1:
             assert cin == cout == groups, name  # depthwise convs follow the channels they are coupled to
     kept = {g.index: None for g in graph.groups}
-    result = C.prune_model(model, x, config)
+    result = compressor.pruning.prune_model(model, x, config)
     counts = graph.kept_counts(result.removed)
     for g in graph.groups:
         member = g.members[0]
@@ -113,7 +115,7 @@ def test_auto_alignment_is_recorded_in_recipe_and_manifest(probed, tmp_path):
 
     model = create_model("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)
-    pruned = C.prune(model, x, "l2", target_flops=0.6, runtime="onnxruntime")
+    pruned = C.prune(model, x, criterion="l2", target_flops=0.6, runtime="onnxruntime").model
     entry = pruned.compressor_metadata["history"][-1]
     assert entry["config"]["round_to"] == "auto"
     assert entry["config"]["alignment"]["kinds"] == {"conv": 16, "depthwise": 8, "linear": 1}
@@ -129,7 +131,7 @@ def test_auto_alignment_is_recorded_in_recipe_and_manifest(probed, tmp_path):
     assert manifest["alignment"]["auto"]["kinds"]["conv"] == 16
     assert load_bundle(tmp_path / "b").manifest["alignment"]["auto"]["runtimes"]["onnxruntime"]["source"] == "probe"
 
-    explicit = C.prune(model, x, "l2", target_flops=0.6, round_to=4)
+    explicit = C.prune(model, x, "l2", target_flops=0.6, round_to=4).model
     assert explicit.compressor_metadata["history"][-1]["config"]["round_to"] == 4
     assert all(out % 4 == 0 for _, out, _ in widths_of(explicit).values() if out != 10)
 
@@ -152,7 +154,7 @@ def test_cost_target_lands_within_tolerance_or_names_the_nearest(round_to, probe
     model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = C.prune_model(model, x, C.PruneConfig(target_flops=0.5, round_to=round_to, runtime="onnxruntime"))
+        result = compressor.pruning.prune_model(model, x, C.PruneConfig(target_flops=0.5, round_to=round_to, runtime="onnxruntime"))
     reached = result.report.flops_ratio
     notes = [w for w in caught if issubclass(w.category, TargetToleranceWarning)]
     if abs(reached - 0.5) <= 0.02:
@@ -166,5 +168,5 @@ def test_cost_target_lands_within_tolerance_or_names_the_nearest(round_to, probe
 
 def test_unaligned_budget_semantics_unchanged():
     model, x = SmallNet().eval(), torch.randn(1, 3, 16, 16)
-    result = C.prune_model(model, x, C.PruneConfig(target_flops=0.5, round_to=1))
+    result = compressor.pruning.prune_model(model, x, C.PruneConfig(target_flops=0.5, round_to=1))
     assert result.report.flops_ratio <= 0.5

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, HealthCheck, settings, strategies as st
 
 from compressor import save_model
 from compressor.app.cli import main
@@ -80,7 +79,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
     import benchmarks
     import compressor.app._latency_prune
     import compressor.app._speed_guard
-    import compressor.pruning._align
+    import compressor.app._alignment
     import compressor.app._bundle
     import compressor.app.pipeline._core
     import compressor.pruning._strategies
@@ -103,7 +102,7 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         load_bench_bundles(candidates, baseline)  # missing or invalid bundles fail as in the real one
         raise _Reached()
 
-    monkeypatch.setattr(compressor.pruning._align, "resolve_alignment", resolve_alignment)
+    monkeypatch.setattr(compressor.app._alignment, "resolve_alignment", resolve_alignment)
     monkeypatch.setattr(compressor.app._speed_guard, "speed_check", lambda *a, **k: [])
     monkeypatch.setattr(compressor.app._latency_prune, "prune_to_latency", reached)
     monkeypatch.setattr(compressor.pruning._strategies, "run_strategy", reached)

@@ -42,7 +42,7 @@ def test_resnet50_matches_published_figure():
 def test_graph_cost_model_agrees_with_flop_counter(name, target):
     model = create_model(name).eval()
     x = torch.randn(1, 3, 32, 32)
-    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion="l2", target_flops=target))
+    result = C.pruning.prune_model(model, x, C.PruneConfig(round_to=1, criterion="l2", target_flops=target))
     measured = C.count_cost(result.model, x)
     assert result.report.macs_before == pytest.approx(C.count_cost(model, x).macs, rel=1e-9)
     assert result.report.macs_after == pytest.approx(measured.macs, rel=1e-9)

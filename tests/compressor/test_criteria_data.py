@@ -5,8 +5,6 @@ their option checks, and masked-oracle parity on resnet20 with the digits data."
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +12,8 @@ import torch
 from torch import nn
 
 import compressor as C
+from compressor.testing import Pruned, check_pruned, randomize_
 from models import create_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-import oracle  # noqa: E402
 
 DATA_CRITERIA = ["taylor", "entropy", "aux_loss"]
 
@@ -73,7 +69,7 @@ def test_dead_channel_is_pruned_first(criterion, bn):
     assert scores[layer_a[dead]] == 0.0
     assert all(scores[layer_a[j]] > 0 for j in range(4) if j != dead)
 
-    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, calib_batches=4,
+    result = C.pruning.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, calib_batches=4,
                                                    calib_batch_size=16), data=data)
     keep = [j for j in range(4) if j != dead]
     assert result.model.a.out_channels == 3
@@ -140,7 +136,7 @@ def test_entropy_rejects_bad_bins(bins):
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
 def test_data_criteria_need_data(criterion):
     with pytest.raises(ValueError, match="needs calibration data"):
-        C.prune_model(ConvNet(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.5))
+        C.pruning.prune_model(ConvNet(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.5))
 
 
 AUX = {"epochs": 1, "lam": 1.0, "lr": 1e-3, "batch_size": 32}  # the fatuous loss dominates the task loss
@@ -161,7 +157,7 @@ def test_aux_loss_prunes_the_filter_it_moves_most_and_leaves_the_model_alone():
     model, data, x = tiny_filter_model(), tiny_data(), torch.randn(1, 1, 8, 8)
     state = copy.deepcopy(model.state_dict())
     rng = torch.get_rng_state()
-    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion="aux_loss", ratio=0.25, criterion_options=AUX), data=data)
+    result = C.pruning.prune_model(model, x, C.PruneConfig(round_to=1, criterion="aux_loss", ratio=0.25, criterion_options=AUX), data=data)
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters()) and not model.training
     assert torch.equal(torch.get_rng_state(), rng)  # train() seeds globally; the criterion restores it
@@ -190,7 +186,7 @@ def test_aux_loss_scores_are_minus_the_normalised_ratio():
             f = getattr(model, mb.module).weight.detach().flatten(1).double()
             g = getattr(trained, mb.module).weight.detach().flatten(1).double()
             ratios[m] = ((g - f).abs().sum(1) / f.abs().sum(1)).numpy()
-    np.testing.assert_allclose(scores, -C.aggregate_member_scores(graph, ratios, normalize="mean"), rtol=1e-5)
+    np.testing.assert_allclose(scores, -C.criteria.aggregate_member_scores(graph, ratios, normalize="mean"), rtol=1e-5)
     m_a = next(m for m, mb in enumerate(graph.members) if mb.module == "a" and mb.kind == "conv_out")
     assert np.argmin(scores[graph.member_atoms(m_a)]) == 1
     assert ratios[m_a][1] > 100 * np.delete(ratios[m_a], 1).max()
@@ -205,7 +201,7 @@ def test_aux_loss_rejects_bad_options():
 @pytest.mark.parametrize("criterion", DATA_CRITERIA)
 def test_resnet20_on_digits_matches_the_masked_oracle(criterion):
     torch.manual_seed(0)
-    model = oracle.randomize_(create_model("resnet20", in_chans=1).eval(), seed=1)
+    model = randomize_(create_model("resnet20", in_chans=1).eval(), seed=1)
     data = C.digits_dataset("train", channels=1)
     if criterion == "aux_loss":  # two training steps are enough to rank; keep the test fast
         data = torch.utils.data.Subset(data, range(128))
@@ -213,8 +209,8 @@ def test_resnet20_on_digits_matches_the_masked_oracle(criterion):
     options = {"epochs": 1, "batch_size": 64} if criterion == "aux_loss" else {}
     config = C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
                            criterion_options=options)
-    result = C.prune_model(model, x, config, data=data)
+    result = C.pruning.prune_model(model, x, config, data=data)
     assert result.report.flops_ratio <= 0.5
     masked = copy.deepcopy(model)
-    C.zero_channels_(masked, result.graph, result.removed)
-    oracle.check_pruned(oracle.Pruned(model, result.model, masked, result.graph, result.removed), x)
+    C.pruning.zero_channels_(masked, result.graph, result.removed)
+    check_pruned(Pruned(model, result.model, masked, result.graph, result.removed), x)

@@ -34,7 +34,7 @@ def test_weak_filter_is_pruned_first(criterion):
     with torch.no_grad():
         model.a.weight[2].zero_() if criterion == "l1" else model.a.weight[1].mul_(1e-3)
     weak = 2 if criterion == "l1" else 1
-    pruned = C.prune(model, torch.randn(1, 3, 8, 8), criterion, ratio=0.25, round_to=1)
+    pruned = C.prune(model, torch.randn(1, 3, 8, 8), criterion, ratio=0.25, round_to=1).model
     keep = [i for i in range(4) if i != weak]
     assert pruned.a.out_channels == 3 and pruned.b.in_channels == 3
     assert torch.equal(pruned.a.weight, model.a.weight[keep])

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,7 @@ from torch import nn
 import compressor as C
 import models
 from compressor.criteria._weight import simc_layer_scores
-
-sys.path.insert(0, str(Path(__file__).parent))
-from oracle import Pruned, check_pruned, randomize_  # noqa: E402
+from compressor.testing import Pruned, check_pruned, randomize_
 
 
 class TwoConv(nn.Module):
@@ -86,7 +82,7 @@ def test_fpgm_prunes_the_filter_at_the_geometric_median():
         rows[3] = rows[:3].mean(dim=0)  # ... and their centroid, the geometric median
         rows -= rows[0].clone()  # a shift keeps the distances; filter 0 is now what l1/l2 would prune
         model.a.weight.copy_(rows.view(4, 3, 3, 3))
-    pruned = C.prune(model, x_img(), "fpgm", ratio=0.25, round_to=1)
+    pruned = C.prune(model, x_img(), "fpgm", ratio=0.25, round_to=1).model
     assert_kept(pruned, model, [0, 1, 2])
 
 
@@ -95,7 +91,7 @@ def test_fpgm_prunes_one_of_a_duplicated_cluster():
     with torch.no_grad():
         model.a.weight[1:3] = 5 * model.a.weight[0]  # filters 0, 1, 2 identical and the largest; 3, 4 distinct
         model.a.weight[0] *= 5
-    pruned = C.prune(model, x_img(), "fpgm", ratio=0.2, round_to=1)
+    pruned = C.prune(model, x_img(), "fpgm", ratio=0.2, round_to=1).model
     rows = list(pruned.a.weight)
     assert len(rows) == 4
     assert sum(torch.equal(r, model.a.weight[0]) for r in rows) == 2
@@ -129,7 +125,7 @@ def test_simc_prunes_the_smaller_of_two_parallel_filters(tau):
     l1 = model.a.weight.abs().sum(dim=(1, 2, 3))
     assert l1[0] > max(l1[1], l1[3]), "filter 0 must not be the one l1 would prune"
     config = C.PruneConfig(round_to=1, criterion="simc", ratio=0.25, criterion_options={"tau": tau})
-    pruned = C.prune_model(model, x_img(), config).model
+    pruned = C.pruning.prune_model(model, x_img(), config).model
     assert_kept(pruned, model, [1, 2, 3])
 
 
@@ -151,7 +147,7 @@ def test_bn_scale_prunes_the_smallest_gamma():
     model = seeded(ConvBN())
     with torch.no_grad():
         model.bn.weight.copy_(torch.tensor([1.0, 0.01, -0.8, 1.2]))  # |gamma| counts: -0.8 is large
-    result = C.prune_model(model, x_img(), C.PruneConfig(round_to=1, criterion="bn_scale", ratio=0.25))
+    result = C.pruning.prune_model(model, x_img(), C.PruneConfig(round_to=1, criterion="bn_scale", ratio=0.25))
     assert_kept(result.model, model, [0, 2, 3])
     assert torch.equal(result.model.bn.weight, model.bn.weight[[0, 2, 3]])
     scores = C.get_criterion("bn_scale")(model, result.graph)
@@ -161,7 +157,7 @@ def test_bn_scale_prunes_the_smallest_gamma():
 @pytest.mark.parametrize("model", [TwoConv(), ConvBN(affine=False)], ids=["no_bn", "bn_without_affine"])
 def test_bn_scale_needs_affine_batchnorm(model):
     with pytest.raises(ValueError, match=f"needs BatchNorm layers with affine weights; {type(model).__name__} has none"):
-        C.prune(model, x_img(), "bn_scale", ratio=0.25, round_to=1)
+        C.prune(model, x_img(), "bn_scale", ratio=0.25, round_to=1).model
 
 
 # ---- nisp ------------------------------------------------------------------------------------------
@@ -174,7 +170,7 @@ def test_nisp_prunes_a_channel_the_next_layer_ignores():
     graph = C.build_dependency_graph(model, x_img())
     ctx = C.CriterionContext(example_inputs=(x_img(),))
     assert C.get_criterion("nisp")(model, graph, ctx)[member_atoms(graph, "a", "conv_out")][2] == 0
-    assert_kept(C.prune(model, x_img(), "nisp", ratio=0.25, round_to=1), model, [0, 1, 3])
+    assert_kept(C.prune(model, x_img(), "nisp", ratio=0.25, round_to=1).model, model, [0, 1, 3])
 
 
 @pytest.mark.parametrize("bn,affine,act", [(False, True, None), (True, True, None), (True, False, None),
@@ -221,9 +217,9 @@ def test_resnet20_half_flops_matches_the_masked_oracle(criterion):
     model = randomize_(models.create_model("resnet20", in_chans=1).eval(), seed=1)
     x = torch.randn(1, 1, 32, 32, generator=torch.Generator().manual_seed(7))
     state = copy.deepcopy(model.state_dict())
-    result = C.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5))
+    result = C.pruning.prune_model(model, x, C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5))
     assert result.report.flops_ratio <= 0.5
     masked = copy.deepcopy(model)
-    C.zero_channels_(masked, result.graph, result.removed)
+    C.pruning.zero_channels_(masked, result.graph, result.removed)
     check_pruned(Pruned(model, result.model, masked, result.graph, result.removed), x)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

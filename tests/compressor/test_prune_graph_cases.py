@@ -7,8 +7,6 @@ surgery removes exactly the matching weight columns.
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +14,7 @@ import torch
 from torch import nn
 
 import compressor as C
-
-sys.path.insert(0, str(Path(__file__).parent))
-import oracle  # noqa: E402
+from compressor.testing import assert_parity, check_pruned, prune_with_oracle, randomize_, run_eval
 
 
 def atoms_of(g: C.DependencyGraph, module: str, kind: str) -> np.ndarray:
@@ -103,11 +99,11 @@ def test_residual_add_couples_every_producer_of_the_stream():
 
 
 def test_removing_a_stream_channel_slices_every_block_that_touches_it():
-    model = oracle.randomize_(TwoBlocks().eval())
+    model = randomize_(TwoBlocks().eval())
     g = C.build_dependency_graph(model, X)
     stem = atoms_of(g, "stem.0", "conv_out")
     pruned = copy.deepcopy(model)
-    C.prune_channels_(pruned, g, remove_atoms(g, [stem[2], stem[5]]))
+    C.pruning.prune_channels_(pruned, g, remove_atoms(g, [stem[2], stem[5]]))
     keep = [0, 1, 3, 4, 6, 7]
     assert pruned.stem[0].out_channels == pruned.a2[0].out_channels == 6
     assert pruned.a1[0].in_channels == pruned.b1[0].in_channels == pruned.proj[0].in_channels == 6
@@ -132,14 +128,14 @@ class Concat(nn.Module):
 
 
 def test_concat_maps_each_branch_to_its_offset_in_the_consumer():
-    model = oracle.randomize_(Concat().eval())
+    model = randomize_(Concat().eval())
     g = C.build_dependency_graph(model, X)
     a, b = atoms_of(g, "a.0", "conv_out"), atoms_of(g, "b.0", "conv_out")
     np.testing.assert_array_equal(atoms_of(g, "mix", "conv_in"), np.concatenate([a, b]))
     assert len(set(a) | set(b)) == 10  # branches stay independent
     j = 3
     pruned = copy.deepcopy(model)
-    C.prune_channels_(pruned, g, remove_atoms(g, [b[j]]))
+    C.pruning.prune_channels_(pruned, g, remove_atoms(g, [b[j]]))
     assert (pruned.a[0].out_channels, pruned.b[0].out_channels, pruned.mix.in_channels) == (4, 5, 9)
     columns = [c for c in range(10) if c != 4 + j]
     torch.testing.assert_close(pruned.mix.weight, model.mix.weight[:, columns])
@@ -162,21 +158,21 @@ class FlattenLinear(nn.Module):
 
 
 def test_flatten_then_linear_removes_h_times_w_features_per_channel():
-    model = oracle.randomize_(FlattenLinear().eval())
+    model = randomize_(FlattenLinear().eval())
     g = C.build_dependency_graph(model, X)
     conv = atoms_of(g, "conv.0", "conv_out")
     np.testing.assert_array_equal(atoms_of(g, "fc", "linear_in"), np.repeat(conv, 9))
     pruned = copy.deepcopy(model)
-    C.prune_channels_(pruned, g, remove_atoms(g, [conv[1]]))
+    C.pruning.prune_channels_(pruned, g, remove_atoms(g, [conv[1]]))
     assert pruned.fc.in_features == 27
     columns = [i for i in range(36) if not 9 <= i < 18]
     torch.testing.assert_close(pruned.fc.weight, model.fc.weight[:, columns])
-    oracle.assert_parity(oracle.run_eval(pruned, X), oracle.run_eval(_zeroed(model, g, [conv[1]]), X))
+    assert_parity(run_eval(pruned, X), run_eval(_zeroed(model, g, [conv[1]]), X))
 
 
 def _zeroed(model, g, atoms):
     out = copy.deepcopy(model)
-    C.zero_channels_(out, g, remove_atoms(g, atoms))
+    C.pruning.zero_channels_(out, g, remove_atoms(g, atoms))
     return out
 
 
@@ -196,18 +192,18 @@ class Depthwise(nn.Module):
 
 
 def test_depthwise_conv_couples_its_input_and_output_channel():
-    model = oracle.randomize_(Depthwise().eval())
+    model = randomize_(Depthwise().eval())
     g = C.build_dependency_graph(model, X)
     pw1, dw_out = atoms_of(g, "pw1.0", "conv_out"), atoms_of(g, "dw.0", "conv_out")
     np.testing.assert_array_equal(pw1, dw_out)
     np.testing.assert_array_equal(atoms_of(g, "pw2.0", "conv_in"), dw_out)
     assert len(set(pw1)) == 8 and not g.blocked[pw1].any()
     pruned = copy.deepcopy(model)
-    C.prune_channels_(pruned, g, remove_atoms(g, pw1[[0, 6]]))
+    C.pruning.prune_channels_(pruned, g, remove_atoms(g, pw1[[0, 6]]))
     dw = pruned.dw[0]
     assert (dw.in_channels, dw.out_channels, dw.groups) == (6, 6, 6)
     torch.testing.assert_close(dw.weight, model.dw[0].weight[[1, 2, 3, 4, 5, 7]])
-    oracle.assert_parity(oracle.run_eval(pruned, X), oracle.run_eval(_zeroed(model, g, pw1[[0, 6]]), X))
+    assert_parity(run_eval(pruned, X), run_eval(_zeroed(model, g, pw1[[0, 6]]), X))
 
 
 # ---- squeeze-and-excitation ----------------------------------------------------------------------
@@ -254,15 +250,15 @@ class SpatialAttention(nn.Module):
 
 
 def test_broadcast_attention_map_does_not_couple_the_channels_it_scales():
-    model = oracle.randomize_(SpatialAttention().eval())
+    model = randomize_(SpatialAttention().eval())
     g = C.build_dependency_graph(model, X)
     conv = atoms_of(g, "conv.0", "conv_out")
     assert len(set(conv)) == 8 and not g.blocked[conv].any()
     att = atoms_of(g, "att", "conv_out")
     assert g.blocked[att].all() and "broadcast" in " ".join(reasons_of(g, att))
-    p = oracle.prune_with_oracle(model, X, C.PruneConfig(criterion="random", ratio=0.5, seed=3, round_to=1))
+    p = prune_with_oracle(model, X, C.PruneConfig(criterion="random", ratio=0.5, seed=3, round_to=1))
     assert p.pruned.conv[0].out_channels == 4 and p.pruned.att.out_channels == 1
-    oracle.check_pruned(p, X)
+    check_pruned(p, X)
 
 
 # ---- channel shuffle ------------------------------------------------------------------------------
@@ -283,7 +279,7 @@ class Shuffle(nn.Module):
 
 
 def test_channel_shuffle_with_two_groups_couples_pairs():
-    model = oracle.randomize_(Shuffle().eval())
+    model = randomize_(Shuffle().eval())
     g = C.build_dependency_graph(model, X)
     conv = atoms_of(g, "conv.0", "conv_out")
     # channel i of group 0 and channel i of group 1 must go together: the literal 2 stays valid
@@ -292,10 +288,10 @@ def test_channel_shuffle_with_two_groups_couples_pairs():
     # the consumer reads the interleaved order: input 2i+k is channel k*4+i
     np.testing.assert_array_equal(atoms_of(g, "after.0", "conv_in"), conv.reshape(2, 4).T.reshape(-1))
     pruned = copy.deepcopy(model)
-    C.prune_channels_(pruned, g, remove_atoms(g, [conv[1]]))
+    C.pruning.prune_channels_(pruned, g, remove_atoms(g, [conv[1]]))
     assert pruned.conv[0].out_channels == 6 and pruned.after[0].in_channels == 6
     torch.testing.assert_close(pruned.after[0].weight, model.after[0].weight[:, [0, 1, 4, 5, 6, 7]])
-    oracle.assert_parity(oracle.run_eval(pruned, X), oracle.run_eval(_zeroed(model, g, [conv[1]]), X))
+    assert_parity(run_eval(pruned, X), run_eval(_zeroed(model, g, [conv[1]]), X))
 
 
 # ---- blocks ---------------------------------------------------------------------------------------
@@ -352,7 +348,7 @@ def test_build_restores_per_module_modes_of_a_frozen_bn_model(tmp_path):
     before = {n: m.training for n, m in model.named_modules()}
     C.build_dependency_graph(model, X)
     assert {n: m.training for n, m in model.named_modules()} == before
-    pruned = C.prune(model, X, "l2", ratio=0.5)
+    pruned = C.prune(model, X, "l2", ratio=0.5).model
     assert {n: m.training for n, m in model.named_modules()} == before
     assert {n: m.training for n, m in pruned.named_modules()} == before
     folded, _ = C.fold_batchnorm(pruned, X)
@@ -360,7 +356,7 @@ def test_build_restores_per_module_modes_of_a_frozen_bn_model(tmp_path):
 
 
 def test_tracing_in_train_mode_does_not_update_batchnorm_statistics():
-    model = oracle.randomize_(TwoBlocks()).train()
+    model = randomize_(TwoBlocks()).train()
     state = copy.deepcopy(model.state_dict())
     C.build_dependency_graph(model, X * 10 + 3)
     after = model.state_dict()

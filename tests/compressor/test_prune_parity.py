@@ -1,26 +1,24 @@
 """Physical pruning equals the masked oracle on every zoo model, and the prune API keeps its promises.
 
 The oracle is the unpruned model with the removed channels' producers zeroed
-(``compressor.zero_channels_``); in eval mode the physically smaller model must compute the
-same function. Weights are randomised first (``oracle.randomize_``) so that every channel
+(``compressor.pruning.zero_channels_``); in eval mode the physically smaller model must compute the
+same function. Weights are randomised first (``randomize_``) so that every channel
 matters; ``allow_renormalization=False`` keeps that equivalence exact.
 """
 from __future__ import annotations
 
 import copy
 import functools
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import compressor as C
+from compressor.testing import (
+    assert_parity, check_pruned, count_flops, count_params, prune_with_oracle, randomize_, run_eval, zero_rows,
+)
 from models import create_model, default_input_size, list_models
-
-sys.path.insert(0, str(Path(__file__).parent))
-import oracle  # noqa: E402
 
 SELECTIONS = [
     pytest.param({"ratio": 0.3, "seed": 1}, id="ratio0.3"),
@@ -37,7 +35,7 @@ def zoo_input(name: str, batch: int = 2) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _zoo_model(name: str) -> nn.Module:
     torch.manual_seed(0)
-    return oracle.randomize_(create_model(name).eval(), seed=1)
+    return randomize_(create_model(name).eval(), seed=1)
 
 
 def zoo_model(name: str) -> nn.Module:
@@ -60,15 +58,15 @@ def conv_out_channels(model: nn.Module) -> dict[str, int]:
 @pytest.mark.parametrize("name", list_models())
 def test_zoo_model_matches_masked_oracle(name, selection):
     model, x = zoo_model(name), zoo_input(name)
-    p = oracle.prune_with_oracle(model, x, random_config(**selection))
-    oracle.check_pruned(p, x)  # parity, output shapes, fewer params and FLOPs, consistent layers
+    p = prune_with_oracle(model, x, random_config(**selection))
+    check_pruned(p, x)  # parity, output shapes, fewer params and FLOPs, consistent layers
 
     before, after = dict(model.named_modules()), dict(p.pruned.named_modules())
     assert before.keys() == after.keys()
     assert all(type(after[n]) is type(m) for n, m in before.items()), "surgery must keep the module classes"
     shrunk = [n for n, c in conv_out_channels(p.pruned).items() if c < before[n].out_channels]
     assert shrunk, "no Conv2d became smaller"
-    zero_before, zero_after = oracle.zero_rows(model), oracle.zero_rows(p.pruned)
+    zero_before, zero_after = zero_rows(model), zero_rows(p.pruned)
     assert all(zero_after[n] <= zero_before[n] for n in zero_after), "pruned model keeps zeroed filters"
     classifier = [n for n, m in before.items() if isinstance(m, nn.Linear)][-1]  # its outputs are protected
     assert after[classifier].out_features == before[classifier].out_features
@@ -77,9 +75,9 @@ def test_zoo_model_matches_masked_oracle(name, selection):
 def test_in_place_surgery_equals_the_pruned_copy():
     model, x = zoo_model("resnet20"), zoo_input("resnet20")
     config = random_config(ratio=0.5, seed=4)
-    result = C.prune_model(model, x, config)
+    result = C.pruning.prune_model(model, x, config)
     in_place = zoo_model("resnet20")
-    C.prune_channels_(in_place, result.graph, result.removed)
+    C.pruning.prune_channels_(in_place, result.graph, result.removed)
     a, b = result.model.state_dict(), in_place.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -90,42 +88,42 @@ def test_in_place_surgery_equals_the_pruned_copy():
 @pytest.mark.parametrize("training", [True, False])
 def test_train_or_eval_mode_is_preserved(training):
     model, x = zoo_model("resnet20").train(training), zoo_input("resnet20")
-    pruned = C.prune(model, x, "l2", ratio=0.5)
+    pruned = C.prune(model, x, "l2", ratio=0.5).model
     assert all(m.training is training for m in pruned.modules())
     assert all(m.training is training for m in model.modules())
-    assert oracle.count_params(pruned) < oracle.count_params(model)
+    assert count_params(pruned) < count_params(model)
 
 
 def test_float64_model_stays_float64_and_matches_the_oracle_tightly():
     model, x = zoo_model("mobilenetv2").double(), zoo_input("mobilenetv2").double()
-    p = oracle.prune_with_oracle(model, x, random_config(ratio=0.5, seed=5))
+    p = prune_with_oracle(model, x, random_config(ratio=0.5, seed=5))
     assert all(t.dtype == torch.float64 for t in p.pruned.state_dict().values() if t.is_floating_point())
-    out = oracle.run_eval(p.pruned, x)
+    out = run_eval(p.pruned, x)
     assert out.dtype == torch.float64
-    oracle.assert_parity(out, oracle.run_eval(p.oracle, x), rtol=1e-9, atol_rel=1e-9)
+    assert_parity(out, run_eval(p.oracle, x), rtol=1e-9, atol_rel=1e-9)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_model_stays_on_cuda_and_matches_the_oracle():
     model, x = zoo_model("resnet20").cuda(), zoo_input("resnet20").cuda()
-    p = oracle.prune_with_oracle(model, x, random_config(ratio=0.5, seed=6))
+    p = prune_with_oracle(model, x, random_config(ratio=0.5, seed=6))
     assert all(t.is_cuda for t in p.pruned.state_dict().values())
-    oracle.assert_parity(oracle.run_eval(p.pruned, x), oracle.run_eval(p.oracle, x), rtol=1e-3, atol_rel=1e-3)
+    assert_parity(run_eval(p.pruned, x), run_eval(p.oracle, x), rtol=1e-3, atol_rel=1e-3)
 
 
 def test_prune_leaves_the_callers_model_untouched_unless_in_place():
     model, x = zoo_model("resnet56"), zoo_input("resnet56")
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    widths, n_params = conv_out_channels(model), oracle.count_params(model)
-    pruned = C.prune(model, x, "l2", ratio=0.5)
+    widths, n_params = conv_out_channels(model), count_params(model)
+    pruned = C.prune(model, x, "l2", ratio=0.5).model
     assert pruned is not model
     after = model.state_dict()
     assert after.keys() == state.keys() and all(torch.equal(after[k], state[k]) for k in state)
     assert conv_out_channels(model) == widths
 
-    assert C.prune(model, x, "l2", ratio=0.5, inplace=True) is model
-    assert oracle.count_params(model) == oracle.count_params(pruned) < n_params
+    assert C.prune(model, x, "l2", ratio=0.5, inplace=True).model is model
+    assert count_params(model) == count_params(pruned) < n_params
     assert conv_out_channels(model) == conv_out_channels(pruned) != widths
 
 
@@ -135,9 +133,9 @@ def test_prune_leaves_the_callers_model_untouched_unless_in_place():
 @pytest.mark.parametrize("target", [{"ratio": 0.4}, {"global_ratio": 0.5}, {"target_flops": 0.6}])
 def test_round_to_8_keeps_multiples_of_8(target):
     model, x = zoo_model("resnet56"), zoo_input("resnet56")  # widths 16/32/64
-    p = oracle.prune_with_oracle(model, x, C.PruneConfig(criterion="l2", round_to=8, allow_renormalization=False,
+    p = prune_with_oracle(model, x, C.PruneConfig(criterion="l2", round_to=8, allow_renormalization=False,
                                                          **target))
-    oracle.check_pruned(p, x)
+    check_pruned(p, x)
     before, after = conv_out_channels(model), conv_out_channels(p.pruned)
     changed = {n: c for n, c in after.items() if c != before[n]}
     assert changed
@@ -147,26 +145,26 @@ def test_round_to_8_keeps_multiples_of_8(target):
 def test_at_least_one_channel_is_kept_in_every_layer():
     model, x = zoo_model("resnet20"), zoo_input("resnet20")
     # round_to=1: the floor under test is min_channels alone (an alignment raises it, see test_align.py)
-    p = oracle.prune_with_oracle(model, x, random_config(global_ratio=0.99, seed=1, round_to=1))
+    p = prune_with_oracle(model, x, random_config(global_ratio=0.99, seed=1, round_to=1))
     widths = conv_out_channels(p.pruned)
     assert min(widths.values()) == 1, "global_ratio=0.99 should take some layer down to the floor"
     assert all(c >= 1 for c in widths.values())
-    oracle.check_pruned(p, x)
-    floor4 = C.prune(model, x, "random", global_ratio=0.99, min_channels=4, allow_renormalization=False, round_to=1)
+    check_pruned(p, x)
+    floor4 = C.prune(model, x, "random", global_ratio=0.99, min_channels=4, allow_renormalization=False, round_to=1).model
     assert min(conv_out_channels(floor4).values()) == 4
 
 
 def test_target_flops_half_is_met_as_measured_by_flop_counter():
     model, x = zoo_model("resnet56"), zoo_input("resnet56", batch=1)
-    result = C.prune_model(model, x, C.PruneConfig(criterion="l2", target_flops=0.5, round_to=1))
-    measured = oracle.count_flops(result.model, x) / oracle.count_flops(model, x)
+    result = C.pruning.prune_model(model, x, C.PruneConfig(criterion="l2", target_flops=0.5, round_to=1))
+    measured = count_flops(result.model, x) / count_flops(model, x)
     assert 0.45 <= measured <= 0.5
     assert result.report.flops_ratio == pytest.approx(measured, abs=0.01)
 
 
 def test_excluded_layer_keeps_its_channels():
     model, x = zoo_model("resnet56"), zoo_input("resnet56")
-    pruned = C.prune(model, x, "l2", ratio=0.5, exclude=("layer1.0.conv1",), round_to=1)  # exact widths
+    pruned = C.prune(model, x, "l2", ratio=0.5, exclude=("layer1.0.conv1",), round_to=1).model  # exact widths
     assert pruned.layer1[0].conv1.out_channels == 16
     assert pruned.layer1[1].conv1.out_channels == 8  # its neighbour is pruned as asked
 
@@ -174,7 +172,7 @@ def test_excluded_layer_keeps_its_channels():
 def test_unknown_exclude_name_is_an_error_naming_it():
     model, x = zoo_model("resnet20"), zoo_input("resnet20")
     with pytest.raises(ValueError, match="layer9.conv1"):
-        C.prune(model, x, "l2", ratio=0.5, exclude=("layer9.conv1",))
+        C.prune(model, x, "l2", ratio=0.5, exclude=("layer9.conv1",)).model
 
 
 @pytest.mark.parametrize("bad", [1.0, -0.1])
@@ -182,13 +180,13 @@ def test_ratio_outside_zero_one_is_an_error(bad):
     with pytest.raises(ValueError, match=f"ratio must be in .*{bad}"):
         C.PruneConfig(ratio=bad)
     with pytest.raises(ValueError, match="global_ratio"):
-        C.prune(zoo_model("lenet5"), zoo_input("lenet5"), "l2", global_ratio=bad)
+        C.prune(zoo_model("lenet5"), zoo_input("lenet5"), "l2", global_ratio=bad).model
 
 
 def test_unreachable_flops_target_states_the_closest_reachable():
     model, x = zoo_model("resnet56"), zoo_input("resnet56", batch=1)
     with pytest.raises(C.UnreachableTargetError, match="closest reachable") as info:
-        C.prune(model, x, "l2", target_flops=0.001)
+        C.prune(model, x, "l2", target_flops=0.001).model
     assert isinstance(info.value, ValueError)
 
 
@@ -205,7 +203,7 @@ class DataDependent(nn.Module):
 
 def test_untraceable_model_raises_trace_error_naming_the_class():
     with pytest.raises(C.TraceError, match="DataDependent"):
-        C.prune(DataDependent(), torch.randn(1, 3, 8, 8), "l2", ratio=0.5)
+        C.prune(DataDependent(), torch.randn(1, 3, 8, 8), "l2", ratio=0.5).model
 
 
 class Cumsum(nn.Module):
@@ -223,8 +221,8 @@ class Cumsum(nn.Module):
 
 
 def test_unknown_channel_op_blocks_its_channels_and_the_rest_still_matches_the_oracle():
-    model, x = oracle.randomize_(Cumsum().eval()), torch.randn(2, 3, 8, 8)
-    p = oracle.prune_with_oracle(model, x, random_config(ratio=0.5, seed=1, round_to=1))
+    model, x = randomize_(Cumsum().eval()), torch.randn(2, 3, 8, 8)
+    p = prune_with_oracle(model, x, random_config(ratio=0.5, seed=1, round_to=1))
     assert any("cumsum" in reason for reason in p.graph.unsupported), p.graph.unsupported
     assert p.pruned.c1[0].out_channels == 8 and p.pruned.c2[0].out_channels == 4
-    oracle.check_pruned(p, x)
+    check_pruned(p, x)

@@ -9,18 +9,12 @@ computes, with strictly fewer parameters.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
-from hypothesis import HealthCheck, event, given, note, settings
-from hypothesis import strategies as st
+from hypothesis import event, given, HealthCheck, note, settings, strategies as st
 from torch import nn
 
 import compressor as C
-
-sys.path.insert(0, str(Path(__file__).parent))
-import oracle  # noqa: E402
+from compressor.testing import assert_parity, check_pruned, count_params, prune_with_oracle, randomize_, run_eval
 
 WIDTHS = (8, 12, 16, 20, 24, 28, 32)  # multiples of 4, so that groups of 2 and 4 always divide
 KINDS = ("conv", "residual", "concat", "dwsep", "grouped", "se", "shuffle")
@@ -143,13 +137,13 @@ def test_random_architecture_matches_masked_oracle(arch, target, seed):
     note(" | ".join(desc))
     for kind in sorted({d.split()[0] for d in desc[1:]}):
         event(f"block: {kind}")
-    model = oracle.randomize_(net.eval(), seed=seed)
+    model = randomize_(net.eval(), seed=seed)
     x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
-    p = oracle.prune_with_oracle(model, x, C.PruneConfig(criterion="random", seed=seed,
+    p = prune_with_oracle(model, x, C.PruneConfig(criterion="random", seed=seed,
                                                          allow_renormalization=False, **target))
     event(f"channels removed: {bool(p.removed.any())}")
     if p.removed.any():
-        oracle.check_pruned(p, x)
+        check_pruned(p, x)
     else:  # nothing selected (tiny groups round to 0): the model must come back unchanged
-        assert oracle.count_params(p.pruned) == oracle.count_params(model)
-        oracle.assert_parity(oracle.run_eval(p.pruned, x), oracle.run_eval(model, x))
+        assert count_params(p.pruned) == count_params(model)
+        assert_parity(run_eval(p.pruned, x), run_eval(model, x))

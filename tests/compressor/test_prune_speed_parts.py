@@ -44,7 +44,7 @@ def _zoo(name: str) -> tuple[nn.Module, torch.Tensor]:
 
 def test_report_seconds_has_every_phase_and_total_is_their_sum():
     model, x = _zoo("resnet20")
-    seconds = C.prune_model(model, x, _config()).report.seconds
+    seconds = C.pruning.prune_model(model, x, _config()).report.seconds
     assert PHASES <= set(seconds)
     assert all(v >= 0 for v in seconds.values())
     assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"))
@@ -52,7 +52,7 @@ def test_report_seconds_has_every_phase_and_total_is_their_sum():
 
 def test_report_json_round_trip():
     model, x = _zoo("resnet20")
-    report = C.prune_model(model, x, _config()).report
+    report = C.pruning.prune_model(model, x, _config()).report
     back = C.PruneReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert back == report
     assert back.flops_ratio == report.flops_ratio and back.params_ratio == report.params_ratio
@@ -67,7 +67,7 @@ def test_report_json_round_trip():
                                   "tv:shufflenet_v2_x0_5", "tv:regnet_x_400mf", "tv:efficientnet_b0"])
 def test_params_after_from_the_cost_model_equals_the_pruned_models_count(name):
     model, x = _zoo(name) if name != "lenet5" else (create_model("lenet5").eval(), torch.randn(1, 1, 32, 32))
-    result = C.prune_model(model, x, _config())
+    result = C.pruning.prune_model(model, x, _config())
     assert result.report.params_after == sum(p.numel() for p in result.model.parameters())
     assert result.report.params_before == sum(p.numel() for p in model.parameters())
     assert result.report.params_after < result.report.params_before
@@ -96,7 +96,7 @@ def _storages(model: nn.Module) -> set[int]:
 def test_the_pruned_model_shares_no_storage_and_the_input_is_unchanged(name):
     model, x = _zoo(name)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    pruned = C.prune(model, x, "l2", ratio=0.3, round_to=1)
+    pruned = C.prune(model, x, "l2", ratio=0.3, round_to=1).model
     assert not _storages(model) & _storages(pruned)
     assert not {id(m) for m in model.modules()} & {id(m) for m in pruned.modules()}
     after = model.state_dict()
@@ -167,15 +167,15 @@ def test_verification_catches_a_wrong_shape(monkeypatch, inplace):
 
         monkeypatch.setattr(_api, "pruned_copy", broken)
     with pytest.raises(CompressorError, match="the pruned model does not run"):
-        C.prune_model(model, x, _config(), inplace=inplace)
-    C.prune_model(create_model("resnet20").eval(), x, _config(), verify=False)  # unchecked: no error
+        C.pruning.prune_model(model, x, _config(), inplace=inplace)
+    C.pruning.prune_model(create_model("resnet20").eval(), x, _config(), verify=False)  # unchecked: no error
 
 
 def test_verification_catches_attributes_that_disagree_with_the_tensors(monkeypatch):
     model, x = _zoo("resnet20")
     monkeypatch.setattr(_surgery, "_fix_attributes", lambda module, groups: {})
     with pytest.raises(CompressorError, match="disagrees with its tensors"):
-        C.prune_model(model, x, _config())
+        C.pruning.prune_model(model, x, _config())
 
 
 class _LayerNorm2d(nn.LayerNorm):
@@ -193,7 +193,7 @@ def test_a_trace_holding_a_changed_module_size_is_verified_on_a_fresh_trace(monk
         raise AssertionError("the meta-tensor checks should have decided")
 
     monkeypatch.setattr(torch._subclasses.fake_tensor, "FakeTensorMode", no_fake_tensors)
-    result = C.prune_model(model, torch.randn(1, 3, 8, 8), _config())
+    result = C.pruning.prune_model(model, torch.randn(1, 3, 8, 8), _config())
     assert result.model[1].normalized_shape == (6,)
 
 
@@ -216,7 +216,7 @@ class _MakesACpuTensor(nn.Module):
 
 def test_a_model_meta_tensors_cannot_run_is_traced_and_verified_on_fake_tensors():
     model, x = _MakesACpuTensor().eval(), torch.randn(1, 3, 8, 8)
-    result = C.prune_model(model, x, _config())
+    result = C.pruning.prune_model(model, x, _config())
     assert result.graph.execution == "fake"
     assert result.model.conv.out_channels == 6 and result.model.head.in_channels == 6
     assert result.report.params_after == sum(p.numel() for p in result.model.parameters())

@@ -22,14 +22,14 @@ def test_whole_detector_is_refused_with_a_pointer_to_submodules(detector):
 def test_backbone_pruned_heads_untouched(detector):
     images = ([torch.rand(3, 320, 320), torch.rand(3, 320, 320)],)
     config = C.PruneConfig(criterion="random", ratio=0.4, submodule="backbone", seed=2)
-    result = C.prune_model(detector, images, config)
+    result = C.pruning.prune_model(detector, images, config)
     assert result.removed.any()
     assert sum(p.numel() for p in result.model.parameters()) < sum(p.numel() for p in detector.parameters())
     # heads are the same tensors' values, FPN outputs keep their width
     assert torch.equal(result.model.roi_heads.box_predictor.cls_score.weight, detector.roi_heads.box_predictor.cls_score.weight)
     (features,) = capture_inputs(detector, detector.backbone, images)
     oracle = copy.deepcopy(detector.backbone)
-    C.zero_channels_(oracle, result.graph, result.removed)
+    C.pruning.zero_channels_(oracle, result.graph, result.removed)
     with torch.no_grad():
         got, want = result.model.backbone(features), oracle(features)
     assert got.keys() == want.keys()
@@ -42,4 +42,4 @@ def test_backbone_pruned_heads_untouched(detector):
 
 def test_unknown_submodule_lists_children(detector):
     with pytest.raises(ValueError, match="'neck' does not exist.*backbone"):
-        C.prune_model(detector, ([torch.rand(3, 320, 320)],), C.PruneConfig(ratio=0.3, submodule="neck"))
+        C.pruning.prune_model(detector, ([torch.rand(3, 320, 320)],), C.PruneConfig(ratio=0.3, submodule="neck"))

@@ -45,7 +45,7 @@ def test_channel_the_next_layer_ignores_is_removed(criterion, options):
     with torch.no_grad():
         model.b.weight[:, 2] = 0  # channel 2 of a contributes nothing to b's output
     config = C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25, criterion_options=options)
-    result = C.prune_model(model, torch.randn(1, 1, 8, 8), config, data=_data())
+    result = C.pruning.prune_model(model, torch.randn(1, 1, 8, 8), config, data=_data())
     pruned = result.model
     assert pruned.a.out_channels == 3 and pruned.b.in_channels == 3
     assert torch.equal(pruned.a.weight, model.a.weight[[0, 1, 3]])
@@ -60,7 +60,7 @@ def test_refit_folds_a_duplicate_channel_where_zeroing_cannot():
         model.a.bias[2] = model.a.bias[1]
         model.b.weight[:, 2] *= 0.05
     example = torch.randn(1, 1, 8, 8)
-    result = C.prune_model(model, example, C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25), data=_data())
+    result = C.pruning.prune_model(model, example, C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25), data=_data())
     assert torch.equal(result.model.a.weight, model.a.weight[[0, 1, 3]])
 
     x = torch.randn(16, 1, 8, 8)
@@ -68,7 +68,7 @@ def test_refit_folds_a_duplicate_channel_where_zeroing_cannot():
         reference = model(x)
         torch.testing.assert_close(result.model(x), reference, rtol=1e-4, atol=1e-5)
         oracle = copy.deepcopy(model)
-        C.zero_channels_(oracle, result.graph, result.removed)
+        C.pruning.zero_channels_(oracle, result.graph, result.removed)
         assert (oracle(x) - reference).abs().max() > 1e-3  # plain zeroing loses the channel
     # b's weights on channel 1 absorbed channel 2's: W'[:, 1] = W[:, 1] + W[:, 2]
     torch.testing.assert_close(result.model.b.weight[:, 1], model.b.weight[:, 1] + model.b.weight[:, 2],
@@ -95,7 +95,7 @@ def test_linear_consumer_after_flatten(criterion):
     model = ConvFlattenLinear().eval()
     with torch.no_grad():
         model.fc.weight.view(5, 4, 16)[:, 1] = 0
-    result = C.prune_model(model, torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25),
+    result = C.pruning.prune_model(model, torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion=criterion, ratio=0.25),
                            data=_data())
     assert torch.equal(result.model.a.weight, model.a.weight[[0, 2, 3]])
     assert result.model.fc.in_features == 48 and "fc" in result.report.config["after_removal"]["refit"]
@@ -138,7 +138,7 @@ def test_resnet20_on_digits(criterion):
     model = models.create_model("resnet20", in_chans=1).eval()
     config = C.PruneConfig(round_to=1, criterion=criterion, target_flops=0.5, calib_batches=2, calib_batch_size=16,
                            criterion_options={"points": 512})  # fewer rows than a 64x9 layer has weights: ridge path
-    result = C.prune_model(model, torch.randn(1, 1, 32, 32), config, data=data)
+    result = C.pruning.prune_model(model, torch.randn(1, 1, 32, 32), config, data=data)
     assert result.report.flops_ratio <= 0.5
     x = torch.stack([data[i][0] for i in range(4)])
     with torch.no_grad():
@@ -161,4 +161,4 @@ def test_bad_options(criterion, options, name):
 
 def test_data_is_required():
     with pytest.raises(ValueError, match="needs calibration data"):
-        C.prune_model(_two_conv(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25))
+        C.pruning.prune_model(_two_conv(), torch.randn(1, 1, 8, 8), C.PruneConfig(round_to=1, criterion="thinet", ratio=0.25))

@@ -13,7 +13,7 @@ from models import create_model
 @pytest.fixture
 def pruned():
     model = create_model("resnet20").eval()
-    return C.prune(model, torch.randn(1, 3, 32, 32), "random", ratio=0.4, seed=3)
+    return C.prune(model, torch.randn(1, 3, 32, 32), "random", ratio=0.4, seed=3).model
 
 
 def test_reload_in_fresh_process_gives_same_outputs(pruned, tmp_path):
@@ -35,7 +35,7 @@ def test_reload_in_fresh_process_gives_same_outputs(pruned, tmp_path):
 
 def test_dtype_and_mode_survive(tmp_path):
     model = create_model("lenet5").double().train()
-    pruned = C.prune(model, torch.randn(1, 1, 32, 32, dtype=torch.float64), "l1", ratio=0.5)
+    pruned = C.prune(model, torch.randn(1, 1, 32, 32, dtype=torch.float64), "l1", ratio=0.5).model
     C.save_model(pruned, tmp_path / "m")
     again = C.load_model(tmp_path / "m")
     assert again.training and next(again.parameters()).dtype == torch.float64

@@ -56,7 +56,7 @@ def test_equal_importance_removes_where_the_cost_is_first():
     # conv3 is 100x as expensive per channel pair: one of conv3's outputs saves 100*8 + 10*4 (fc), one of its
     # inputs (conv2's outputs) 100*8 + 8, one of conv1's outputs 27 + 8
     cost = _weighted(graph, names, {"conv1": 1.0, "conv2": 1.0, "conv3": 100.0, "fc": 10.0})
-    path = C.cost_aware_path(graph, np.ones(graph.num_atoms), config, cost)
+    path = C.pruning.cost_aware_path(graph, np.ones(graph.num_atoms), config, cost)
     first = path.steps[0]
     assert all(a in graph.groups[group["conv3"]].atoms for a in first)
     firsts = [next(g for g, idx in group.items() if step[0] in graph.groups[idx].atoms) for step in path.steps[:3]]
@@ -72,7 +72,7 @@ def test_importance_decides_between_equal_savings():
     cost = _weighted(graph, names, {"conv1": 1.0, "conv2": 1.0, "conv3": 1.0, "fc": 0.0})
     scores = np.ones(graph.num_atoms)
     scores[graph.groups[group["conv2"]].atoms] = 0.01  # conv2's channels matter least
-    path = C.cost_aware_path(graph, scores, config, cost)
+    path = C.pruning.cost_aware_path(graph, scores, config, cost)
     conv2_atoms = set(graph.groups[group["conv2"]].atoms.tolist())
     first_seven = [a for step in path.steps[:7] for a in step]
     assert set(first_seven) <= conv2_atoms  # down to its floor of 1 before anything else
@@ -80,7 +80,7 @@ def test_importance_decides_between_equal_savings():
     scores2 = np.ones(graph.num_atoms)
     target = graph.groups[group["conv1"]].atoms[5]
     scores2[target] = 0.0
-    path2 = C.cost_aware_path(graph, scores2, config, cost)
+    path2 = C.pruning.cost_aware_path(graph, scores2, config, cost)
     conv1 = [a for step in path2.steps for a in step if a in graph.groups[group["conv1"]].atoms]
     assert conv1[0] == target
 
@@ -88,7 +88,7 @@ def test_importance_decides_between_equal_savings():
 def test_round_to_keeps_aligned_widths_and_floors():
     _, config, graph, names, _ = _setup(round_to=4)
     cost = _weighted(graph, names, {"conv1": 1.0, "conv2": 2.0, "conv3": 3.0, "fc": 1.0})
-    path = C.cost_aware_path(graph, np.random.default_rng(0).random(graph.num_atoms), config, cost)
+    path = C.pruning.cost_aware_path(graph, np.random.default_rng(0).random(graph.num_atoms), config, cost)
     assert all(step.size == 4 for step in path.steps)
     for k in range(len(path.steps) + 1):
         kept = graph.kept_counts(path.removal(k))
@@ -105,7 +105,7 @@ def test_a_chunk_that_saves_nothing_is_never_taken():
     cost = _weighted(graph, names, {"conv1": 0.0, "conv2": 0.0, "conv3": 1.0, "fc": 1.0})
     scores = np.ones(graph.num_atoms)
     scores[graph.groups[group["conv1"]].atoms] = 0.0
-    path = C.cost_aware_path(graph, scores, config, cost)
+    path = C.pruning.cost_aware_path(graph, scores, config, cost)
     removed = path.removal(len(path.steps))
     assert not removed[graph.groups[group["conv1"]].atoms].any()
     assert removed[graph.groups[group["conv3"]].atoms].sum() == 7
@@ -118,7 +118,7 @@ def test_prefix_for_and_applying_a_prefix_gives_the_modelled_macs():
     plan = C.plan_pruning(model, example, config)
     graph = plan.graph
     macs = lambda i, out, inp: graph.layers[i].macs(out, inp)
-    path = C.cost_aware_path(graph, plan.scores, config, macs)
+    path = C.pruning.cost_aware_path(graph, plan.scores, config, macs)
     half = path.prefix_for(path.costs[0] / 2)
     assert path.costs[half] <= path.costs[0] / 2 < path.costs[half - 1]
     assert path.prefix_for(-1.0) == len(path.steps) and path.prefix_for(path.costs[0]) == 0
@@ -135,8 +135,8 @@ def test_prune_model_is_plan_then_select():
     example = torch.randn(1, 3, 32, 32)
     config = C.PruneConfig(criterion="l1", target_flops=0.6)
     plan = C.plan_pruning(model, example, config)
-    direct = C.prune_model(model, example, config)
-    via_plan = plan.apply(C.select_removal(plan.graph, plan.scores, config))
+    direct = C.pruning.prune_model(model, example, config)
+    via_plan = plan.apply(C.pruning.select_removal(plan.graph, plan.scores, config))
     assert np.array_equal(direct.removed, via_plan.removed)
     for a, b in zip(direct.model.state_dict().values(), via_plan.model.state_dict().values()):
         assert torch.equal(a, b)

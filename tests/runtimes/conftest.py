@@ -1,37 +1,36 @@
 """Fixtures for the runtime tests: models exported once per session, and the parity check."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Callable
 
 import pytest
 import torch
 
 import compressor
+from compressor.testing import Exported, assert_array_parity, export_test_onnx, randomize_, tiny_cnn
 from models import create_model
-
-sys.path.insert(0, str(Path(__file__).parent))
-from runtime_models import Exported, check_parity, export_onnx, randomize_batchnorms_, tiny_cnn  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
-    """{"tiny": ..., "resnet20": ...}: eval-mode models, their ONNX files and saved directories."""
+    """{"tiny": ..., "resnet20": ...}: eval-mode models, their ONNX files and saved directories.
+
+    Their BatchNorms get non-trivial statistics (``randomize_``), so that the exporters' and
+    runtimes' BN folding is exercised.
+    """
     root = tmp_path_factory.mktemp("exported")
-    generator = torch.Generator().manual_seed(1234)
     out = {}
     with torch.random.fork_rng():
         torch.manual_seed(1234)
         tiny = tiny_cnn()
         resnet = create_model("resnet20")
     for name, model, size in (("tiny", tiny, (3, 16, 16)), ("resnet20", resnet, (3, 32, 32))):
-        randomize_batchnorms_(model, generator)
+        randomize_(model, seed=1234)
         model.eval()
         saved = None
         if getattr(model, "zoo_spec", None):
             saved = compressor.save_model(model, root / f"{name}_saved")
-        out[name] = Exported(name, model, export_onnx(model, size, root / f"{name}.onnx"), size, saved)
+        out[name] = Exported(name, model, export_test_onnx(model, size, root / f"{name}.onnx"), size, saved)
     return out
 
 
@@ -44,4 +43,5 @@ def _no_flush_denormal_leak():
 
 @pytest.fixture
 def parity() -> Callable[..., None]:
-    return check_parity
+    """``parity(out, ref, rtol=1e-4, atol_scale=1e-5)``: :func:`compressor.testing.assert_array_parity`."""
+    return assert_array_parity

@@ -37,7 +37,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("integrity")
     torch.manual_seed(0)
     full = create_model("lenet5").eval()
-    half = C.prune(full, torch.randn(1, *SIZE), "l2", target_flops=0.5, round_to=1)
+    half = C.prune(full, torch.randn(1, *SIZE), "l2", target_flops=0.5, round_to=1).model
     return {"full": _export(full, root / "full", ("onnx", "openvino")), "half": _export(half, root / "half", ("onnx",))}
 
 

@@ -7,9 +7,9 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
+from compressor.testing import export_test_onnx
 from runtimes import ArtifactError, SessionConfig, get_runtime
 from runtimes._onnx import PRECISION_KEY, write_fp16_onnx
-from runtime_models import export_onnx  # tests/runtimes, on sys.path via conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ class _Upsampler(nn.Module):
 def test_fp16_conversion_keeps_resize_scales_float32(ort_rt, tmp_path, parity):
     torch.manual_seed(0)
     model = _Upsampler().eval()
-    source = export_onnx(model, (3, 8, 8), tmp_path / "up.onnx")
+    source = export_test_onnx(model, (3, 8, 8), tmp_path / "up.onnx")
     built = write_fp16_onnx(source, tmp_path / "up16.onnx")
     x = torch.randn(2, 3, 8, 8).numpy()
     with torch.inference_mode():

@@ -114,7 +114,7 @@ def test_unknown_runtime_lists_the_known_ones():
 
 
 def test_registering_a_name_twice_raises(monkeypatch):
-    monkeypatch.setattr(_base, "_RUNTIMES", dict(_base._RUNTIMES))
+    monkeypatch.setattr(_base, "_RUNTIMES", _base._RUNTIMES.copy())
 
     @register_runtime("dummy")
     class Dummy(runtimes.Runtime):

@@ -17,9 +17,9 @@ import pytest
 import torch
 
 import runtimes._tensorrt as trt_module
+from compressor.testing import export_test_onnx, tiny_cnn
 from runtimes import ArtifactError, SessionConfig, get_runtime
 from runtimes._onnx import PRECISION_KEY
-from runtime_models import export_onnx, tiny_cnn  # tests/runtimes, on sys.path via conftest.py
 
 
 def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = ()) -> types.ModuleType:
@@ -219,7 +219,7 @@ def test_parser_errors_are_listed_and_nothing_is_written(install_fake, exported,
 
 def test_a_static_batch_needs_a_matching_profile(install_fake, tmp_path):
     install_fake(10)
-    path = export_onnx(tiny_cnn().eval(), (3, 16, 16), tmp_path / "static.onnx", dynamic_batch=False)
+    path = export_test_onnx(tiny_cnn().eval(), (3, 16, 16), tmp_path / "static.onnx", dynamic_batch=False)
     with pytest.raises(ValueError, match="has a static batch of 2; build with min_batch=opt_batch=max_batch=2"):
         get_runtime("tensorrt").build(path, tmp_path / "a")
     engine = get_runtime("tensorrt").build(path, tmp_path / "b", min_batch=2, opt_batch=2, max_batch=2)

@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from compressor.common.errors import CompressorError
+from compressor.common.registry import Registry
 
-class PipelineError(ValueError):
+
+class PipelineError(CompressorError, ValueError):
     """An invalid pipeline file, a missing step input, or an output directory that is not ours."""
 
 
@@ -35,24 +38,23 @@ class StepSpec:
     summary: str = ""
 
 
-_STEPS: dict[str, StepSpec] = {}
+_STEPS: Registry[StepSpec] = Registry("step", sort=False)  # in registration order: the documented one
 
 
 def register_step(kind: str, parse: Callable, quick: Callable | None = None) -> Callable:
     """Register ``run(config, ctx)`` as step ``kind``; ``quick`` shrinks its raw config for ``--quick``."""
 
     def deco(run: Callable) -> Callable:
-        if kind in _STEPS:
-            raise ValueError(f"step {kind!r} is already registered")
-        _STEPS[kind] = StepSpec(kind, parse, run, quick or (lambda raw: raw), (run.__doc__ or "").split("\n")[0])
+        _STEPS.register(kind, StepSpec(kind, parse, run, quick or (lambda raw: raw),
+                                       (run.__doc__ or "").split("\n")[0]))
         return run
 
     return deco
 
 
 def list_steps() -> list[str]:
-
-    return list(_STEPS)
+    """The registered step kinds, in registration order."""
+    return _STEPS.names()
 
 
 @dataclass(frozen=True)

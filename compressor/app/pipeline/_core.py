@@ -39,13 +39,10 @@ from typing import Any, Callable
 import yaml
 
 from compressor.common.config import is_int
-from compressor.common.outputs import check_output_location
-from compressor.common.outputs import atomic_directory
+from compressor.common.outputs import atomic_directory, check_output_location
 import compressor.app.pipeline._steps as _pipeline_steps  # noqa: F401  (registers the built-in steps)
-from compressor.app.pipeline._base import (_STEPS, Pipeline, PipelineError, Step, StepContext, StepFailed, StepSpec,
-                                           list_steps, register_step)
-from compressor.training import DatasetError
-from compressor.training import parse_data_spec
+from compressor.app.pipeline._base import _STEPS, Pipeline, PipelineError, Step, StepContext, StepFailed
+from compressor.training import DatasetError, parse_data_spec
 from compressor.common.files import atomic_write_bytes
 from compressor.app.pipeline._report import write_run_summary
 

@@ -15,42 +15,25 @@ from typing import Any
 
 import torch
 
-from compressor.pruning import PruneConfig
-from compressor.app.pipeline._base import PipelineError, StepContext, StepFailed, register_step
-from compressor.pruning import StrategyConfig
-from compressor.training import TrainConfig
-from compressor.training import parse_data_spec
-from models import default_input_size
-from compressor.deploy import load_model
+from compressor.pruning import PruneConfig, run_strategy, strategy_config_from_dict, StrategyConfig
+from compressor.app.pipeline._base import PipelineError, register_step, StepContext, StepFailed
+from compressor.training import parse_data_spec, train, TrainConfig
+from models import CifarResNet, create_model, default_input_size
+from compressor.deploy import ExportConfig, fold_batchnorm, load_model, save_model, SPEC_FILE
 from pathlib import Path
-from compressor.deploy import SPEC_FILE, load_model
-from models import create_model
-from compressor.deploy import save_model
 from compressor.app._evaluate import evaluate_classification
-from compressor.training import train
-from compressor.training import build_model
+from compressor.app._model_entry import build_model
 from compressor.criteria import get_criterion
-from compressor.app._bundle import pruning_alignment
-from compressor.pruning import run_strategy
-from compressor.deploy import fold_batchnorm
-from runtimes import TARGET_RUNTIME
-from runtimes import ParityError
-from runtimes import BundleConfig
-from compressor.app._bundle import export_bundle, missing_runtimes
-from compressor.deploy import ExportConfig
-from runtimes import load_bundle
-from benchmarks import BenchConfig, TimingConfig
+from compressor.app._bundle import export_bundle, missing_runtimes, pruning_alignment
+from runtimes import BundleConfig, list_runtimes, load_bundle, ParityError, TARGET_RUNTIME
+from benchmarks import (BenchConfig, describe_failure, evaluate_gate, EXIT_MEASUREMENT_FAILED, failed_measurements,
+                        format_table, load_budgets, parse_budgets, run_benchmark, TimingConfig, write_junit,
+                        write_report)
 import warnings
-from benchmarks import run_benchmark, write_report
-from benchmarks import EXIT_MEASUREMENT_FAILED, describe_failure, failed_measurements
-from models import CifarResNet
 from compressor.graph import count_cost
-from benchmarks import load_budgets, parse_budgets
 import json
 import yaml
-from benchmarks import ( evaluate_gate, format_table, load_budgets, parse_budgets, write_junit, )
 from compressor.app.pipeline._report import deployed_accuracy
-from runtimes import list_runtimes
 
 
 def _split(raw: dict[str, Any], own: dict[str, Any], cls: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -210,7 +193,9 @@ def _parse_prune(raw: dict[str, Any], where: str) -> PruneStep:
     for key in ("strategy", "train"):
         if not isinstance(own[key], dict):
             raise ValueError(f"'{key}' must be a mapping, got {own[key]!r}")
-    return PruneStep(PruneConfig.from_dict(rest), StrategyConfig.from_dict(own["strategy"]),
+    strategy = dict(own["strategy"])  # flat options, as the CLI's --strategy-option takes them
+    strategy = strategy_config_from_dict(strategy.pop("name", "oneshot"), strategy)
+    return PruneStep(PruneConfig.from_dict(rest), strategy,
                      TrainConfig.from_dict({"epochs": 1, "lr": 0.01, "batch_size": 32, **own["train"]}), own["data"])
 
 

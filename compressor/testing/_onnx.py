@@ -1,8 +1,8 @@
-"""Models for the runtime tests and the parity check they share.
+"""Small models exported to ONNX for the runtime and benchmark tests.
 
-Models are exported with the fast legacy exporter, a dynamic batch dim named "batch", opset
-18, input "input" and output "output". Their BatchNorms get non-trivial statistics so that
-the exporter's BN folding is exercised.
+Exports use torch's legacy exporter (quick: a fraction of a second per model), opset 18, input
+"input" and output "output", and a dynamic batch dim named "batch". This is a fixture format for
+tests, not :func:`compressor.deploy.export_onnx`, which is the product's exporter.
 """
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Exported:
+    """A model, its ONNX file and, for zoo models, its ``compressor.save_model`` directory."""
+
     name: str
     model: nn.Module  # eval mode, float32, CPU
     onnx: Path
@@ -24,9 +26,11 @@ class Exported:
     saved_dir: Path | None  # compressor.save_model directory, for models built by the zoo
 
     def batch(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` standard-normal float32 inputs."""
         return np.random.default_rng(seed).standard_normal((n, *self.input_size)).astype(np.float32)
 
     def reference(self, x: np.ndarray) -> np.ndarray:
+        """The torch model's output on ``x``."""
         with torch.inference_mode():
             return self.model(torch.from_numpy(x)).numpy()
 
@@ -35,17 +39,6 @@ class Exported:
         if getattr(runtime, "source_format", "onnx") == "torch":
             return self.saved_dir if self.saved_dir is not None else self.model
         return self.onnx
-
-
-def randomize_batchnorms_(model: nn.Module, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
-                module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(n, generator=generator) * 0.4 - 0.2)
 
 
 def tiny_cnn() -> nn.Module:
@@ -57,21 +50,15 @@ def tiny_cnn() -> nn.Module:
     )
 
 
-def export_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, dynamic_batch: bool = True) -> Path:
-    """Export with a batch of 2; dim 0 is dynamic ("batch") unless ``dynamic_batch=False``."""
+def export_test_onnx(model: nn.Module, input_size: tuple[int, ...], path: Path, dynamic_batch: bool = True) -> Path:
+    """Export ``model`` traced on a batch of 2 of ``input_size`` (no batch dim) to ``path``; returns it.
+
+    Dim 0 of "input" and "output" is dynamic ("batch") unless ``dynamic_batch=False``.
+    """
     x = torch.zeros(2, *input_size)
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
-    with warnings.catch_warnings():  # the legacy exporter's deprecation notices; it is the fast one
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notices; it is the quick one
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model, (x,), str(path), dynamo=False, opset_version=18, input_names=["input"],
                           output_names=["output"], dynamic_axes=axes)
-    return path
-
-
-def check_parity(out: np.ndarray, ref: np.ndarray, rtol: float = 1e-4, atol_scale: float = 1e-5) -> None:
-    """``out`` matches ``ref`` with relative tolerance ``rtol`` and an absolute tolerance of
-    ``atol_scale`` times the reference's largest magnitude."""
-    assert out.dtype == np.float32, out.dtype
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    assert np.isfinite(out).all()
-    np.testing.assert_allclose(out, ref, rtol=rtol, atol=atol_scale * float(np.abs(ref).max()))
+    return Path(path)
