@@ -1,9 +1,9 @@
 """JSON round trips of the harness's dataclasses (configs and results). No torch, no SDKs."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
+from compressor.common.config import check_fields
 
 __all__ = ["check_known_keys"]
 
@@ -14,7 +14,4 @@ def check_known_keys(cls: type, data: Mapping[str, Any]) -> None:
     ``from_dict`` methods call it first, so a misspelt key in a config or an edited results file
     is an error that names it, not a silent default.
     """
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+    check_fields(cls, data)

@@ -1,4 +1,5 @@
-"""Model zoo: the seed architectures, registered by name, plus torchvision/timm pass-through.
+"""Model zoo: the architectures of the papers (CIFAR ResNets, ThinResNet-50, VGG-16, MobileNetV2, LeNet-5,
+ReID ResNet-50), registered by name, plus torchvision/timm pass-through.
 
 Usage::
 

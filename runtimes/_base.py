@@ -20,6 +20,7 @@ import numpy as np
 
 from compressor.common.errors import ArtifactError, RuntimeUnavailable
 from compressor.common.registry import Registry
+from compressor.common.config import check_fields
 
 __all__ = [
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig",
@@ -49,10 +50,7 @@ class _DictConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; known: {sorted(names)}")
+        check_fields(cls, data)
         return cls(**data)
 
 

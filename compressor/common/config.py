@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, ClassVar
 
 Check = tuple[Callable[[Any], bool], str]  # (valid(value), what the value must be)
@@ -30,6 +31,25 @@ def number_where(ok: Callable[[float], bool], what: str) -> Check:
     return (lambda v: is_number(v) and ok(v)), what
 
 
+def check_keys(given: Iterable[str], allowed: Iterable[str], noun: str = "key", owner: str = "") -> None:
+    """The one unknown-key check: a ValueError naming every unknown key and listing the allowed ones.
+
+    ``unknown PruneConfig key(s) ['ratoi']; allowed: [...]`` for a config class (``noun`` is
+    ``"PruneConfig key"``), ``unknown option(s) ['taux'] for criterion 'simc'; allowed: ['tau']``
+    with ``noun="option"`` and an ``owner``.
+    """
+    allowed = set(allowed)
+    unknown = sorted((key for key in given if key not in allowed), key=str)
+    if unknown:
+        where = f" for {owner}" if owner else ""
+        raise ValueError(f"unknown {noun}(s) {unknown}{where}; allowed: {sorted(allowed)}")
+
+
+def check_fields(cls: type, data: Mapping[str, Any]) -> None:
+    """:func:`check_keys` of ``data`` against the fields of dataclass ``cls``."""
+    check_keys(data, (f.name for f in dataclasses.fields(cls)), f"{cls.__name__} key")
+
+
 class JsonConfig:
     """JSON round trip of a frozen dataclass config: ``Config.from_dict(config.to_dict()) == config``.
 
@@ -47,10 +67,7 @@ class JsonConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}")
+        check_fields(cls, data)
         data = dict(data)
         for name in cls._TUPLE_FIELDS:
             if name in data:

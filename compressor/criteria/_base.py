@@ -28,6 +28,7 @@ from torch import nn
 
 from compressor.common.registry import Registry
 from compressor.graph import PRODUCER_KINDS, DependencyGraph
+from compressor.common.config import check_keys
 
 ScoreFn = Callable[[nn.Module, DependencyGraph, "CriterionContext"], np.ndarray]
 AfterRemoval = Callable[[nn.Module, nn.Module, DependencyGraph, np.ndarray, "CriterionContext"], dict]
@@ -87,10 +88,7 @@ class CriterionSpec:
     def resolve_options(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """``options`` merged over the defaults; an unknown key or a bad value is a ValueError."""
         options = dict(options or {})
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            allowed = sorted(self.defaults) or "none"
-            raise ValueError(f"unknown option(s) {unknown} for criterion {self.name!r}; allowed: {allowed}")
+        check_keys(options, self.defaults, "option", f"criterion {self.name!r}")
         merged = {**self.defaults, **options}
         for key, (ok, what) in self.checks.items():
             if not ok(merged[key]):

@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from compressor.common.config import Check, JsonConfig, int_at_least, number_where
+from compressor.common.config import Check, JsonConfig, check_keys, int_at_least, number_where
 from compressor.common.registry import Registry, UnknownNameError
 
 Strategy = Callable[[Any], Any]  # fn(run: _strategies._Run) -> the pruned nn.Module
@@ -193,9 +193,7 @@ def strategy_config_from_dict(name: str, options: dict[str, Any] | None = None) 
     """
     config = _STRATEGIES.get(name).config
     keys = _flat_keys(config)
-    unknown = sorted((k for k in options or {} if k not in keys), key=str)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown} for strategy {name!r}; allowed: {sorted(keys)}")
+    check_keys(options or {}, keys, "option", f"strategy {name!r}")
     return config(**{keys[k]: v for k, v in (options or {}).items()})
 
 

@@ -68,7 +68,7 @@ def test_result_fields(by_batch: dict[int, MemoryResult], resnet20_onnx: Path):
 def test_results_saved_before_the_device_fields_still_load(by_batch: dict[int, MemoryResult]):
     old = {k: v for k, v in by_batch[1].to_dict().items() if not k.startswith(("device_", "engine_"))}
     assert MemoryResult.from_dict(old) == by_batch[1]
-    with pytest.raises(ValueError, match=r"unknown MemoryResult keys \['vram'\]"):
+    with pytest.raises(ValueError, match=r"unknown MemoryResult key\(s\) \['vram'\]"):
         MemoryResult.from_dict({**old, "vram": 1})
 
 

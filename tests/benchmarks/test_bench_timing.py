@@ -50,7 +50,7 @@ def test_config_defaults_and_round_trip():
     assert (c.warmup, c.min_runs, c.max_runs, c.min_seconds, c.max_seconds) == (10, 20, 1000, 1.0, 10.0)
     custom = TimingConfig(warmup=0, min_runs=3, max_runs=3, min_seconds=0, max_seconds=0.5)
     assert TimingConfig.from_dict(json.loads(json.dumps(custom.to_dict()))) == custom
-    with pytest.raises(ValueError, match="unknown TimingConfig keys"):
+    with pytest.raises(ValueError, match="unknown TimingConfig key\\(s\\)"):
         TimingConfig.from_dict({"repeats": 3})
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.warmup = 1  # type: ignore[misc]

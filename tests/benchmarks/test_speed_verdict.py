@@ -98,7 +98,7 @@ def test_bad_arguments_are_named(kwargs, match):
 def test_verdict_round_trips_through_json():
     v = speed_verdict(0.5, 2.0, alignment=8)
     assert SpeedVerdict.from_dict(json.loads(json.dumps(v.to_dict()))) == v
-    with pytest.raises(ValueError, match="unknown SpeedVerdict keys"):
+    with pytest.raises(ValueError, match="unknown SpeedVerdict key\\(s\\)"):
         SpeedVerdict.from_dict({**v.to_dict(), "alignment": 8})
     with pytest.raises(ValueError, match="level"):
         SpeedVerdict("fine", 1.0, 1.0, 1.0, "")

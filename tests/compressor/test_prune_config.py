@@ -29,7 +29,7 @@ def test_invalid_configs_name_the_key(kwargs, message):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ValueError, match="unknown PruneConfig keys \\['ratoi'\\]"):
+    with pytest.raises(ValueError, match="unknown PruneConfig key\\(s\\) \\['ratoi'\\]"):
         PruneConfig.from_dict({"ratoi": 0.3})
 
 

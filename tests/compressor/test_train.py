@@ -281,5 +281,5 @@ def test_config_round_trips_and_rejects_unknown_keys():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert TrainConfig.from_json(config.to_json()) == config
     assert TrainConfig(frozen="conv").frozen == ("conv",)
-    with pytest.raises(ValueError, match=r"unknown TrainConfig keys \['epoch'\]"):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig key\(s\) \['epoch'\]"):
         TrainConfig.from_dict({"epoch": 3})

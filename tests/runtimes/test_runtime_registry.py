@@ -177,7 +177,7 @@ def test_build_validates_its_arguments_before_touching_files(tmp_path):
 def test_configs_round_trip_through_json(config):
     data = json.loads(json.dumps(config.to_dict()))
     assert type(config).from_dict(data) == config
-    with pytest.raises(ValueError, match="unknown .* keys \\['bogus'\\]"):
+    with pytest.raises(ValueError, match="unknown .* key\\(s\\) \\['bogus'\\]"):
         type(config).from_dict({**data, "bogus": 1})
 
 

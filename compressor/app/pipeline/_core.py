@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import yaml
 
-from compressor.common.config import is_int
+from compressor.common.config import check_keys, is_int
 from compressor.common.outputs import atomic_directory, check_output_location
 import compressor.app.pipeline._steps as _pipeline_steps  # noqa: F401  (registers the built-in steps)
 from compressor.app.pipeline._base import _STEPS, Pipeline, PipelineError, Step, StepContext, StepFailed
@@ -75,9 +75,10 @@ def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = F
             raise PipelineError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise PipelineError(f"{where}: the top level must be a mapping with keys {list(PIPELINE_KEYS)}")
-    unknown = sorted(set(data) - set(PIPELINE_KEYS))
-    if unknown:
-        raise PipelineError(f"{where}: unknown key(s) {unknown}; allowed: {list(PIPELINE_KEYS)}")
+    try:
+        check_keys(data, PIPELINE_KEYS)
+    except ValueError as exc:
+        raise PipelineError(f"{where}: {exc}") from None
     for key in ("name", "model"):
         if not isinstance(data.get(key), str) or not data[key]:
             raise PipelineError(f"{where}: '{key}' must be a non-empty string, got {data.get(key)!r}")

@@ -34,6 +34,7 @@ from compressor.graph import count_cost
 import json
 import yaml
 from compressor.app.pipeline._report import deployed_accuracy
+from compressor.common.config import check_keys
 
 
 def _split(raw: dict[str, Any], own: dict[str, Any], cls: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -41,10 +42,7 @@ def _split(raw: dict[str, Any], own: dict[str, Any], cls: Any = None) -> tuple[d
 
     Parse errors are ValueErrors; ``load_pipeline`` puts the file and the step in front.
     """
-    allowed = set(own) | ({f.name for f in dataclasses.fields(cls)} if cls else set())
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise ValueError(f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    check_keys(raw, set(own) | ({f.name for f in dataclasses.fields(cls)} if cls else set()))
     mine = {k: raw.get(k, v) for k, v in own.items()}
     return mine, {k: v for k, v in raw.items() if k not in own}
 
