@@ -22,3 +22,31 @@ def _private_cache_dir(tmp_path_factory):
         os.environ.pop("COMPRESSOR_CACHE_DIR", None)
     else:
         os.environ["COMPRESSOR_CACHE_DIR"] = previous
+
+
+PROJECT_PACKAGES = ("compressor", "runtimes", "benchmarks", "models")
+
+
+@pytest.fixture
+def patch_everywhere(monkeypatch):
+    """``patch(module, name, replacement)``: replace ``module.name`` and every binding of the same
+    object that a project module made with ``from module import name``.
+
+    Project modules import their dependencies at the top (tests/test_layering.py), so patching
+    only the defining module would leave the callers' names pointing at the original.
+    """
+    import sys
+
+    def patch(module, name: str, replacement) -> int:
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, replacement)
+        bound = 1
+        for mod_name, mod in list(sys.modules.items()):
+            if mod is None or mod is module or mod_name.split(".")[0] not in PROJECT_PACKAGES:
+                continue
+            if getattr(mod, name, None) is original:
+                monkeypatch.setattr(mod, name, replacement)
+                bound += 1
+        return bound
+
+    return patch

@@ -15,7 +15,7 @@ from torch import nn
 import compressor.app._alignment as _alignment
 from compressor.app._latency_prune import LatencyPruneResult, prune_to_latency
 from compressor.graph import as_tuple
-from compressor.pruning import (PruneConfig, PruneResult, StrategyConfig, StrategyResult, prune_model, run_strategy,
+from compressor.pruning import (TARGET_KEYS, PruneConfig, PruneResult, StrategyConfig, StrategyResult, prune_model, run_strategy,
                                 strategy_config_from_dict)
 
 __all__ = ["prune"]
@@ -61,6 +61,8 @@ def prune(model: nn.Module, example_inputs: Any, config: PruneConfig | str | Non
         raise ValueError("train_config is for a strategy's training phases; pass strategy= as well")
     if strategy is not None and latency_budget_ms is not None:
         raise ValueError("a strategy and a latency budget cannot be combined; prune to the budget, then fine-tune")
+    if latency_budget_ms is not None and config is None and not options.keys() & set(TARGET_KEYS):
+        options["target_flops"] = 1.0  # the latency search chooses the target
     config = config if config is not None else PruneConfig(**options)
     if latency_budget_ms is not None:
         if inplace:

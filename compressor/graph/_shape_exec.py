@@ -25,13 +25,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx import Graph, Node
 
+from compressor.common.errors import CompressorError
 from compressor.graph._cost import flop_counter
 from compressor.graph._ops import map_values
 
 META = torch.device("meta")
 
 
-class LayerMismatch(RuntimeError):
+class LayerMismatch(CompressorError, RuntimeError):
     """A layer's own tensors and size attributes disagree (a surgery bug, never a tracing limit)."""
 
 

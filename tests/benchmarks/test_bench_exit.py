@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+import benchmarks._memory as _memory
+import benchmarks._speed_verdict as _speed_verdict
 import benchmarks._sweep as _sweep
 from benchmarks._completeness import EXIT_MEASUREMENT_FAILED, failed_measurements
 from benchmarks._gate import EXIT_UNMEASURED
@@ -32,7 +34,7 @@ def test_all_measured_exits_0_even_with_a_speed_warning(bundle, tmp_path, capsys
     class Slower:
         level, message = "slower", "synthetic: slower than its baseline"
 
-    monkeypatch.setattr("benchmarks._speed_verdict.speed_warnings",
+    monkeypatch.setattr(_speed_verdict, "speed_warnings",
                         lambda results: [({"bundle": "lenet", "baseline": "base", "device": "cpu"}, Slower())])
     code = cli(["bench", str(bundle), "--batch-sizes", "1", "--no-memory", "--output", str(tmp_path / "r"), *FAST])
     err = capsys.readouterr().err
@@ -62,11 +64,11 @@ def test_a_failing_runtime_exits_4_and_prints_each_cause(bundle, tmp_path, capsy
     assert [r["status"] for r in results["latency"]] == ["ok", "error"]
 
 
-def test_a_failing_memory_measurement_exits_4(bundle, tmp_path, capsys, monkeypatch):
+def test_a_failing_memory_measurement_exits_4(bundle, tmp_path, capsys, patch_everywhere):
     def broken(*args, **kwargs):
         raise RuntimeError("synthetic: the memory subprocess died")
 
-    monkeypatch.setattr("benchmarks._memory.measure_memory", broken)
+    patch_everywhere(_memory, "measure_memory", broken)
     code = cli(["bench", str(bundle), "--batch-sizes", "1", "--output", str(tmp_path / "r"), *FAST])
     err = capsys.readouterr().err
     assert code == EXIT_MEASUREMENT_FAILED, err

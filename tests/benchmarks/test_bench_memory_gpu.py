@@ -168,7 +168,7 @@ class _FakeDevice:
 
 
 @pytest.fixture
-def fake_device(monkeypatch) -> _FakeDevice:
+def fake_device(monkeypatch, patch_everywhere) -> _FakeDevice:
     import runtimes
 
     device = _FakeDevice()
@@ -180,7 +180,7 @@ def fake_device(monkeypatch) -> _FakeDevice:
                         "mem_get_info": lambda: ((80 << 30) - device.used - (1 << 30), 80 << 30)}.items():
         monkeypatch.setattr(torch.cuda, name, value)
     settings = {"runtime": "fake", "engine_device_memory_bytes": 4096}
-    monkeypatch.setattr(runtimes, "get_runtime", lambda name: device.runtime(settings))
+    patch_everywhere(runtimes, "get_runtime", lambda name: device.runtime(settings))
     return device
 
 
@@ -216,7 +216,7 @@ def test_child_on_cuda(monkeypatch, fake_device: _FakeDevice, runtime: str, pynv
     assert report["baseline_rss_bytes"] <= report["peak_rss_bytes"]
 
 
-def test_parent_reports_the_device_increase_on_cuda(monkeypatch, tmp_path: Path):
+def test_parent_reports_the_device_increase_on_cuda(monkeypatch, patch_everywhere, tmp_path: Path):
     import subprocess
 
     import runtimes
@@ -231,7 +231,7 @@ def test_parent_reports_the_device_increase_on_cuda(monkeypatch, tmp_path: Path)
         commands.append(cmd)
         return subprocess.CompletedProcess(cmd, 0, stdout=_memory._RESULT_MARKER + json.dumps(report), stderr="")
 
-    monkeypatch.setattr(runtimes, "get_runtime", lambda name: SimpleNamespace(is_available=lambda device: None))
+    patch_everywhere(runtimes, "get_runtime", lambda name: SimpleNamespace(is_available=lambda device: None))
     monkeypatch.setattr(_memory.subprocess, "run", run)
     r = measure_memory("tensorrt", tmp_path, SHAPE, 8, device="cuda")
     assert commands[0][-2:] == ["--device", "cuda"]

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+import benchmarks._memory as _memory
 import benchmarks._sweep as _sweep
 from benchmarks._report import PLOT_FILES, REPORT_FILES, validate_results, write_report
 from benchmarks._sweep import BenchConfig, load_bench_bundles, run_benchmark
@@ -214,7 +215,7 @@ def test_interrupt_keeps_what_was_measured(bundles, monkeypatch, tmp_path):
     assert "interrupted" in (out / "summary.md").read_text()
 
 
-def test_out_of_memory_is_recorded_and_larger_batches_are_not_tried(bundles, monkeypatch):
+def test_out_of_memory_is_recorded_and_larger_batches_are_not_tried(bundles, monkeypatch, patch_everywhere):
     real, calls = _sweep.interleaved, []
 
     def oom_from_the_third_batch(*args, **kwargs):  # batches 1 and 2 run, batch 4 runs out of memory
@@ -224,7 +225,7 @@ def test_out_of_memory_is_recorded_and_larger_batches_are_not_tried(bundles, mon
         return real(*args, **kwargs)
 
     monkeypatch.setattr(_sweep, "interleaved", oom_from_the_third_batch)
-    monkeypatch.setattr("benchmarks._memory.measure_memory", _fake_memory)
+    patch_everywhere(_memory, "measure_memory", _fake_memory)
     config = BenchConfig(runtimes=("onnxruntime",), batch_sizes=(1, 2, 4, 8, 16), memory=True, timing=QUICK)
     results = run_benchmark([bundles["base"]], config=config, progress=False)
     assert len(calls) == 3  # nothing larger than the first failing batch is tried

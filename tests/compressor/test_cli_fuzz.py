@@ -74,7 +74,7 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+def fakes(monkeypatch: pytest.MonkeyPatch, patch_everywhere) -> None:
     """Replace the slow library calls (see the module docstring)."""
     import benchmarks
     import compressor.app._latency_prune
@@ -102,14 +102,14 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
         load_bench_bundles(candidates, baseline)  # missing or invalid bundles fail as in the real one
         raise _Reached()
 
-    monkeypatch.setattr(compressor.app._alignment, "resolve_alignment", resolve_alignment)
-    monkeypatch.setattr(compressor.app._speed_guard, "speed_check", lambda *a, **k: [])
-    monkeypatch.setattr(compressor.app._latency_prune, "prune_to_latency", reached)
-    monkeypatch.setattr(compressor.pruning._strategies, "run_strategy", reached)
-    monkeypatch.setattr(compressor.training._loop, "train", reached)
-    monkeypatch.setattr(compressor.app._bundle, "export_bundle", reached)
-    monkeypatch.setattr(compressor.app.pipeline._core, "run_pipeline", reached)
-    monkeypatch.setattr(benchmarks, "run_benchmark", run_benchmark)
+    patch_everywhere(compressor.app._alignment, "resolve_alignment", resolve_alignment)
+    patch_everywhere(compressor.app._speed_guard, "speed_check", lambda *a, **k: [])
+    patch_everywhere(compressor.app._latency_prune, "prune_to_latency", reached)
+    patch_everywhere(compressor.pruning._strategies, "run_strategy", reached)
+    patch_everywhere(compressor.training._loop, "train", reached)
+    patch_everywhere(compressor.app._bundle, "export_bundle", reached)
+    patch_everywhere(compressor.app.pipeline._core, "run_pipeline", reached)
+    patch_everywhere(benchmarks, "run_benchmark", run_benchmark)
 
 
 # ---- argument lists --------------------------------------------------------------------------

@@ -174,7 +174,7 @@ def test_gate_step_passes_and_fails_the_run(tmp_path, capsys):
         load_pipeline(_gated([{"bundle": "bundle", "runtime": "onnxruntime", "batch_size": 1, "max_p50_ms": -1}]))
 
 
-def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, monkeypatch, capsys):
+def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, patch_everywhere, capsys):
     """run never exits 0 on a measurement that did not happen (4) or an export that failed parity (3)."""
     import benchmarks
 
@@ -185,7 +185,7 @@ def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, monkeypatc
         results["latency"][0].update(status="error", error="RuntimeError: the session crashed", stats=None)
         return results
 
-    monkeypatch.setattr(benchmarks, "run_benchmark", one_row_fails)
+    patch_everywhere(benchmarks, "run_benchmark", one_row_fails)
     path = tmp_path / "p.yaml"
     path.write_text(json.dumps(_gated([{"bundle": "bundle", "runtime": "onnxruntime", "batch_size": 1,
                                         "max_p50_ms": 10000}])))
@@ -194,7 +194,7 @@ def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, monkeypatc
     assert "measurement(s) failed" in err and "the session crashed" in err
     assert (tmp_path / "m" / "05_bench" / "report" / "results.json").is_file()  # the report is kept
     assert json.loads((tmp_path / "m" / "05_bench" / "step.json").read_text())["status"] == "failed"
-    monkeypatch.setattr(benchmarks, "run_benchmark", real)
+    patch_everywhere(benchmarks, "run_benchmark", real)
 
     import compressor.app._bundle as _deploy
     from runtimes import ParityError, ParityResult
@@ -202,6 +202,6 @@ def test_a_failed_measurement_or_parity_check_fails_the_run(tmp_path, monkeypatc
     def parity_fails(*args, **kwargs):
         raise ParityError([ParityResult("onnxruntime", "cpu", "fp32", 1, 0.5, 0.5, 0.2, 0.0, 1e-3, 0.999, False)])
 
-    monkeypatch.setattr(_deploy, "export_bundle", parity_fails)
+    patch_everywhere(_deploy, "export_bundle", parity_fails)
     assert main(["run", str(path), "--output", str(tmp_path / "p"), "--quiet"]) == 3
     assert "parity" in capsys.readouterr().err.lower()
