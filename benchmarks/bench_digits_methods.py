@@ -173,7 +173,7 @@ def run_method(method: Method, base: torch.nn.Module, args: argparse.Namespace, 
     strategy = compressor.strategy_config_from_dict(method.strategy, method.strategy_options)
     train_data, eval_data = (data["train_part"], data["holdout"]) if method.holdout else (data["train"], None)
     _seed_all(seed)
-    result = compressor.run_strategy(base, x, prune, strategy, train_data=train_data, eval_data=eval_data,
+    result = compressor.pruning.run_strategy(base, x, prune, strategy, train_data=train_data, eval_data=eval_data,
                                      train_config=finetune_recipe(args, seed), progress=False)
     cost = compressor.count_cost(result.model, x)
     trained = sum(p.get("epochs", 0) for p in result.history if "epochs" in p)

@@ -50,6 +50,7 @@ _export("compressor.app", "export_bundle evaluate_classification ClassificationR
 # errors
 _export("compressor.common.errors", "CompressorError TraceError UnprunableModelError UnreachableTargetError "
                                     "ModelFormatError ModelEntryError")
+_export("compressor.training", "DatasetError CheckpointError")
 
 __all__ = list(_EXPORTS)
 

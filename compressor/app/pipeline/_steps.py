@@ -17,6 +17,7 @@ import torch
 
 from compressor.pruning import PruneConfig, run_strategy, strategy_config_from_dict, StrategyConfig
 from compressor.app.pipeline._base import PipelineError, register_step, StepContext, StepFailed
+import compressor.app._alignment as _alignment
 from compressor.training import parse_data_spec, train, TrainConfig
 from models import CifarResNet, create_model, default_input_size
 from compressor.deploy import ExportConfig, fold_batchnorm, load_model, save_model, SPEC_FILE
@@ -219,6 +220,7 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     eval_set = spec.eval_sets()[0] if spec else None
     # the alignment is probed with the threads the pipeline deploys with
     prune = config.prune if config.prune.threads else dataclasses.replace(config.prune, threads=threads)
+    prune = _alignment.resolve_alignment(prune)  # round_to="auto": the deployment runtimes, probed
     result = run_strategy(model, _example(ctx), prune, config.strategy,
                           train_data=spec.train_set() if spec else None, eval_data=eval_set,
                           train_config=train_config, progress=ctx.progress)
