@@ -55,6 +55,16 @@ def stage(module: str) -> tuple[int, int]:
     return {"runtimes": 2, "benchmarks": 3}[parts[0]], 0
 
 
+STAGE_NAMES = ("models", "compressor core", "runtimes", "benchmarks", "the application layer")
+
+
+def describe(module: str) -> str:
+    """``compressor.graph._cost (compressor core: graph)`` -- where a module sits in the rule."""
+    major, minor = stage(module)
+    part = f": {CORE[minor]}" if major == 1 and minor < len(CORE) else ""
+    return f"{module} ({STAGE_NAMES[major]}{part})"
+
+
 def unit(module: str) -> str:
     """The unit whose private modules a module may use: its compressor subpackage, else its package."""
     parts = module.split(".")
@@ -115,7 +125,7 @@ def violations(imports: list[Import]) -> list[str]:
             continue
         src, dst = stage(imp.source), stage(imp.target)
         if dst > src:
-            out.append(f"{where}: imports {imp.target}, a later stage {dst} than its own {src}")
+            out.append(f"{where}: {describe(imp.source)} imports {describe(imp.target)}, which comes after it")
         elif unit(imp.target) != unit(imp.source) and is_private(imp.target):
             out.append(f"{where}: imports the private module {imp.target} of another layer; import its public names")
     return out
