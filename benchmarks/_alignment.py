@@ -177,7 +177,6 @@ def _read_cache(path: Path) -> dict[str, Any]:
 
 
 def _write_cache(path: Path, entries: dict[str, Any]) -> None:
-
     payload = {"schema_version": SCHEMA_VERSION, "entries": entries}
     with contextlib.suppress(OSError):  # a read-only home must not stop pruning
         atomic_write_bytes(path, json.dumps(payload, indent=1, sort_keys=True).encode())

@@ -126,7 +126,6 @@ def run_bench(args: argparse.Namespace) -> int:
         runtimes.BundleError: a bundle refused on load; the caller exits 2.
     """
 
-
     config = bench_config(args)
     claim_output(args.output, "bench", force=args.force, inputs=(*args.bundles, args.baseline, args.inputs))
     with warnings.catch_warnings():  # printed once, below, from the results
@@ -188,7 +187,6 @@ def print_speedups(results: dict[str, Any]) -> None:
 
 def print_speed_warnings(results: dict[str, Any]) -> None:
     """One bold red line on stderr per candidate row slower than its baseline or under the efficiency floor."""
-
 
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     for row, verdict in _speed_verdict.speed_warnings(results):

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from compressor.common.errors import EXIT_NOT_MEASURED
+
 __all__ = ["EXIT_MEASUREMENT_FAILED", "absent_rows", "describe_failure", "describe_rows", "failed_measurements"]
 
 # the release gate's "not measured" (benchmarks._gate.EXIT_UNMEASURED): one meaning, one number
-EXIT_MEASUREMENT_FAILED = 4
+EXIT_MEASUREMENT_FAILED = EXIT_NOT_MEASURED  # compressor.common.errors
 _CONSEQUENCE = "not measured: the latency run at this batch size failed"  # a memory row the latency failure explains
 
 

@@ -57,7 +57,6 @@ def git_revision(root: Path = _PROJECT_ROOT) -> tuple[str | None, bool | None]:
 
 
 def _versions() -> dict[str, str | None]:
-
     return {"python": platform.python_version(), **package_versions(_PACKAGES)}
 
 

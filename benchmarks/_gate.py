@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks._budgets import METRICS, Budgets, Rule
+from compressor.common.errors import EXIT_NOT_MEASURED, EXIT_OK, EXIT_VIOLATED
 from benchmarks._completeness import absent_rows, describe_rows
 from benchmarks._decision import check_decision, decide
 from benchmarks._report import _num, validate_results
@@ -43,9 +44,7 @@ from compressor.common.files import atomic_write_bytes
 __all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION", "TABLE_HEADERS", "Check", "GateReport",
            "evaluate_gate", "failing_rules", "format_table", "merge_results", "table_rows", "write_junit"]
 
-EXIT_PASS = 0
-EXIT_VIOLATED = 1
-EXIT_UNMEASURED = 4
+EXIT_PASS, EXIT_UNMEASURED = EXIT_OK, EXIT_NOT_MEASURED  # the table is compressor.common.errors
 GATE_SCHEMA_VERSION = 2  # 2: decision rule, ci_low/ci_high and compared replace bound; report completeness
 PASS, FAIL, UNMEASURED = "pass", "fail", "unmeasured"
 TABLE_HEADERS = ("rule", "metric", "estimate", "CI low", "CI high", "budget", "margin", "status")

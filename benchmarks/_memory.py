@@ -412,8 +412,6 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
            seed: int, device: str = "cpu") -> dict[str, Any]:
     """The measurement itself; runs in the fresh subprocess."""
 
-
-
     rt = get_runtime(runtime)
     rt.require(device)  # import the SDK before the baseline: its import is not the model's memory
     for module in rt.loader_modules:  # the loader's own code (the torch runtime's saved-model reader) too

@@ -62,7 +62,6 @@ _DASH = "—"
 
 @functools.lru_cache(maxsize=1)
 def _validator() -> Any:
-
     schema = json.loads(resources.files("benchmarks").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)

@@ -505,7 +505,6 @@ class _Sweep:
 
     # --- memory --------------------------------------------------------------------------------
     def memory(self, device: str, runtime: str, failed: dict[int, str], progress: _Progress) -> None:
-
         for bs in self.config.batch_sizes_for(device):
             for bundle in self.bundles:
                 progress.describe(f"{runtime}/{device} memory, batch {bs}, {bundle.name}")

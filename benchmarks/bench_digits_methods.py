@@ -163,7 +163,6 @@ def train_from_scratch(args: argparse.Namespace, width: int, epochs: int, seed: 
 
 def run_method(method: Method, base: torch.nn.Module, args: argparse.Namespace, seed: int, data: dict[str, Any],
                x: torch.Tensor) -> dict[str, Any]:
-
     options: dict[str, Any] = {}
     if method.criterion == "aux_loss":
         options = {"epochs": 1}

@@ -259,7 +259,6 @@ def summary_markdown(payload: dict[str, Any]) -> str:
 
 
 def _torch_pruning_version(module: Any) -> str:
-
     try:
         installed = version("torch-pruning")
     except PackageNotFoundError:

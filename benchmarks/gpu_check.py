@@ -822,7 +822,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish(check: Check, code: int) -> int:
-
     if check.results["status"] == "running":
         check.results["status"] = {EXIT_OK: "ok", EXIT_FAILED: "failed", EXIT_INCOMPLETE: "incomplete"}.get(code, "?")
     check.results.update(exit_code=code, finished_utc=_utc_now())

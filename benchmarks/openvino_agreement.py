@@ -259,7 +259,6 @@ def _compiled_properties(session: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _environment(session_settings: Mapping[str, Any]) -> dict[str, Any]:
-
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -252,7 +252,6 @@ def _check_cost(root: Path, manifest: dict[str, Any], graph: Any) -> str | None:
 
 
 def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
-
     error = _error()
     parity = manifest.get("parity")
     if not isinstance(parity, list) or not all(isinstance(r, dict) for r in parity):

@@ -21,7 +21,6 @@ DEFAULT_CPU_RUNTIMES = ("onnxruntime", "openvino")
 
 @lru_cache(maxsize=1)
 def _installed_cpu_runtimes() -> tuple[str, ...]:
-
     return tuple(name for name in DEFAULT_CPU_RUNTIMES if get_runtime(name).is_available("cpu") is None)
 
 

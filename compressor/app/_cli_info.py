@@ -91,7 +91,6 @@ def _describe_saved_model(root: Path) -> dict[str, Any]:
 
 
 def _describe_bundle(root: Path) -> dict[str, Any]:
-
     manifest = read_versioned_json(root / MANIFEST, kind="bundle", schema_version=SCHEMA_VERSION, error=InfoError)
     recipe = manifest.get("recipe") or {}
     history = recipe.get("history") or []
@@ -154,7 +153,6 @@ def _saved_input_shape(metadata: dict[str, Any], summary: dict[str, Any] | None,
 
 def _counted_cost(root: Path, input_shape: list[int] | None) -> dict[str, Any]:
     """The model's cost at ``input_shape``, counted now; ``{"error": why}`` when it cannot be."""
-
 
     if input_shape is None:
         return {"error": "no input size recorded"}

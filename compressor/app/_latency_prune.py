@@ -182,7 +182,6 @@ def _largest_within(measure: Callable[[float, bool], tuple[LatencyCandidate, boo
 def _aligned_for(config: Any, runtime: str, device: str, batch_size: int, threads: int | None) -> Any:
     """``config`` with the alignment of the runtime the latency is measured on (``round_to="auto"``)."""
 
-
     if config.round_to != "auto":
         return config
     target = (runtime, device, batch_size, threads)
@@ -231,7 +230,6 @@ def prune_to_latency(model: Any, input_size: tuple[int, ...], config: Any, budge
             that cannot run here (with the reason).
         compressor.UnreachableTargetError: not even the smallest reachable model meets the budget.
     """
-
 
     if not isinstance(budget_ms, (int, float)) or not math.isfinite(budget_ms) or budget_ms <= 0:
         raise ValueError(f"the latency budget must be a number of ms > 0, got {budget_ms!r}")

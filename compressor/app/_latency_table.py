@@ -52,7 +52,6 @@ def open_session(model: Any, input_size: Sequence[int], runtime: str, device: st
                  threads: int | None = None, seed: int = 0) -> Iterator[Any]:
     """``model`` exported to ONNX (in a temporary directory) and open on ``runtime``; closed on exit."""
 
-
     with tempfile.TemporaryDirectory() as tmp:
         example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(seed))
         info = export_onnx(model.eval(), example, Path(tmp) / "model.onnx", ExportConfig(exporter="torchscript"))
@@ -116,7 +115,6 @@ def layer_shapes(model: Any, example_inputs: Any, graph: Any) -> list[LayerShape
 
     The input shapes are captured by a forward pass of ``model`` on ``example_inputs``.
     """
-
 
     names = {layer.module for layer in graph.layers}
     seen: dict[str, list[tuple[int, ...]]] = {n: [] for n in names}

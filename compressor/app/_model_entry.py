@@ -144,7 +144,6 @@ def _refuse_model_args(source: ModelSource, why: str) -> None:
 
 
 def _create(spec: str, model_args: dict[str, Any]) -> nn.Module:
-
     try:
         return create_model(spec, **model_args)
     except TypeError as exc:  # an argument the architecture does not take

@@ -78,8 +78,6 @@ def speed_check(unpruned: Any, pruned: Any, input_size: Sequence[int], runtimes:
         (the caller decides whether that is fatal).
     """
 
-
-
     checks = []
     x = np.random.default_rng(seed).standard_normal((batch_size, *input_size)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:

@@ -301,7 +301,6 @@ def _speed_check(args: argparse.Namespace, config: PruneConfig, model: torch.nn.
                  size: tuple[int, ...], detection: bool, theoretical: float) -> dict[str, Any]:
     """Time the pruned model against the unpruned one on the target runtime(s); print the verdict."""
 
-
     if detection or args.submodule:
         note = "skipped: the speed check exports single-tensor classifiers; benchmark detectors with compressor bench"
         print(note)
@@ -343,7 +342,6 @@ def _print_speed_checks(checks: list[Any]) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Fold BN, export ONNX, build the runtime artifacts and verify each one's parity."""
-
 
     targets = tuple(t.strip() for t in args.to.split(",") if t.strip())
     bundle_config = BundleConfig(targets=targets, precision=args.precision, threads=args.threads,
@@ -508,7 +506,6 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(prog="compressor", description=__doc__)
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -529,7 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="oneshot", choices=list_strategies(),
                    help="how to reach the target (default: one-shot)")
     p.add_argument("--strategy-option", action="append", metavar="KEY=VALUE",
-                   help="StrategyConfig field, e.g. step=0.05, retrain_epochs=4, epochs=10, tolerance=0.01")
+                   help="an option of the strategy's config (compressor.pruning.*Config), e.g. step=0.05, "
+                        "retrain_epochs=4, epochs=10, tolerance=0.01")
     p.add_argument("--finetune-epochs", type=non_negative_int, default=0,
                    help="fine-tuning epochs after the final removal")
     p.add_argument("--residual", default="coupled", choices=["coupled", "internal"],

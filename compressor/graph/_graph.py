@@ -335,7 +335,6 @@ class _Run:
 
     # -- execution --------------------------------------------------------------------------
     def run(self) -> None:
-
         last_use: dict[Node, Node] = {}
         for node in self.graph.nodes:
             for arg in node.all_input_nodes:

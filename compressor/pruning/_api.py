@@ -319,7 +319,6 @@ def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph |
         CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
     """
 
-
     inputs = as_tuple(example_inputs)
     if graph is not None and graph.traced is not None and graph.execution == "meta":
         # the unpruned model's trace first; a fresh trace when that one holds sizes read from

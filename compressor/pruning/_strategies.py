@@ -469,7 +469,6 @@ def autobalance(run: _Run) -> nn.Module:
 
 
 def _accuracy(model: nn.Module, data: Any) -> float:
-
     return module_top1(model, data)
 
 

@@ -346,7 +346,6 @@ def _update_ema_(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def _progress(show: bool):
-
     return rp.Progress(rp.TextColumn("[bold]epoch {task.fields[epoch]}"), rp.BarColumn(), rp.MofNCompleteColumn(),
                        rp.TextColumn("{task.fields[stats]}"), rp.TimeRemainingColumn(), disable=not show)
 

@@ -171,7 +171,6 @@ def _identity(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-
     atomic_write_bytes(path, json.dumps(data, indent=1, default=str).encode())
 
 

@@ -86,7 +86,6 @@ def _current(ctx: StepContext, key: str = "model") -> torch.nn.Module:
 def _source_model(ctx: StepContext) -> torch.nn.Module:
     """The pipeline's ``model``: a saved model directory, or a zoo model with seeded random weights."""
 
-
     if (Path(ctx.pipeline.model) / SPEC_FILE).is_file():
         return load_model(ctx.pipeline.model)
 
@@ -282,7 +281,6 @@ def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
 def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
 
-
     missing = missing_runtimes(config.to)
     if missing:
         raise PipelineError("cannot export to " + "; ".join(f"{t}: {why}" for t, why in missing.items()))
@@ -384,7 +382,6 @@ def _bench_config(step: BenchStep, threads: int | None) -> Any:
 def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
     """Latency, throughput and memory of the pruned bundle against the baseline; the HTML/Markdown report."""
 
-
     baseline = ctx.path("baseline_bundle") if ctx.state.get("baseline_bundle") else None
     with warnings.catch_warnings():  # they are in the results; logged once below, without a traceback line
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -437,7 +434,6 @@ def _cifar_depth(name: str) -> int | None:
 def baselines_step(config: BaselinesStep, ctx: StepContext) -> dict[str, Any]:
     """ThinResNet (uniform width; "ThinResNet: A New Baseline for Structured Convolutional Networks
     Pruning") and a shallower ResNet at the pruned model's FLOPs, same budget."""
-
 
     name = ctx.pipeline.model
     spec = _spec(ctx, config.data)
@@ -519,7 +515,6 @@ def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
     if isinstance(budgets, str):
         load_budgets(budgets)  # validated now: a wrong key fails before anything runs
     elif isinstance(budgets, dict):
-
         parse_budgets(yaml.safe_dump(budgets), "inline budgets")
     else:
         raise ValueError("'budgets' must be a budgets file path or an inline {confidence, rules} mapping")
@@ -529,8 +524,6 @@ def _parse_gate(raw: dict[str, Any], where: str) -> GateStep:
 @register_step("gate", _parse_gate)
 def gate_step(config: GateStep, ctx: StepContext) -> dict[str, Any]:
     """Check the bench step's report (and the evaluate step's accuracy) against latency/accuracy budgets."""
-
-
 
     budgets = (load_budgets(config.budgets) if isinstance(config.budgets, str)
                else parse_budgets(yaml.safe_dump(config.budgets), "gate budgets"))
