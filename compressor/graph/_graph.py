@@ -208,7 +208,8 @@ class DependencyGraph:
 
 
 class _LeafTracer(Tracer):
-    """torch.fx tracer whose leaves are torch.nn's own modules (and user-named classes)."""
+    """torch.fx tracer whose leaves are torch.nn's own modules, the optional packages' layers that
+    ``_op_table`` names (timm's BlurPool2d), and user-named classes."""
 
     def __init__(self, extra_leaves: tuple[type, ...] = ()):
         super().__init__()
@@ -217,7 +218,7 @@ class _LeafTracer(Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if self.extra_leaves and isinstance(m, self.extra_leaves):
             return True
-        return super().is_leaf_module(m, qualname)
+        return _ops.named_module_handler(type(m)) is not None or super().is_leaf_module(m, qualname)
 
 
 def trace_graph(model: nn.Module) -> Graph:
@@ -299,7 +300,9 @@ class _Run:
         if node.op == "call_module":
             return f"layer '{node.target}' ({type(self.modules[node.target]).__name__})"
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-        return f"node '{node.name}' ({target})"
+        stack = node.meta.get("nn_module_stack")
+        inside = f" in '{next(reversed(stack.values()))[0]}'" if stack else ""
+        return f"node '{node.name}' ({target}){inside}"
 
     def add_member(self, module: str, kind: str, ids: torch.Tensor, tensors: tuple[tuple[str, int], ...],
                    groups: int = 1, group_mode: str = "", key: str | None = None) -> int:

@@ -9,8 +9,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import compressor.graph._ops as o
+import compressor.graph._ops_functional as f
 import compressor.graph._ops_shape as s
-from compressor.graph._ops import FUNCTION_HANDLERS, METHOD_HANDLERS, MODULE_HANDLERS, NAMED_FUNCTION_HANDLERS, _register
+from compressor.graph._ops import (
+    FUNCTION_HANDLERS,
+    METHOD_HANDLERS,
+    MODULE_HANDLERS,
+    NAMED_FUNCTION_HANDLERS,
+    NAMED_MODULE_HANDLERS,
+    _register,
+)
 
 
 def _refuse_module(what: str):
@@ -50,6 +58,12 @@ _register(MODULE_HANDLERS, [nn.Softmax, nn.LogSoftmax, nn.Softmin], o._softmax_m
 _register(MODULE_HANDLERS, [nn.Flatten], s.flatten_module)
 _register(MODULE_HANDLERS, [nn.Unflatten], s.unflatten_module)
 
+# modules known by qualified class name, so that optional packages need not be imported here;
+# they are leaves of the trace
+NAMED_MODULE_HANDLERS.update({
+    "timm.layers.blur_pool.BlurPool2d": f.blur_pool_module,
+})
+
 # ---- functions ---------------------------------------------------------------------------------
 ELEMENTWISE_FUNCTIONS = [
     operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub, operator.imul,
@@ -71,7 +85,13 @@ _register(FUNCTION_HANDLERS, [F.pad], o._pad)
 _register(FUNCTION_HANDLERS, [F.softmax, F.log_softmax, torch.softmax, torch.log_softmax], o._softmax)
 _register(FUNCTION_HANDLERS, [torch.mean, torch.amax, torch.amin, torch.std, torch.var, torch.logsumexp], o._reduction)
 _register(FUNCTION_HANDLERS, [torch.sum], o._sum)
-_register(FUNCTION_HANDLERS, [F.layer_norm], o._layernorm_fn)
+# the functional forms of the layers above, with a module's own weights (timm's norm-act layers)
+_register(FUNCTION_HANDLERS, [F.layer_norm], f.layer_norm_fn)
+_register(FUNCTION_HANDLERS, [F.batch_norm], f.batch_norm_fn)
+_register(FUNCTION_HANDLERS, [F.group_norm], f.group_norm_fn)
+FLOP_FUNCTIONS = frozenset([F.conv1d, F.conv2d, F.conv3d, F.linear])
+_register(FUNCTION_HANDLERS, [F.conv1d, F.conv2d, F.conv3d], f.conv_fn)
+_register(FUNCTION_HANDLERS, [F.linear], f.linear_fn)
 _register(FUNCTION_HANDLERS, [builtins.getattr, builtins.len], o._metadata)
 _register(FUNCTION_HANDLERS, [operator.getitem], s.getitem)
 _register(FUNCTION_HANDLERS, [torch.reshape], s.torch_reshape)
@@ -116,10 +136,11 @@ _register(METHOD_HANDLERS, ["softmax", "log_softmax"], o._softmax)
 
 
 def is_flop_free(node) -> bool:
-    """A call of a function or tensor method of this table: none multiplies matrices or convolves,
-    so ``FlopCounterMode`` would count 0 for it (modules are decided by ``_shape_exec``'s rules)."""
+    """A call of a function or tensor method of this table that neither multiplies matrices nor
+    convolves (``FLOP_FUNCTIONS`` do), so ``FlopCounterMode`` would count 0 for it (modules are
+    decided by ``_shape_exec``'s rules)."""
     if node.op == "call_function":
-        return o.function_handler(node.target) is not None
+        return o.function_handler(node.target) is not None and node.target not in FLOP_FUNCTIONS
     if node.op == "call_method":
         return node.target in METHOD_HANDLERS
     return False

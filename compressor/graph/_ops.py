@@ -30,8 +30,10 @@ Handler = Callable[..., Any]
 MODULE_HANDLERS: dict[type, Handler] = {}
 FUNCTION_HANDLERS: dict[Any, Handler] = {}
 METHOD_HANDLERS: dict[str, Handler] = {}
-# functions known by qualified name, so that optional packages need not be imported (filled by _op_table)
+# functions and module classes known by qualified name, so that optional packages need not be
+# imported (filled by _op_table); a module class named here is a leaf of the trace
 NAMED_FUNCTION_HANDLERS: dict[str, Handler] = {}
+NAMED_MODULE_HANDLERS: dict[str, Handler] = {}
 
 
 def _register(table: dict, keys: list, handler: Handler) -> None:
@@ -138,9 +140,16 @@ def module_handler(cls: type) -> Handler | None:
         return _MODULE_HANDLER_CACHE[cls]
     except KeyError:
         pass
-    handler = next((MODULE_HANDLERS[c] for c in cls.__mro__ if c in MODULE_HANDLERS), None)
+    handler = named_module_handler(cls)
+    if handler is None:
+        handler = next((MODULE_HANDLERS[c] for c in cls.__mro__ if c in MODULE_HANDLERS), None)
     _MODULE_HANDLER_CACHE[cls] = handler
     return handler
+
+
+def named_module_handler(cls: type) -> Handler | None:
+    """The handler registered for ``cls`` by qualified name (an optional package's layer), if any."""
+    return NAMED_MODULE_HANDLERS.get(f"{cls.__module__}.{cls.__qualname__}")
 
 
 def function_handler(target: Any) -> Handler | None:
@@ -232,20 +241,29 @@ def _channel_vector_or_block(run, lab: Labels | None, dim: int, size: int, what:
 
 
 def _conv(run, node, module: nn.modules.conv._ConvNd, args, kwargs, labels, value):
-    x = _lab(labels, _node_arg(node, 0, "input"))
-    weight_dim = module.weight.dim()
-    cdim = 1 if value.dim() == weight_dim else 0
-    path = str(node.target)
-    in_ids = _channel_vector_or_block(run, x, cdim, module.in_channels, "conv input")
-    out_ids = run.module_ids(path, "conv_out", module.out_channels)
-    g = module.groups
-    in_pg, out_pg = module.in_channels // g, module.out_channels // g
-    mode = "" if g == 1 else ("group" if g >= in_pg else "width")
     tensors = (("weight", 0),) + ((("bias", 0),) if module.bias is not None else ())
-    out_m = run.add_member(path, "conv_out", out_ids, tensors, g, mode)
+    out_ids = conv_layer(run, str(node.target), _lab(labels, _node_arg(node, 0, "input")), tuple(module.weight.shape),
+                         module.groups, value, tensors, bias=module.bias is not None)
+    return from_vector(out_ids, value.shape, 1 if value.dim() == module.weight.dim() else 0)
+
+
+def conv_layer(run, path: str, x: Labels | None, weight_shape: tuple[int, ...], g: int, value,
+               out_tensors: tuple[tuple[str, int], ...], bias: bool, in_tensors: tuple[tuple[str, int], ...] = (("weight", 1),),
+               out_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Members, coupling and cost of one conv call with weight ``weight_shape`` and ``g`` groups
+    (the module form and ``F.conv*d`` with a module's weight); returns the output channel ids."""
+    weight_dim = len(weight_shape)
+    cdim = 1 if value.dim() == weight_dim else 0
+    out_channels, in_channels = weight_shape[0], weight_shape[1] * g
+    in_ids = _channel_vector_or_block(run, x, cdim, in_channels, "conv input")
+    if out_ids is None:
+        out_ids = run.module_ids(path, "conv_out", out_channels)
+    in_pg, out_pg = in_channels // g, out_channels // g
+    mode = "" if g == 1 else ("group" if g >= in_pg else "width")
+    out_m = run.add_member(path, "conv_out", out_ids, out_tensors, g, mode)
     in_m = None
     if bool((in_ids >= 0).any()) or mode == "group":
-        in_m = run.add_member(path, "conv_in", in_ids, (("weight", 1),), g, mode)
+        in_m = run.add_member(path, "conv_in", in_ids, in_tensors, g, mode)
     c = run.coupling
     if mode == "group":
         # a whole conv group (its inputs and outputs) is one unit: depthwise, ResNeXt
@@ -263,13 +281,13 @@ def _conv(run, node, module: nn.modules.conv._ConvNd, args, kwargs, labels, valu
         _couple_rows(c, ins.t())
         _couple_rows(c, outs.t())
     spatial = math.prod(value.shape[cdim + 1:])
-    kernel = math.prod(module.kernel_size)
+    kernel = math.prod(weight_shape[2:])
     batch = value.shape[0] if cdim == 1 else 1
-    run.add_layer(module=path, kind="conv", out_member=out_m, in_member=in_m, out_size=module.out_channels,
-                  in_size=module.in_channels, groups=g, group_mode=mode,
+    run.add_layer(module=path, kind="conv", out_member=out_m, in_member=in_m, out_size=out_channels,
+                  in_size=in_channels, groups=g, group_mode=mode,
                   macs_per_unit=kernel * spatial * batch / max(run.batch, 1) if cdim == 1 else kernel * spatial,
-                  params_per_unit=kernel, bias=module.bias is not None)
-    return from_vector(out_ids, value.shape, cdim)
+                  params_per_unit=kernel, bias=bias)
+    return out_ids
 
 
 def _couple_rows(coupling, ids: torch.Tensor) -> None:
@@ -287,8 +305,17 @@ def _couple_rows(coupling, ids: torch.Tensor) -> None:
 
 
 def _linear(run, node, module: nn.Linear, args, kwargs, labels, value):
-    x = _lab(labels, _node_arg(node, 0, "input"))
-    path = str(node.target)
+    tensors = (("weight", 0),) + ((("bias", 0),) if module.bias is not None else ())
+    return linear_layer(run, str(node.target), _lab(labels, _node_arg(node, 0, "input")), tuple(module.weight.shape),
+                        value, tensors, bias=module.bias is not None)
+
+
+def linear_layer(run, path: str, x: Labels | None, weight_shape: tuple[int, ...], value,
+                 out_tensors: tuple[tuple[str, int], ...], bias: bool,
+                 in_tensors: tuple[tuple[str, int], ...] = (("weight", 1),), out_ids: torch.Tensor | None = None):
+    """Members, coupling and cost of one Linear call (module or ``F.linear`` with a module's
+    weight); returns the output labels."""
+    out_features, in_features = weight_shape
     last = value.dim() - 1
     x_n = normalize(x) if x is not None else None
     vary = varying_dims(x_n) if x_n is not None else []
@@ -297,15 +324,15 @@ def _linear(run, node, module: nn.Linear, args, kwargs, labels, value):
         out = core(x_n)
         out = out.narrow(last, 0, 1) if out.size(last) > 1 else out
         return out.expand(value.shape)
-    in_ids = _channel_vector_or_block(run, x_n, last, module.in_features, "Linear input")
-    out_ids = run.module_ids(path, "linear_out", module.out_features)
-    tensors = (("weight", 0),) + ((("bias", 0),) if module.bias is not None else ())
-    out_m = run.add_member(path, "linear_out", out_ids, tensors)
-    in_m = run.add_member(path, "linear_in", in_ids, (("weight", 1),)) if bool((in_ids >= 0).any()) else None
-    rows = value.numel() // module.out_features
-    run.add_layer(module=path, kind="linear", out_member=out_m, in_member=in_m, out_size=module.out_features,
-                  in_size=module.in_features, groups=1, group_mode="", macs_per_unit=rows / max(run.batch, 1),
-                  params_per_unit=1, bias=module.bias is not None)
+    in_ids = _channel_vector_or_block(run, x_n, last, in_features, "Linear input")
+    if out_ids is None:
+        out_ids = run.module_ids(path, "linear_out", out_features)
+    out_m = run.add_member(path, "linear_out", out_ids, out_tensors)
+    in_m = run.add_member(path, "linear_in", in_ids, in_tensors) if bool((in_ids >= 0).any()) else None
+    rows = value.numel() // out_features
+    run.add_layer(module=path, kind="linear", out_member=out_m, in_member=in_m, out_size=out_features,
+                  in_size=in_features, groups=1, group_mode="", macs_per_unit=rows / max(run.batch, 1),
+                  params_per_unit=1, bias=bias)
     return from_vector(out_ids, value.shape, last)
 
 
@@ -356,20 +383,6 @@ def last_varies(x: Labels, value: torch.Tensor) -> bool:
     return varying_dims(normalize(x)) == [value.dim() - 1]
 
 
-def _layernorm_fn(run, node, args, kwargs, labels, value):
-    x = _lab(labels, _node_arg(node, 0, "input"))
-    shape = _arg(args, kwargs, 1, "normalized_shape")
-    nd = len(shape) if isinstance(shape, (tuple, list, torch.Size)) else 1
-    params = []
-    for index, name in ((2, "weight"), (3, "bias")):
-        arg = _node_arg(node, index, name)
-        owner_ok = isinstance(arg, Node) and arg.op == "get_attr" and isinstance(
-            run.modules.get(str(arg.target).rpartition(".")[0]), nn.LayerNorm)
-        params.append((_lab(labels, arg) if owner_ok else None,
-                       "layer_norm whose normalized_shape is not a LayerNorm attribute"))
-    return _layernorm_common(run, x, nd, value, params)
-
-
 def _per_channel_param_module(run, node, module, args, kwargs, labels, value):
     """PReLU with one slope per channel."""
     x = _lab(labels, _node_arg(node, 0, "input"))
@@ -384,6 +397,9 @@ def _groupnorm(run, node, module, args, kwargs, labels, value):
     x = _lab(labels, _node_arg(node, 0, "input"))
     if has_labels(x) and module.num_groups not in (module.num_channels,):
         run.coupling.block(x, f"GroupNorm couples channels into {module.num_groups} groups at {run.where()}")
+        return x
+    if has_labels(x) and module.weight is None:  # surgery resizes a GroupNorm from its affine parameters
+        run.coupling.block(x, f"GroupNorm without affine parameters at {run.where()}")
         return x
     return _batchnorm(run, node, module, args, kwargs, labels, value)
 

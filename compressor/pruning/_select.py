@@ -213,7 +213,7 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
         raise UnreachableTargetError(
             f"{key}={value:g} is unreachable: the closest reachable is {reachable:.4f} of the original {what} "
             f"(every prunable layer down to {_floor_text(config, align)}; "
-            f"{sum(graph.unsupported.values())} channels are protected or unsupported)")
+            f"{sum(graph.unsupported.values())} channels are protected or unsupported; {blocking_summary(graph)})")
     lo, hi = 0, order.size  # cost(lo) > budget >= cost(hi); rounding keeps cost monotone in the prefix
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -249,3 +249,32 @@ def _align_text(align: np.ndarray) -> str:
 def _floor_text(config: PruneConfig, align: np.ndarray) -> str:
     top = max(config.min_channels, int(align.max()) if align.size else 1)
     return f"{top} channel(s)" if len(set(align.tolist())) <= 1 else f"max(min_channels, its alignment), up to {top} channels"
+
+
+# "<cause>: layer 'name' (Type)", "<cause> at node 'name' (op) in 'owner.module'": where a block reason says it happened
+_LOCATION = re.compile(r"(?::| at) (?:layer|node) '([^']*)'(?: \(([^)]*)\))?(?: in '([^']*)')?")
+
+
+def blocking_summary(graph: DependencyGraph, top: int = 3, places: int = 3) -> str:
+    """One line naming the most frequent reasons channels are blocked, and where, e.g.
+    ``blocked: 48 channels by unsupported op (batch_norm) at blocks.1.0.bn1, blocks.2.0.bn1 (+12 more); ...``."""
+    causes: dict[str, list] = {}
+    for reason, n in graph.unsupported.items():
+        found = _LOCATION.search(reason)
+        cause, place = reason, ""
+        if found:
+            cause = reason[:found.start()].rstrip(" :") + (f" ({found.group(2)})" if found.group(2) else "")
+            place = found.group(3) or found.group(1)
+        entry = causes.setdefault(cause, [0, []])
+        entry[0] += n
+        if place and place not in entry[1]:
+            entry[1].append(place)
+    if not causes:
+        return "no channel is blocked"
+    parts = []
+    for cause, (n, where) in sorted(causes.items(), key=lambda kv: -kv[1][0])[:top]:
+        at = f" at {', '.join(where[:places])}" + (f" (+{len(where) - places} more)" if len(where) > places else "") \
+            if where else ""
+        parts.append(f"{n} channels by {cause}{at}")
+    more = f"; +{len(causes) - top} more reasons" if len(causes) > top else ""
+    return "blocked: " + "; ".join(parts) + more

@@ -213,6 +213,13 @@ def _fix_attributes(module: nn.Module, groups: int | None) -> dict[str, int]:
     if isinstance(module, nn.PReLU):
         module.num_parameters = module.weight.numel()
         return {"num_parameters": module.num_parameters}
+    if isinstance(module, nn.GroupNorm) and module.weight is not None:
+        # only GroupNorms with one channel per group are pruned (the graph blocks the others)
+        module.num_channels = module.num_groups = module.weight.shape[0]
+        return {"num_channels": module.num_channels}
+    if type(module).__name__ == "BlurPool2d" and getattr(module, "channels", None) is not None:
+        module.channels = module.filt.shape[0]  # timm's: one filter row per channel
+        return {"channels": module.channels}
     return {}
 
 
