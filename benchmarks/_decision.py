@@ -1,6 +1,6 @@
 """The one decision rule that says whether a noisy measurement meets a budget.
 
-The release gate (:mod:`._gate`) and latency-budget pruning (:mod:`._latency_prune`) both call
+The release gate (:mod:`._gate`) and latency-budget pruning (:mod:`compressor.app._latency_prune`) both call
 :func:`decide`. A measurement is a point estimate and, for timed metrics, a two-sided confidence
 interval; the rule says which of them must be within the budget:
 

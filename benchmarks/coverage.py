@@ -101,31 +101,41 @@ def _short(reason: str) -> str:
     return re.sub(r"^(unsupported op): node '[^']*' \((.*)\)$", r"\1: \2", reason)
 
 
-def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, row: CoverageRow) -> nn.Module:
-    """Prune ``model`` (eval), check it against the masked oracle and fill ``row``; returns the
-    pruned model (``model`` itself when the engine refuses it)."""
-
-    config = C.PruneConfig(criterion="random", ratio=ratio, allow_renormalization=False, seed=seed)
-    try:
-        pruned = prune_with_oracle(model, x, config)
-    except (C.TraceError, C.UnprunableModelError) as exc:
-        row.status, row.detail = "refused", f"{type(exc).__name__}: {exc}"
-        return model
-    check = compare_with_oracle(pruned, x)
-    row.status = "pruned" if check.ok else "parity-failed"
-    row.detail = "; ".join(check.problems)
-    row.parity_max_abs_err, row.oracle_max_abs = check.parity.max_abs_err, check.parity.expected_max_abs
-    graph = pruned.graph
+def record_graph(row: CoverageRow, graph: C.DependencyGraph) -> None:
+    """Fill ``row``'s channel counts, channel groups and block reasons from ``graph``."""
     row.removable_channels = int(graph.removable.size)
     row.producer_channels = int(graph.producer.sum())
-    row.params_before, row.params_after = check.params_before, check.params_after
-    row.flops_before, row.flops_after = check.flops_before, check.flops_after
     row.groups = len(graph.groups)
     row.blocked_groups = sum(1 for g in graph.groups if g.blocked_reasons and g.removable.size == 0)
     counts: dict[str, int] = {}
     for reason, n in graph.unsupported.items():
         counts[_short(reason)] = counts.get(_short(reason), 0) + n
     row.blocked_channels_by_reason = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, row: CoverageRow,
+                    config: C.PruneConfig | None = None) -> nn.Module:
+    """Prune ``model`` (eval), check it against the masked oracle and fill ``row``; returns the
+    pruned model (``model`` itself when the engine refuses it).
+
+    ``config`` replaces the default one (the ``random`` criterion at ``ratio`` with ``seed``, no
+    renormalisation); a refusal (``TraceError``, ``UnprunableModelError``,
+    ``UnreachableTargetError``) is recorded as ``refused`` with the error's class and message.
+    """
+
+    config = config or C.PruneConfig(criterion="random", ratio=ratio, allow_renormalization=False, seed=seed)
+    try:
+        pruned = prune_with_oracle(model, x, config)
+    except (C.TraceError, C.UnprunableModelError, C.UnreachableTargetError) as exc:
+        row.status, row.detail = "refused", f"{type(exc).__name__}: {exc}"
+        return model
+    check = compare_with_oracle(pruned, x)
+    row.status = "pruned" if check.ok else "parity-failed"
+    row.detail = "; ".join(check.problems)
+    row.parity_max_abs_err, row.oracle_max_abs = check.parity.max_abs_err, check.parity.expected_max_abs
+    row.params_before, row.params_after = check.params_before, check.params_after
+    row.flops_before, row.flops_after = check.flops_before, check.flops_after
+    record_graph(row, pruned.graph)
     return pruned.pruned
 
 
