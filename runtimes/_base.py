@@ -8,7 +8,6 @@ tensorrt (tinygrad's device pattern). ``is_available()`` answers *why not* inste
 from __future__ import annotations
 
 import abc
-import dataclasses
 import importlib
 import os
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 
 from compressor.common.errors import ArtifactError, RuntimeUnavailable
 from compressor.common.registry import Registry
-from compressor.common.config import check_fields
+from compressor.common.config import JsonConfig
 
 __all__ = [
     "ArtifactError", "BuildConfig", "Runtime", "RuntimeUnavailable", "Session", "SessionConfig",
@@ -42,20 +41,8 @@ def _check_positive_int(field: str, value: Any) -> None:
         raise ValueError(f"{field} must be a positive int, got {value!r}")
 
 
-class _DictConfig:
-    """JSON round trip shared by the configs: ``Config.from_dict(config.to_dict()) == config``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):  # noqa: ANN206 - returns cls
-        check_fields(cls, data)
-        return cls(**data)
-
-
 @dataclass(frozen=True)
-class SessionConfig(_DictConfig):
+class SessionConfig(JsonConfig):
     """How to open a session.
 
     Args:
@@ -81,7 +68,7 @@ class SessionConfig(_DictConfig):
 
 
 @dataclass(frozen=True)
-class BuildConfig(_DictConfig):
+class BuildConfig(JsonConfig):
     """What ``Runtime.build`` produces: precision and the batch range (TensorRT's optimisation
     profile on the input's dim 0: smallest, tuned-for and largest batch)."""
 

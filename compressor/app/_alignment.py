@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Any
 
 from benchmarks import ProbeError, probe_alignment
-from compressor.pruning import ISA_TABLE, KINDS, PruneConfig, cpu_isa, table_alignment  # noqa: F401  (ISA_TABLE: the fallback, for callers)
+from compressor.pruning import KINDS, PruneConfig, cpu_isa, table_alignment
 from compressor.pruning import resolve_alignment as _resolve_with
 from runtimes import get_runtime
 

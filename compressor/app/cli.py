@@ -14,7 +14,6 @@ import torch
 from benchmarks import (add_bench_arguments, BENCH_DESCRIPTION, BenchConfig, DECISIONS, evaluate_gate, failing_rules,
                         load_budgets, merge_results, run_bench, run_benchmark, run_command, TABLE_HEADERS,
                         table_rows, write_junit)
-from benchmarks import runtime_options as _runtime_options  # noqa: F401  (the sweep tests import it here)
 
 from compressor.app._cli_types import (fraction, fraction_below_one, non_negative_float, non_negative_int, positive_float,
                          positive_int, positive_int_list, seed)

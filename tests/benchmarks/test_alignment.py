@@ -134,6 +134,7 @@ def test_a_busy_machine_is_not_probed_and_nothing_is_cached(tmp_path, monkeypatc
 
     from compressor import PruneConfig
     import compressor.app._alignment as _align
+    from compressor.pruning import ISA_TABLE
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     monkeypatch.setattr(A, "_load_average", lambda: 1.5 * cores + 2)
@@ -150,7 +151,7 @@ def test_a_busy_machine_is_not_probed_and_nothing_is_cached(tmp_path, monkeypatc
         _align._RESOLVED.clear()
     entry = config.alignment["runtimes"]["onnxruntime"]
     assert entry["source"] == "isa-table" and "busy" in entry["note"]
-    assert config.alignment["kinds"]["conv"] == _align.ISA_TABLE[_align.cpu_isa()]
+    assert config.alignment["kinds"]["conv"] == ISA_TABLE[_align.cpu_isa()]
     monkeypatch.setattr(A, "_load_average", lambda: 0.5)
     assert A.machine_busy() is None
 

@@ -293,7 +293,7 @@ def test_runtime_options_reach_the_runtime(bundles):
 
 
 def test_cli_runtime_option_parsing():
-    from compressor.app.cli import _runtime_options
+    from benchmarks import runtime_options as _runtime_options
 
     assert _runtime_options(["onnxruntime.allow_spinning=true", "tensorrt.workspace_bytes=1024"]) == {
         "onnxruntime": {"allow_spinning": True}, "tensorrt": {"workspace_bytes": 1024}}

@@ -68,16 +68,16 @@ def test_unprobeable_target_falls_back_to_the_isa_table(monkeypatch):
         raise probe.ProbeError("cannot probe: not installed")
     monkeypatch.setattr(_align, "probe_alignment", refuse)
     config = _align.resolve_alignment(C.PruneConfig(ratio=0.3, runtime="openvino"))
-    expected = _align.ISA_TABLE[_align.cpu_isa()]
+    expected = core_align.ISA_TABLE[_align.cpu_isa()]
     assert config.alignment["kinds"] == {k: expected for k in _align.KINDS}
     assert config.alignment["runtimes"]["openvino"]["source"] == "isa-table"
     assert "not installed" in config.alignment["runtimes"]["openvino"]["note"]
     gpu = _align.resolve_alignment(C.PruneConfig(ratio=0.3, runtime="tensorrt", device="cuda"))
-    assert gpu.alignment["kinds"]["conv"] == _align.ISA_TABLE["gpu"] == 8
+    assert gpu.alignment["kinds"]["conv"] == core_align.ISA_TABLE["gpu"] == 8
 
 
 def test_isa_table_is_documented():
-    assert _align.ISA_TABLE["avx512"] == 16 and _align.ISA_TABLE["avx2"] == 8 and _align.ISA_TABLE["gpu"] == 8
+    assert core_align.ISA_TABLE["avx512"] == 16 and core_align.ISA_TABLE["avx2"] == 8 and core_align.ISA_TABLE["gpu"] == 8
     assert _align.cpu_isa() in ("avx512", "avx2", "sse", "neon", "unknown")
 
 
