@@ -29,7 +29,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.fx import Graph, GraphModule, Node, Tracer
+from torch.fx import Graph, GraphModule, Node, Proxy, Tracer
 
 from compressor.graph._cost import attention_counted, flop_counter
 from compressor.graph._inputs import as_tuple
@@ -219,6 +219,41 @@ class _LeafTracer(Tracer):
         if self.extra_leaves and isinstance(m, self.extra_leaves):
             return True
         return _ops.named_module_handler(type(m)) is not None or super().is_leaf_module(m, qualname)
+
+    def proxy(self, node: Node) -> Any:
+        return _SizedProxy(node, self)
+
+    def iter(self, obj: Any) -> Any:
+        """Iterate a proxy whose length the call that made it fixes: ``list(x.chunk(2, 1))``
+        (Ultralytics' C2f/C3k2), ``x.split([a, b], 1)``, ``x.unbind(0)`` on a known size ...
+        torch.fx itself only unpacks such results into a fixed number of names."""
+        count = _known_length(obj.node)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
+
+
+class _SizedProxy(Proxy):
+    """A proxy that knows its length when the call that made it fixes it (``list(proxy)`` asks)."""
+
+    def __len__(self) -> int:
+        count = _known_length(self.node)
+        return count if count is not None else super().__len__()
+
+
+def _known_length(node: Node) -> int | None:
+    """How many tensors a chunk/split node returns, when its arguments alone tell."""
+    name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+    args = node.args[1:] if node.op in ("call_method", "call_function") else ()
+    if name == "chunk" and args and isinstance(args[0], int):
+        return args[0]
+    if name == "chunk" and "chunks" in node.kwargs and isinstance(node.kwargs["chunks"], int):
+        return node.kwargs["chunks"]
+    if name in ("split", "split_with_sizes"):
+        sizes = args[0] if args else node.kwargs.get("split_size_or_sections", node.kwargs.get("split_sizes"))
+        if isinstance(sizes, (list, tuple)) and all(isinstance(v, int) for v in sizes):
+            return len(sizes)
+    return None
 
 
 def trace_graph(model: nn.Module) -> Graph:
