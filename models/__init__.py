@@ -16,7 +16,7 @@ and slice channels. This package depends only on torch; torchvision and timm are
 """
 
 from models._registry import (create_model, default_input_size, is_factory_spec, list_models, register_model,
-                              TIMM_PREFIX, TORCHVISION_PREFIX)
+                              TIMM_PREFIX, TORCHVISION_PREFIX, ULTRALYTICS_PREFIX)
 
 # Importing the family modules registers their models.
 from models._cifar_resnet import CifarBasicBlock, CifarResNet
@@ -43,4 +43,4 @@ __all__ = [
     "VGG",
 ]
 
-__all__ += ["TIMM_PREFIX", "TORCHVISION_PREFIX"]
+__all__ += ["TIMM_PREFIX", "TORCHVISION_PREFIX", "ULTRALYTICS_PREFIX"]

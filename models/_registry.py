@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import importlib
 import inspect
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ _F = TypeVar("_F", bound=ModelFactory)
 
 TORCHVISION_PREFIX = "torchvision:"
 TIMM_PREFIX = "timm:"
+ULTRALYTICS_PREFIX = "ultralytics:"
 # package.module:attribute, each part a Python identifier (the entry-point syntax of setuptools)
 _FACTORY_SPEC = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
@@ -40,6 +42,7 @@ _TV_INCEPTION_SIZE: InputSize = (3, 299, 299)  # Szegedy et al. 2016 use 299x299
 _TV_DETECTION_SIZE: InputSize = (3, 320, 320)
 _TV_SEGMENTATION_SIZE: InputSize = (3, 224, 224)
 _TIMM_FALLBACK_SIZE: InputSize = (3, 224, 224)
+_ULTRALYTICS_SIZE: InputSize = (3, 640, 640)  # Ultralytics' default imgsz
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,8 @@ def _close_matches(name: str, known: list[str]) -> str:
 
 
 def is_factory_spec(name: str) -> bool:
-    """Whether ``name`` has the ``package.module:factory`` form (torchvision:/timm: names do not count)."""
-    if name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
+    """Whether ``name`` has the ``package.module:factory`` form (torchvision:/timm:/ultralytics: names do not count)."""
+    if name.startswith((TORCHVISION_PREFIX, TIMM_PREFIX, ULTRALYTICS_PREFIX)):
         return False
     return _FACTORY_SPEC.fullmatch(name) is not None
 
@@ -199,6 +202,30 @@ def _create_timm(timm_name: str, kwargs: dict[str, Any]) -> nn.Module:
     return timm.create_model(timm_name, pretrained=False, **kwargs)
 
 
+def _create_ultralytics(config: str, kwargs: dict[str, Any]) -> nn.Module:
+    """An Ultralytics detection model built from a packaged YAML config, with random weights.
+
+    Only ``*.yaml`` names: a ``*.pt`` name would make Ultralytics download weights. ``nc`` (the
+    class count, default the config's 80) is the one keyword taken.
+    """
+    os.environ.setdefault("YOLO_OFFLINE", "1")  # no update checks or downloads at import or build
+    if not config.endswith((".yaml", ".yml")):
+        raise ValueError(f"{ULTRALYTICS_PREFIX}{config}: only a packaged YAML config is built here (e.g. "
+                         f"{ULTRALYTICS_PREFIX}yolov8n.yaml, {ULTRALYTICS_PREFIX}yolo11n.yaml), with random weights; "
+                         "a .pt name would download weights. Your own trained checkpoint loads as a file with "
+                         "--allow-pickle (it is a pickle), or as a state dict with --weights")
+    extra = sorted(set(kwargs) - {"nc"})
+    if extra:
+        raise TypeError(f"{ULTRALYTICS_PREFIX}{config} takes only nc (the class count), got {extra}")
+    _import_optional("ultralytics")
+    tasks = importlib.import_module("ultralytics.nn.tasks")
+    try:
+        return tasks.DetectionModel(config, nc=kwargs.get("nc"), verbose=False)
+    except FileNotFoundError as exc:
+        raise ValueError(f"unknown Ultralytics config {config!r} (a packaged detection YAML such as "
+                         "yolov8n.yaml, yolov8s.yaml, yolo11n.yaml)") from exc
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a randomly initialised model by name.
 
@@ -206,6 +233,8 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
         name: a zoo name (see :func:`list_models`), ``"torchvision:NAME"`` (built with
             ``torchvision.models.get_model(NAME, weights=None)``, and ``weights_backbone=None``
             where the builder takes it), ``"timm:NAME"`` (``timm.create_model(NAME, pretrained=False)``),
+            ``"ultralytics:CONFIG.yaml"`` (an Ultralytics detection model from its packaged YAML,
+            e.g. ``ultralytics:yolov8n.yaml``; ``nc`` sets the class count),
             or ``"package.module:factory"``: any importable callable (a function or an ``nn.Module``
             class) that returns an ``nn.Module``; that module is imported and the callable run.
         **kwargs: forwarded to the factory, e.g. ``num_classes=100, width=8``.
@@ -222,7 +251,9 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
             module cannot be imported.
         TypeError: the factory does not take ``kwargs``.
     """
-    if is_factory_spec(name):
+    if name.startswith(ULTRALYTICS_PREFIX):
+        model = _create_ultralytics(name[len(ULTRALYTICS_PREFIX) :], dict(kwargs))
+    elif is_factory_spec(name):
         model = _create_from_factory(name, dict(kwargs))
     elif name.startswith(TORCHVISION_PREFIX):
         model = _create_torchvision(name[len(TORCHVISION_PREFIX) :], dict(kwargs))
@@ -283,6 +314,8 @@ def default_input_size(name: str) -> InputSize:
         return _torchvision_input_size(name[len(TORCHVISION_PREFIX) :])
     if name.startswith(TIMM_PREFIX):
         return _timm_input_size(name[len(TIMM_PREFIX) :])
+    if name.startswith(ULTRALYTICS_PREFIX):
+        return _ULTRALYTICS_SIZE
     if is_factory_spec(name):
         raise ValueError(f"{name} is a user model: its input size is not known; give it explicitly "
                          "(C,H,W; the CLI's --input-size)")

@@ -33,7 +33,7 @@ from torch import nn
 
 from compressor.deploy import load_model, read_spec, SPEC_FILE
 from compressor.common.errors import ModelEntryError
-from models import create_model, is_factory_spec, list_models, TIMM_PREFIX, TORCHVISION_PREFIX
+from models import create_model, is_factory_spec, list_models, TIMM_PREFIX, TORCHVISION_PREFIX, ULTRALYTICS_PREFIX
 
 __all__ = ["ModelSource", "LoadedModel", "PICKLE_WARNING", "load_source", "load_weights_", "read_state_dict",
            "is_model_name", "saved_model_dir"]
@@ -90,7 +90,7 @@ def saved_model_dir(path: str | os.PathLike) -> Path | None:
 def is_model_name(spec: str) -> bool:
     """Whether ``spec`` names an architecture for ``models.create_model`` (zoo, prefixed or factory)."""
 
-    return spec in list_models() or spec.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)) or is_factory_spec(spec)
+    return spec in list_models() or spec.startswith((TORCHVISION_PREFIX, TIMM_PREFIX, ULTRALYTICS_PREFIX)) or is_factory_spec(spec)
 
 
 def _looks_like_path(spec: str) -> bool:

@@ -36,6 +36,12 @@ class PruneConfig(JsonConfig):
     cannot be traced as a whole); its outputs are protected, so the rest of the model is
     unaffected, and the example inputs are still those of the whole model.
 
+    ``boundary`` names submodules that are run as opaque leaves: never traced, never pruned, and
+    the channels they read are protected. It is how a model whose post-processing (anchors,
+    NMS, data-dependent decoding) cannot be traced is pruned whole: name the post-processing
+    module, and the network in front of it is pruned. The detectors the toolchain knows
+    (torchvision's and Ultralytics') need no boundary: their network is found automatically.
+
     ``criterion_options`` are the criterion's own options (``{"tau": 0.9}`` for simc; see
     ``compressor.get_criterion(name).defaults``). ``residual`` is the ResNet policy:
     ``"coupled"`` also prunes residual-stream channels, ``"internal"`` keeps the stream at full
@@ -43,7 +49,7 @@ class PruneConfig(JsonConfig):
     ``calib_batch_size`` samples from the data given to ``prune_model``.
     """
 
-    _TUPLE_FIELDS = ("exclude",)
+    _TUPLE_FIELDS = ("exclude", "boundary")
 
     criterion: str = "l2"
     ratio: float | None = None
@@ -57,6 +63,7 @@ class PruneConfig(JsonConfig):
     allow_renormalization: bool = True
     seed: int = 0
     submodule: str | None = None
+    boundary: tuple[str, ...] = ()
     criterion_options: dict[str, Any] = field(default_factory=dict)
     residual: str = "coupled"
     calib_batches: int = 8
@@ -105,6 +112,14 @@ class PruneConfig(JsonConfig):
         object.__setattr__(self, "exclude", tuple(self.exclude))
         for pattern in self.exclude:
             _compile(pattern, "exclude")
+        if isinstance(self.boundary, str):
+            object.__setattr__(self, "boundary", (self.boundary,))
+        object.__setattr__(self, "boundary", tuple(self.boundary))
+        if not all(isinstance(b, str) and b for b in self.boundary):
+            raise ValueError(f"boundary lists submodule names (strings), got {list(self.boundary)!r}")
+        if self.boundary and self.submodule:
+            raise ValueError("give boundary or submodule, not both: submodule prunes one traceable part, "
+                             "boundary prunes the whole model in front of the named parts")
 
         get_criterion(self.criterion).resolve_options(self.criterion_options)
         if self.residual not in RESIDUAL_POLICIES:

@@ -20,6 +20,7 @@ and ``check_*`` forms raise ``AssertionError`` (explicitly, so ``python -O`` kee
 """
 from __future__ import annotations
 
+from compressor.testing._detect import prune_detector_with_oracle
 from compressor.testing._onnx import Exported, export_test_onnx, tiny_cnn
 from compressor.testing._oracle import (
     OracleCheck, Pruned, assert_consistent_modules, check_pruned, compare_with_oracle, count_flops, count_params,
@@ -32,6 +33,7 @@ from compressor.testing._parity import (
 from compressor.testing._weights import randomize_
 
 __all__ = [
+    "prune_detector_with_oracle",
     # weights
     "randomize_",
     # parity
