@@ -7,7 +7,7 @@ The stages, each importing only earlier ones and only their public modules (no `
 Compressor core is itself ordered: ``common`` (torch-free foundation) <- ``graph`` <- ``deploy``
 <- ``training`` <- ``criteria`` <- ``pruning``. The application layer is ``compressor.app``, the
 ``compressor`` facade and its command-line shims, and the benchmark scripts that prune and export
-(``benchmarks/bench_*.py``, ``coverage.py``, ``timm_sweep.py``, ``gpu_check.py``). Function-local imports are allowed
+(``benchmarks/bench_*.py``, ``coverage.py``, ``timm_sweep.py``, ``detector_sweep.py``, ``gpu_check.py``). Function-local imports are allowed
 only for optional heavy SDKs, and each one says which in a ``# optional SDK: NAME`` comment.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("models", "compressor", "runtimes", "benchmarks")
 CORE = ("common", "graph", "deploy", "training", "criteria", "pruning")
 APP_MODULES = ("compressor", "compressor.cli", "compressor.__main__", "benchmarks.coverage", "benchmarks.gpu_check",
-               "benchmarks.timm_sweep")
+               "benchmarks.timm_sweep", "benchmarks.detector_sweep")
 HEAVY_SDKS = {"torch", "torchvision", "onnx", "onnxruntime", "openvino", "tensorrt", "nncf", "timm", "ultralytics",
               "sklearn", "matplotlib", "PIL", "pynvml", "torch_pruning", "scipy", "cuda", "pycuda"}
 

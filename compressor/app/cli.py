@@ -19,7 +19,7 @@ from compressor.app._cli_types import (fraction, fraction_below_one, non_negativ
                          positive_int, positive_int_list, seed)
 from compressor.pruning import (alignment_summary, DEPLOY_RUNTIMES, list_strategies, prune_model,
                                 PRUNE_SCHEMA_VERSION, PruneConfig, run_strategy, strategy_config_from_dict)
-from compressor.graph import build_dependency_graph, count_cost
+from compressor.graph import build_dependency_graph, count_cost, network_view, part_rows
 from compressor.criteria import get_criterion, list_criteria
 from compressor.common.outputs import claim_output, FORCE_HELP
 from compressor.deploy import ExportConfig, save_model, SPEC_FILE
@@ -100,6 +100,7 @@ def _config(args: argparse.Namespace) -> PruneConfig:
                        threads=args.threads,
                        min_channels=args.min_channels, exclude=tuple(args.exclude or ()), seed=args.seed,
                        allow_renormalization=not args.no_renormalization, submodule=args.submodule,
+                       boundary=tuple(args.boundary or ()),
                        criterion_options=parse_assignments(args.criterion_option or [], "--criterion-option"),
                        residual=args.residual, calib_batches=args.calib_batches,
                        calib_batch_size=args.calib_batch_size)
@@ -215,6 +216,20 @@ def _print_table(rows: list[dict[str, Any]], title: str) -> None:
     Console(stderr=False).print(table)
 
 
+def _print_parts(network: dict[str, Any], name: str) -> None:
+    """FLOPs of each part of a detector (backbone, neck, heads) before and after."""
+    table = Table(title=f"{name}: {network['family']} network, input {network['input_shape']}")
+    for col in ("part", "layers", "GFLOPs before", "GFLOPs after", "kept"):
+        table.add_column(col, justify="left" if col == "part" else "right")
+    for row in network["parts"]:
+        kept = row["flops_after"] / row["flops_before"] if row["flops_before"] else 1.0
+        table.add_row(row["part"], str(row["layers"]), f"{row['flops_before'] / 1e9:.3f}",
+                      f"{row['flops_after'] / 1e9:.3f}", f"{kept:.1%}")
+    Console().print(table)
+    print(f"outputs kept: {', '.join(network['outputs'])}; runs after the network, unchanged: "
+          f"{network['runs_after_the_network']}")
+
+
 def _is_detection(name: str) -> bool:
     if not name.startswith("torchvision:"):
         return False
@@ -253,7 +268,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     print(alignment_summary(config))
     pruned, facts = _run_pruning(args, config, model, example, size)
     seconds = time.perf_counter() - t0
-    before, after = count_cost(model, example), count_cost(pruned, example)
+    view = network_view(model) if not config.submodule else None
+    if view is not None:  # a whole detector: what is pruned and counted is its network
+        network_input = view.network_input(example)
+        before, after = count_cost(view, network_input), count_cost(network_view(pruned), network_input)
+        detection = True
+    else:
+        before, after = count_cost(model, example), count_cost(pruned, example)
     checks = None if args.no_speed_check else _speed_check(args, config, model, pruned, size, detection,
                                                            before.macs / after.macs if after.macs else 1.0)
     summary = {
@@ -272,9 +293,16 @@ def cmd_prune(args: argparse.Namespace) -> int:
     }
     if "layers" not in summary:
         summary["layers"] = _layer_rows(model, pruned, example)
+    if view is not None:
+        summary["network"] = {"family": view.family, "input_shape": list(network_input[0].shape),
+                              "input": view.input_note, "outputs": view.output_names(),
+                              "runs_after_the_network": view.postprocess_note,
+                              "parts": part_rows(view, summary["layers"])}
     if not args.quiet:
         _print_table([r for r in summary["layers"] if r["in_before"] != r["in_after"] or r["out_before"] != r["out_after"]]
                      if args.changed_only else summary["layers"], f"{name}: {config.criterion}, {config.target[0]}={config.target[1]:g}")
+    if view is not None and not args.quiet:
+        _print_parts(summary["network"], name)
     weights = _weights_provenance(args, model)
     if "strategy" in facts:  # trained on the data after pruning
         weights = {**weights, "trained": True, "finetuned_on": args.data}
@@ -570,6 +598,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--submodule", help="prune only this submodule (e.g. backbone of a detection model); its "
                    "outputs are kept, so the heads are untouched")
+    p.add_argument("--boundary", action="append", metavar="MODULE",
+                   help="run this submodule as an opaque part (never traced or pruned; the channels it reads are "
+                   "kept): name your own detector's post-processing (anchors, NMS, decoding) to prune the whole "
+                   "network in front of it; repeatable. torchvision and Ultralytics detectors need none")
     p.add_argument("--image-list", action="store_true", help="the model takes a list of images "
                    "(torchvision detection models); implied for torchvision detection names")
     p.add_argument("--batch-size", type=positive_int, default=1, help="the deployment batch size: the example input's "

@@ -19,7 +19,8 @@ from torch import nn
 from torch.fx import Node
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
-from compressor.graph import as_tuple, count_cost, evaluating, module_modes, restore_modes_, symbolic_trace
+from compressor.graph import (as_tuple, count_cost, evaluating, module_modes, network_view, restore_modes_,
+                              symbolic_trace)
 from compressor.common.errors import CompressorError
 
 _PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -106,11 +107,17 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
     target = model if inplace else copy.deepcopy(model)
     modes = module_modes(target)
     target.eval()
-    pairs, kept = _candidates(target)
+    # a whole detector: its network (backbone, neck, heads) is what is traced and compared, on
+    # every raw output; the post-processing around it has no BatchNorm
+    view = network_view(target)
+    subject, original = (view, network_view(model)) if view is not None else (target, model)
+    if view is not None:
+        example_inputs = view.network_input(example_inputs)
+    pairs, kept = _candidates(subject)
     modules = dict(target.named_modules())
-    before = count_cost(model, example_inputs)
-    with evaluating(model), torch.no_grad():
-        reference = _first_output(model(*as_tuple(example_inputs)))
+    before = count_cost(original, example_inputs)
+    with evaluating(original), torch.no_grad():
+        reference = _all_outputs(original(*as_tuple(example_inputs)))
     folded = []
     for producer_name, bn_name in pairs:
         producer, bn = modules[producer_name], modules[bn_name]
@@ -124,12 +131,14 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
         _set(target, producer_name, fuse(producer, bn))
         _set(target, bn_name, nn.Identity())
         folded.append((producer_name, bn_name))
+    if view is not None:
+        subject = network_view(target)  # the view holds the modules it was built with
     with torch.no_grad():
-        got = _first_output(target(*as_tuple(example_inputs)))
-    error = float((got - reference).abs().max()) if got.numel() else 0.0
-    scale = float(reference.abs().max()) if reference.numel() else 1.0
+        got = _all_outputs(subject(*as_tuple(example_inputs)))
+    error = max((float((g - r).abs().max()) if g.numel() else 0.0 for g, r in zip(got, reference)), default=0.0)
+    scale = max((float(r.abs().max()) if r.numel() else 0.0 for r in reference), default=1.0) or 1.0
     restore_modes_(target, modes)  # fused layers take the mode of the conv they replace
-    after = count_cost(target, example_inputs)
+    after = count_cost(subject, example_inputs)
     report = FoldReport(folded, kept, before.params, after.params, before.macs, after.macs, error,
                         error / max(scale, 1e-12))
     if error > atol * max(scale, 1.0):
@@ -142,11 +151,12 @@ def fold_batchnorm(model: nn.Module, example_inputs: Any, *, inplace: bool = Fal
     return target, report
 
 
-def _first_output(out: Any) -> torch.Tensor:
+def _all_outputs(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output (nested tuples, lists and dicts, in order)."""
     if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out:
-        return _first_output(out[0])
-    if isinstance(out, dict) and out:
-        return _first_output(next(iter(out.values())))
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for item in out for t in _all_outputs(item)]
+    if isinstance(out, dict):
+        return [t for item in out.values() for t in _all_outputs(item)]
     raise CompressorError(f"cannot compare model outputs of type {type(out).__name__}")

@@ -345,6 +345,20 @@ def network_view(model: nn.Module, **options: Any) -> NetworkView | None:
     return None
 
 
+def part_rows(view: NetworkView, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """FLOPs (2 x MACs, per sample) of each part of a detector before and after pruning, from the
+    per-layer rows of a prune summary (``name``, ``macs_before``, ``macs_after``)."""
+    rows: dict[str, dict[str, Any]] = {part.name: {"part": part.name, "layers": 0, "flops_before": 0.0,
+                                                   "flops_after": 0.0} for part in view.parts()}
+    for layer in layers:
+        row = rows.setdefault(view.part_of(layer["name"]), {"part": view.part_of(layer["name"]), "layers": 0,
+                                                            "flops_before": 0.0, "flops_after": 0.0})
+        row["layers"] += 1
+        row["flops_before"] += 2 * layer["macs_before"]
+        row["flops_after"] += 2 * layer["macs_after"]
+    return [row for row in rows.values() if row["layers"]]
+
+
 # ---- user-named boundaries ----------------------------------------------------------------------
 
 

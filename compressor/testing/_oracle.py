@@ -136,8 +136,11 @@ def module_problems(model: nn.Module) -> list[str]:
             problems.append(f"{name or 'the model'} has forward hooks")
         if isinstance(m, nn.modules.conv._ConvNd):
             k = tuple(m.kernel_size)
+            # a transposed conv stores its weight as (in, out / groups, *kernel)
+            expected = ((m.in_channels, m.out_channels // m.groups, *k) if m.transposed
+                        else (m.out_channels, m.in_channels // m.groups, *k))
             ok = (m.in_channels % m.groups == 0 and m.out_channels % m.groups == 0
-                  and tuple(m.weight.shape) == (m.out_channels, m.in_channels // m.groups, *k)
+                  and tuple(m.weight.shape) == expected
                   and (m.bias is None or tuple(m.bias.shape) == (m.out_channels,)))
         elif isinstance(m, nn.Linear):
             ok = (tuple(m.weight.shape) == (m.out_features, m.in_features)
