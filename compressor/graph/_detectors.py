@@ -20,6 +20,7 @@ opaque leaves (never traced, never pruned) and the channels they read are protec
 from __future__ import annotations
 
 import contextlib
+import copy
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
@@ -95,6 +96,11 @@ class NetworkView(nn.Module):
 
     def output_names(self) -> list[str]:
         raise NotImplementedError
+
+    def deployable(self) -> nn.Module:
+        """The module that ships: by default the network itself (raw head outputs, with the
+        post-processing in ``postprocess_note`` run by the application)."""
+        return self
 
     def part_of(self, module: str) -> str:
         """The part owning ``module`` ("other" when none does)."""
@@ -262,10 +268,12 @@ class YOLOView(NetworkView):
 
     family = "YOLO (Ultralytics)"
     input_note = "a (B, 3, H, W) float batch in [0, 1], H and W multiples of the largest stride (32)"
-    postprocess_note = "the Detect head's DFL decoding with anchors and strides (kept in the export), then NMS"
+    postprocess_note = ("the Detect head's DFL decoding with anchors and strides (inside the exported model), "
+                        "then class-aware NMS (compressor.training.yolo_postprocess)")
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        self._owner = (model,)  # not a child: the view registers only the network's modules
         self.model = model.model
         self._save = tuple(model.save)
         head = model.model[-1]
@@ -286,6 +294,14 @@ class YOLOView(NetworkView):
             raw = head.forward_head(feats, **head.one2one)
             outputs += [raw["boxes"], raw["scores"]]
         return tuple(outputs)
+
+    def deployable(self) -> nn.Module:
+        """The whole Ultralytics model in export mode: one output ``(B, 4 + nc, anchors)``, boxes
+        decoded (cx, cy, w, h in input pixels, DFL, anchors and strides inside the graph) and class
+        probabilities; NMS runs after it (``compressor.training.yolo_postprocess``)."""
+        model = copy.deepcopy(self._owner[0]).eval()
+        model.model[-1].export = True
+        return model
 
     def parts(self) -> list[Part]:
         layers = list(self.model)
@@ -343,6 +359,13 @@ def network_view(model: nn.Module, **options: Any) -> NetworkView | None:
         if found is not None:
             return found
     return None
+
+
+def deployable_module(model: nn.Module) -> nn.Module:
+    """What to export for ``model``: a detector's deployable network (see
+    :meth:`NetworkView.deployable`), or the model itself."""
+    view = network_view(model)
+    return view.deployable() if view is not None else model
 
 
 def part_rows(view: NetworkView, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -52,9 +52,10 @@ def _torchvision_detector(name: str) -> nn.Module:
 
 def _targets(model: nn.Module, count: int) -> list[dict[str, torch.Tensor]]:
     targets = []
+    classes = model.roi_heads.box_predictor.cls_score.out_features if hasattr(model, "roi_heads") else 91
     for i in range(count):
         target = {"boxes": torch.tensor([[10.0, 20.0, 90.0, 120.0], [40.0 + i, 30.0, 150.0, 100.0]]),
-                  "labels": torch.tensor([1, 2])}
+                  "labels": torch.tensor([1, min(2, classes - 1)])}
         if getattr(model.roi_heads, "mask_roi_pool", None) is not None if hasattr(model, "roi_heads") else False:
             masks = torch.zeros(2, 160, 160, dtype=torch.uint8)
             masks[0, 20:120, 10:90] = 1

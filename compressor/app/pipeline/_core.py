@@ -133,7 +133,15 @@ def load_pipeline(source: str | os.PathLike | dict[str, Any], *, quick: bool = F
 def _check_data(text: Any, label: str) -> None:
 
     if not isinstance(text, str):
-        raise PipelineError(f"{label} must be a data spec string (digits, digits:0-4, folder:PATH), got {text!r}")
+        raise PipelineError(f"{label} must be a data spec string (digits, digits:0-4, folder:PATH, digits-detect), "
+                            f"got {text!r}")
+    name, _, counts = text.partition(":")
+    if name == "digits-detect":  # the detection task: digits-detect or digits-detect:TRAIN,TEST image counts
+        parts = counts.split(",") if counts else []
+        if counts and (len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts)):
+            raise PipelineError(f"{label}: expected digits-detect or digits-detect:TRAIN,TEST (positive image "
+                                f"counts), got {text!r}")
+        return
     try:
         parse_data_spec(text)
     except DatasetError as exc:

@@ -13,9 +13,14 @@ def _pct(value: Any) -> str:
     return "—" if value is None else f"{value:.2%}"
 
 
+def _ratio(value: Any) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
 def deployed_accuracy(state: dict[str, Any]) -> dict[str, dict[str, float]] | None:
     """The last evaluate step's ``{bundle: {runtime: top1}}`` of a run's state (None without one)."""
-    evaluated = [r["top1"] for name, r in state.get("results", {}).items() if name.endswith("_evaluate")]
+    evaluated = [r["top1"] for name, r in state.get("results", {}).items()
+                 if name.endswith("_evaluate") and "top1" in r]
     return evaluated[-1] if evaluated else None
 
 
@@ -25,10 +30,23 @@ def summary_rows(state: dict[str, Any]) -> dict[str, list[list[str]]]:
     tables: dict[str, list[list[str]]] = {}
     for name, r in results.items():
         kind = name.split("_", 1)[1]
-        if kind == "prune":
+        if kind == "prune" and "parts" in r:  # a whole detector
+            tables.setdefault("detector pruning", []).append(
+                [name, r["criterion"], f"{r['flops_ratio']:.1%}", f"{r['params_ratio']:.1%}",
+                 ", ".join(f"{p['part']} {p['flops_after'] / p['flops_before']:.0%}" for p in r["parts"]
+                           if p["flops_before"]), _ratio(r.get("map50_before_finetune"))])
+        elif kind == "prune":
             tables.setdefault("pruning", []).append(
                 [name, r["criterion"], r["strategy"], f"{r['flops_ratio']:.1%}", f"{r['params_ratio']:.1%}",
                  _pct(r.get("top1"))])
+        elif kind in ("train", "finetune") and "map50" in r:
+            tables.setdefault("detector training", []).append(
+                [name, str(r["epochs"]), _ratio(r["map"]), _ratio(r["map50"]), f"{r['train_seconds']:.0f}s"])
+        elif kind == "evaluate" and "map" in r:
+            for bundle, by_runtime in r["map"].items():
+                for runtime, m in by_runtime.items():
+                    tables.setdefault("deployed mAP", []).append(
+                        [bundle.replace("_", " "), runtime, _ratio(m["map"]), _ratio(m["map50"])])
         elif kind == "evaluate":
             for bundle, by_runtime in r["top1"].items():
                 for runtime, top1 in by_runtime.items():
@@ -49,6 +67,9 @@ def summary_rows(state: dict[str, Any]) -> dict[str, list[list[str]]]:
 
 
 HEADERS = {
+    "detector training": ["step", "epochs", "mAP@[.5:.95] (torch)", "mAP@0.5 (torch)", "training time"],
+    "detector pruning": ["step", "criterion", "FLOPs", "params", "FLOPs kept per part", "mAP@0.5 before fine-tuning"],
+    "deployed mAP": ["bundle", "runtime", "mAP@[.5:.95]", "mAP@0.5"],
     "pruning": ["step", "criterion", "strategy", "FLOPs", "params", "top-1 (torch)"],
     "deployed accuracy": ["bundle", "runtime", "top-1"],
     "baselines at the pruned FLOPs": ["model", "FLOPs vs unpruned", "params", "top-1", "training epochs"],

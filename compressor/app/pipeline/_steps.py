@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from compressor.pruning import PruneConfig, run_strategy, strategy_config_from_dict, StrategyConfig
+from compressor.pruning import PruneConfig, prune_model, run_strategy, strategy_config_from_dict, StrategyConfig
 from compressor.app.pipeline._base import PipelineError, register_step, StepContext, StepFailed
 import compressor.app._alignment as _alignment
-from compressor.training import parse_data_spec, train, TrainConfig
+from compressor.training import (detection_collate, detection_map, digits_detect_dataset, evaluate_yolo_module,
+                                 parse_data_spec, train, train_yolo_detector, TrainConfig, yolo_postprocess)
 from models import CifarResNet, create_model, default_input_size
 from compressor.deploy import ExportConfig, fold_batchnorm, load_model, save_model, SPEC_FILE
 from pathlib import Path
-from compressor.app._evaluate import evaluate_classification
+from compressor.app._evaluate import evaluate_classification, open_predictor
 from compressor.app._model_entry import build_model
 from compressor.criteria import get_criterion
 from compressor.app._bundle import export_bundle, missing_runtimes, pruning_alignment
@@ -31,7 +32,7 @@ from benchmarks import (BenchConfig, describe_failure, evaluate_gate, EXIT_MEASU
                         format_table, load_budgets, parse_budgets, run_benchmark, TimingConfig, write_junit,
                         write_report)
 import warnings
-from compressor.graph import count_cost
+from compressor.graph import count_cost, deployable_module, network_view, part_rows
 import json
 import yaml
 from compressor.app.pipeline._report import deployed_accuracy
@@ -114,6 +115,63 @@ def _example(ctx: StepContext) -> torch.Tensor:
     return torch.randn(1, *_input_size(ctx), generator=torch.Generator().manual_seed(0))
 
 
+# ---- detection (digits-detect, Ultralytics YOLO) ------------------------------------------------
+
+DETECT_DATA = "digits-detect"
+
+
+def _detecting(ctx: StepContext, data: str | None = None) -> bool:
+    """Whether the step's data is a detection task (``digits-detect``)."""
+    text = data or ctx.state.get("data") or ctx.pipeline.data
+    return bool(text) and str(text).split(":", 1)[0] == DETECT_DATA
+
+
+def _detect_sets(ctx: StepContext, data: str | None = None) -> tuple[Any, Any]:
+    """digits-detect's train and test splits at the pipeline's input size (``digits-detect`` or
+    ``digits-detect:TRAIN,TEST`` image counts)."""
+    text = str(data or ctx.state.get("data") or ctx.pipeline.data)
+    _, _, counts = text.partition(":")
+    train_count = test_count = None
+    if counts:
+        try:
+            train_count, test_count = (int(v) for v in counts.split(","))
+        except ValueError:
+            raise PipelineError(f"{ctx.pipeline.source}: step {ctx.step_name}: data {text!r}: expected "
+                                f"{DETECT_DATA} or {DETECT_DATA}:TRAIN,TEST (image counts)") from None
+    size = _input_size(ctx)
+    if size[1] != size[2]:
+        raise PipelineError(f"{ctx.pipeline.source}: {DETECT_DATA} canvases are square; input_size is {list(size)}")
+    return (digits_detect_dataset("train", size=size[1], num_images=train_count),
+            digits_detect_dataset("test", size=size[1], num_images=test_count))
+
+
+def _fit_detector(config: "TrainStep", ctx: StepContext, model: torch.nn.Module, train_set: Any,
+                  test_set: Any) -> dict[str, Any]:
+    threads = config.train.threads or ctx.pipeline.threads
+    history = train_yolo_detector(model, train_set, epochs=config.train.epochs, batch_size=config.train.batch_size,
+                                  lr=config.train.lr, weight_decay=config.train.weight_decay, threads=threads,
+                                  seed=config.train.seed or ctx.pipeline.seed, progress=ctx.progress)
+    metrics = evaluate_yolo_module(model, test_set)
+    ctx.log(f"    mAP@[.5:.95] {metrics.map:.3f}, mAP@0.5 {metrics.map50:.3f} on {len(test_set)} test images "
+            f"({history['train_s']:.0f}s of training)")
+    return {"epochs": history["epochs"], "map": metrics.map, "map50": metrics.map50, "train_seconds": history["train_s"],
+            "final_loss": history["history"][-1]["loss"] if history["history"] else None,
+            "data": config.data or ctx.state.get("data") or ctx.pipeline.data}
+
+
+def _detection_map(source: Any, test_set: Any, runtime: str | None, threads: int | None) -> Any:
+    """mAP of a module or of a bundle on a runtime: the runtime's decoded output, NMS, COCO mAP."""
+    if isinstance(source, torch.nn.Module):
+        return evaluate_yolo_module(deployable_module(source), test_set)
+    detections, targets = [], []
+    loader = torch.utils.data.DataLoader(test_set, batch_size=16, shuffle=False, collate_fn=detection_collate)
+    with open_predictor(source, runtime=runtime, threads=threads) as (predict, _):
+        for images, batch_targets in loader:
+            detections.extend(yolo_postprocess(predict(images.numpy())))
+            targets.extend(batch_targets)
+    return detection_map(detections, targets)
+
+
 # ---- train / finetune -------------------------------------------------------------------------
 
 
@@ -142,17 +200,28 @@ def _fit(config: TrainStep, ctx: StepContext, model: torch.nn.Module, train_set:
 def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
     """Train the pipeline's model (from scratch, or continue the current one) on the data."""
 
-    spec = _spec(ctx, config.data)
-    train_set = spec.train_set()
-    if ctx.state.get("model"):
-        model = _current(ctx)
+    if _detecting(ctx, config.data):
+        train_set, test_set = _detect_sets(ctx, config.data)
+        if ctx.state.get("model"):
+            model = _current(ctx)
+        else:
+            torch.manual_seed(ctx.pipeline.seed)
+            model = create_model(ctx.pipeline.model, **ctx.pipeline.model_args)
+        results = _fit_detector(config, ctx, model, train_set, test_set)
+        input_size = list(_input_size(ctx))
     else:
-        torch.manual_seed(ctx.pipeline.seed)
-        model, _ = build_model(ctx.pipeline.model, spec, train_set.num_classes, dict(ctx.pipeline.model_args))
-    results = _fit(config, ctx, model, train_set, spec.eval_sets()[0])
+        spec = _spec(ctx, config.data)
+        train_set = spec.train_set()
+        if ctx.state.get("model"):
+            model = _current(ctx)
+        else:
+            torch.manual_seed(ctx.pipeline.seed)
+            model, _ = build_model(ctx.pipeline.model, spec, train_set.num_classes, dict(ctx.pipeline.model_args))
+        results = _fit(config, ctx, model, train_set, spec.eval_sets()[0])
+        input_size = list(spec.input_size)
     path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: train on {results['data']}",
                                       "trained": True})
-    updates = {"model": path, "input_size": list(spec.input_size), "epochs_total":
+    updates = {"model": path, "input_size": input_size, "epochs_total":
                ctx.state.get("epochs_total", 0) + results["epochs"], "train_config": config.train.to_dict(),
                "results": results}
     if not ctx.state.get("pruned"):
@@ -164,8 +233,11 @@ def train_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
 def finetune_step(config: TrainStep, ctx: StepContext) -> dict[str, Any]:
     """Fine-tune the current model (after pruning, or on a target task before it)."""
     model = _current(ctx)
-    spec = _spec(ctx, config.data)
-    results = _fit(config, ctx, model, spec.train_set(), spec.eval_sets()[0])
+    if _detecting(ctx, config.data):
+        results = _fit_detector(config, ctx, model, *_detect_sets(ctx, config.data))
+    else:
+        spec = _spec(ctx, config.data)
+        results = _fit(config, ctx, model, spec.train_set(), spec.eval_sets()[0])
     path = _save(ctx, model, weights={"origin": f"pipeline {ctx.pipeline.name}: finetune on {results['data']}",
                                       "trained": True})
     updates = {"model": path, "epochs_total": ctx.state.get("epochs_total", 0) + results["epochs"],
@@ -211,6 +283,8 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
 
     model = _current(ctx)
     trains = config.strategy.finetune_epochs or config.strategy.name != "oneshot"
+    if _detecting(ctx, config.data):
+        return _prune_detector(config, ctx, model, bool(trains))
     spec = _spec(ctx, config.data, needed=bool(trains or get_criterion(config.prune.criterion).needs_data))
     threads = config.train.threads or ctx.pipeline.threads
     train_config = dataclasses.replace(config.train, threads=threads, seed=config.train.seed or ctx.pipeline.seed)
@@ -230,6 +304,33 @@ def prune_step(config: PruneStep, ctx: StepContext) -> dict[str, Any]:
     return {"model": path, "pruned": True, "epochs_total": ctx.state.get("epochs_total", 0) + epochs,
             "results": {**summary, "top1": top1, "criterion": config.prune.criterion,
                         "strategy": config.strategy.name, "target": list(config.prune.target),
+                        "alignment": pruning_alignment(getattr(result.model, "compressor_metadata", None))}}
+
+
+def _prune_detector(config: PruneStep, ctx: StepContext, model: torch.nn.Module, trains: bool) -> dict[str, Any]:
+    """One-shot pruning of a whole detector (backbone, neck and heads); a finetune step trains it after."""
+    if trains or get_criterion(config.prune.criterion).needs_data:
+        raise PipelineError(f"{ctx.pipeline.source}: step {ctx.step_name}: a detector is pruned one-shot with a "
+                            "weight criterion here; fine-tune it with a 'finetune' step after the prune step")
+    threads = config.train.threads or ctx.pipeline.threads
+    if threads:
+        torch.set_num_threads(threads)
+    prune = config.prune if config.prune.threads else dataclasses.replace(config.prune, threads=threads)
+    prune = _alignment.resolve_alignment(prune)
+    result = prune_model(model, _example(ctx), prune)
+    view = network_view(result.model)
+    parts = part_rows(view, [vars(layer) for layer in result.report.layers])
+    for row in parts:
+        ctx.log(f"    {row['part']}: {row['flops_before'] / 1e9:.3f} -> {row['flops_after'] / 1e9:.3f} GFLOPs")
+    _, test_set = _detect_sets(ctx, config.data)
+    metrics = evaluate_yolo_module(result.model, test_set)
+    ctx.log(f"    before fine-tuning: mAP@0.5 {metrics.map50:.3f}")
+    path = _save(ctx, result.model)
+    return {"model": path, "pruned": True,
+            "results": {"flops_ratio": result.report.flops_ratio, "params_ratio": result.report.params_ratio,
+                        "flops_before": result.report.flops_before, "flops_after": result.report.flops_after,
+                        "parts": parts, "map_before_finetune": metrics.map, "map50_before_finetune": metrics.map50,
+                        "criterion": config.prune.criterion, "target": list(config.prune.target),
                         "alignment": pruning_alignment(getattr(result.model, "compressor_metadata", None))}}
 
 
@@ -294,7 +395,7 @@ def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     if config.baseline and ctx.state.get("pruned"):
         jobs.append(("baseline_bundle", "baseline_model"))
     for out_key, model_key in jobs:
-        model = _current(ctx, model_key)
+        model = deployable_module(_current(ctx, model_key))  # a detector ships its deployable network
         try:
                 exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
                                      source=ctx.state.get(model_key) or ctx.pipeline.model,
@@ -332,6 +433,8 @@ def _parse_evaluate(raw: dict[str, Any], where: str) -> EvaluateStep:
 def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
     """Top-1 of the deployed bundles on each runtime (what ships), pruned and baseline."""
 
+    if _detecting(ctx, config.data):
+        return _evaluate_detector(config, ctx)
     eval_set = _spec(ctx, config.data).eval_sets()[0]
     results: dict[str, dict[str, float]] = {}
     keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
@@ -345,6 +448,24 @@ def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
             results.setdefault(key, {})[runtime] = _top1(path, eval_set, runtime=runtime, threads=ctx.pipeline.threads)
             ctx.log(f"    {key} on {runtime}: top-1 {results[key][runtime]:.2%}")
     return {"results": {"top1": results}}
+
+
+def _evaluate_detector(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
+    """COCO mAP of the deployed detector bundles on each runtime (decoded output, then NMS)."""
+    _, test_set = _detect_sets(ctx, config.data)
+    results: dict[str, dict[str, Any]] = {}
+    keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
+    for key in keys:
+        path = ctx.path(key)
+        available = [TARGET_RUNTIME[t] for t in load_bundle(path).manifest.get("artifacts", {}) if t in TARGET_RUNTIME]
+        for runtime in config.runtimes or available:
+            if runtime not in available:
+                raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
+                                    f"(it has {available}); add it to the export step's 'to'")
+            metrics = _detection_map(path, test_set, runtime, ctx.pipeline.threads)
+            results.setdefault(key, {})[runtime] = metrics.to_dict()
+            ctx.log(f"    {key} on {runtime}: mAP@[.5:.95] {metrics.map:.3f}, mAP@0.5 {metrics.map50:.3f}")
+    return {"results": {"map": results}}
 
 
 @dataclass(frozen=True)
