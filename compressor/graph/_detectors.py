@@ -300,7 +300,11 @@ class YOLOView(NetworkView):
         decoded (cx, cy, w, h in input pixels, DFL, anchors and strides inside the graph) and class
         probabilities; NMS runs after it (``compressor.training.yolo_postprocess``)."""
         model = copy.deepcopy(self._owner[0]).eval()
-        model.model[-1].export = True
+        head = model.model[-1]
+        head.export = True
+        # anchors from every input's shape: no comparison with a cached shape for the exporter to
+        # specialise on (it would fix the batch size at the example's)
+        head.dynamic, head.shape = True, None
         return model
 
     def parts(self) -> list[Part]:

@@ -16,7 +16,6 @@ from torch import nn
 
 import compressor as C
 from compressor.app.cli import main
-from compressor.graph import network_view
 from compressor.pruning import PruneConfig, prune_model
 from compressor.testing import check_pruned, prune_detector_with_oracle, randomize_
 from models import create_model

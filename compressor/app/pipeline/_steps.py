@@ -18,12 +18,13 @@ import torch
 from compressor.pruning import PruneConfig, prune_model, run_strategy, strategy_config_from_dict, StrategyConfig
 from compressor.app.pipeline._base import PipelineError, register_step, StepContext, StepFailed
 import compressor.app._alignment as _alignment
-from compressor.training import (detection_collate, detection_map, digits_detect_dataset, evaluate_yolo_module,
-                                 parse_data_spec, train, train_yolo_detector, TrainConfig, yolo_postprocess)
+from compressor.training import (digits_detect_dataset, evaluate_yolo_module, parse_data_spec, train,
+                                 train_yolo_detector, TrainConfig)
 from models import CifarResNet, create_model, default_input_size
 from compressor.deploy import ExportConfig, fold_batchnorm, load_model, save_model, SPEC_FILE
 from pathlib import Path
-from compressor.app._evaluate import evaluate_classification, open_predictor
+from compressor.app._evaluate import evaluate_classification
+from compressor.app._evaluate_detect import evaluate_detection
 from compressor.app._model_entry import build_model
 from compressor.criteria import get_criterion
 from compressor.app._bundle import export_bundle, missing_runtimes, pruning_alignment
@@ -157,19 +158,6 @@ def _fit_detector(config: "TrainStep", ctx: StepContext, model: torch.nn.Module,
     return {"epochs": history["epochs"], "map": metrics.map, "map50": metrics.map50, "train_seconds": history["train_s"],
             "final_loss": history["history"][-1]["loss"] if history["history"] else None,
             "data": config.data or ctx.state.get("data") or ctx.pipeline.data}
-
-
-def _detection_map(source: Any, test_set: Any, runtime: str | None, threads: int | None) -> Any:
-    """mAP of a module or of a bundle on a runtime: the runtime's decoded output, NMS, COCO mAP."""
-    if isinstance(source, torch.nn.Module):
-        return evaluate_yolo_module(deployable_module(source), test_set)
-    detections, targets = [], []
-    loader = torch.utils.data.DataLoader(test_set, batch_size=16, shuffle=False, collate_fn=detection_collate)
-    with open_predictor(source, runtime=runtime, threads=threads) as (predict, _):
-        for images, batch_targets in loader:
-            detections.extend(yolo_postprocess(predict(images.numpy())))
-            targets.extend(batch_targets)
-    return detection_map(detections, targets)
 
 
 # ---- train / finetune -------------------------------------------------------------------------
@@ -462,7 +450,7 @@ def _evaluate_detector(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]
             if runtime not in available:
                 raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
                                     f"(it has {available}); add it to the export step's 'to'")
-            metrics = _detection_map(path, test_set, runtime, ctx.pipeline.threads)
+            metrics = evaluate_detection(path, test_set, runtime=runtime, threads=ctx.pipeline.threads)
             results.setdefault(key, {})[runtime] = metrics.to_dict()
             ctx.log(f"    {key} on {runtime}: mAP@[.5:.95] {metrics.map:.3f}, mAP@0.5 {metrics.map50:.3f}")
     return {"results": {"map": results}}
