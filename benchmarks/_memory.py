@@ -432,7 +432,7 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
                 probe.sample()
             x = rng.standard_normal((batch_size, *shape), dtype=np.float32)  # the input is runtime memory too
             for _ in range(runs):
-                session.run(x)
+                session.run_all(x)  # every output: a detector's heads are all runtime memory
                 if probe:
                     probe.sample()
             peak = read_proc_status_bytes("VmHWM")["VmHWM"]

@@ -10,7 +10,8 @@ measured afterwards, one fresh subprocess per runtime x batch size x bundle
 (:func:`benchmarks._memory.measure_memory`), next to the theoretical TRM = MPS + FM * 4 * BS.
 
 The latency of one call is what a deployed numpy-in, numpy-out call costs: on a GPU it includes
-copying the input to the device and the output back.
+copying the input to the device and the outputs back. Every output is fetched
+(``Session.run_all``): a detector's several head outputs are all part of its inference.
 
 The results dict follows ``benchmarks/results.schema.json``; :func:`benchmarks._report.write_report`
 turns it into the report directory. Ctrl-C stops the sweep between measurements and returns what
@@ -467,10 +468,10 @@ class _Sweep:
 
     def _time_batch(self, device: str, runtime: str, bs: int, sessions: dict[str, Any]) -> str:
         x = self.inputs.batch(bs)
-        fns: dict[str, Callable[[], Any]] = {name: (lambda s=s: s.run(x)) for name, s in sessions.items()}
+        fns: dict[str, Callable[[], Any]] = {name: (lambda s=s: s.run_all(x)) for name, s in sessions.items()}
         try:
             for name, fn in fns.items():
-                if device == "cpu" and has_subnormals(fn()):
+                if device == "cpu" and any(has_subnormals(out) for out in fn()):
                     self.warn(f"{name} produces subnormal outputs on {runtime}; CPU timings may be distorted "
                               "(random weights?)")
             samples = interleaved(fns, self.config.timing, device="cuda" if device == "cuda" else "cpu")

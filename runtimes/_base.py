@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Sequence, TypeVar
 
 import numpy as np
 
@@ -107,23 +107,37 @@ def cuda_device_reason() -> str | None:
 
 
 class Session(abc.ABC):
-    """An open model: ``run`` one batch (numpy in, the first output as float32 numpy out).
+    """An open model: run one batch, numpy in, numpy out.
 
-    Subclasses implement ``_run`` and ``_close`` and pass what they actually used as ``settings``
+    * :meth:`run` returns the first output as float32 (a classifier's logits);
+    * :meth:`run_all` returns every output, in the order of :attr:`output_names` (a detector's
+      raw head outputs: several tensors of different shapes).
+
+    Subclasses implement ``_run`` and ``_close``, pass what they actually used as ``settings``
     (runtime, version, device, threads, hint, precision, plus runtime-specific keys; ``None``
-    means "not applicable"). Use as a context manager or call :meth:`close`.
+    means "not applicable") and the model's ``output_names``. Use as a context manager or call
+    :meth:`close`.
     """
 
-    _borrows_output: ClassVar[bool] = False  # True where _run returns a view of a reused buffer
+    _borrows_output: ClassVar[bool] = False  # True where _run returns views of reused buffers
 
     def __init__(self, *, runtime: str, input_name: str, input_dtype: Any, settings: dict[str, Any],
-                 input_shape: tuple[int | None, ...] | None = None):
+                 input_shape: tuple[int | None, ...] | None = None, output_names: Sequence[str] | None = None):
         self.input_name = input_name
         self.input_dtype = np.dtype(input_dtype)
         self.input_shape = input_shape  # None entries are dynamic; None overall = unknown rank
+        self._output_names = None if output_names is None else list(output_names)
         self._runtime = runtime
         self._settings = dict(settings)
         self._closed = False
+
+    @property
+    def output_names(self) -> list[str] | None:
+        """The model's output names, in the order :meth:`run_all` returns them (a copy).
+
+        None where the runtime learns them only by running the model (torch, before its first run).
+        """
+        return None if self._output_names is None else list(self._output_names)
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -146,16 +160,39 @@ class Session(abc.ABC):
             ValueError: its rank or a static dimension does not match the model's input.
             RuntimeError: the session is closed.
         """
+        return self._own(self._infer(x, all_outputs=False)[0], np.float32)
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run one batch and return every output, as new arrays in the order of :attr:`output_names`.
+
+        Floating-point outputs come back as float32; integer and boolean ones keep their dtype.
+        A single-output model gives a list of one array, equal to :meth:`run`'s. Timing this
+        times the whole inference, every output copied back to the host.
+
+        Raises:
+            TypeError, ValueError, RuntimeError: as :meth:`run`.
+        """
+        return [self._own(out, np.float32 if np.asarray(out).dtype.kind == "f" else None)
+                for out in self._infer(x, all_outputs=True)]
+
+    def _infer(self, x: np.ndarray, *, all_outputs: bool) -> Sequence[Any]:
         if self._closed:
             raise RuntimeError(f"this {self._runtime} session is closed")
         if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
             got = f"an array of {x.dtype}" if isinstance(x, np.ndarray) else type(x).__name__
-            raise TypeError(f"run() takes a floating-point numpy array, got {got}")
+            name = "run_all" if all_outputs else "run"
+            raise TypeError(f"{name}() takes a floating-point numpy array, got {got}")
         self._check_shape(x.shape)
-        out = self._run(np.ascontiguousarray(x, dtype=self.input_dtype))
-        if self._borrows_output:  # the runtime reuses its output buffer on the next run
-            return np.array(out, dtype=np.float32, copy=True)
-        return np.asarray(out, dtype=np.float32)
+        outputs = self._run(np.ascontiguousarray(x, dtype=self.input_dtype), all_outputs=all_outputs)
+        if not outputs:
+            raise RuntimeError(f"the {self._runtime} session returned no output")
+        return outputs
+
+    def _own(self, out: Any, dtype: Any) -> np.ndarray:
+        """``out`` as an array the caller owns (``dtype`` None keeps its dtype)."""
+        if self._borrows_output:  # the runtime reuses its output buffers on the next run
+            return np.array(out, dtype=dtype, copy=True)
+        return np.asarray(out, dtype=dtype)
 
     def _check_shape(self, shape: tuple[int, ...]) -> None:
         expected = self.input_shape
@@ -166,7 +203,9 @@ class Session(abc.ABC):
             raise ValueError(f"input {self.input_name!r} expects shape {pretty}, got {tuple(shape)}")
 
     @abc.abstractmethod
-    def _run(self, x: np.ndarray) -> np.ndarray: ...
+    def _run(self, x: np.ndarray, *, all_outputs: bool) -> Sequence[Any]:
+        """The outputs of one batch (``x`` checked and cast): every output in order, or where
+        ``all_outputs`` is False at least the first (runtimes may then skip copying the rest)."""
 
     def _close(self) -> None:
         """Release the runtime's objects; called once."""

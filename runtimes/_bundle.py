@@ -4,7 +4,9 @@ A bundle directory holds ``model.onnx``, ``openvino/model.xml`` + ``.bin``,
 ``tensorrt/model.engine`` and ``torch/`` (the folded PyTorch model as saved by
 ``compressor.save_model``, for the eager reference runtime) when requested, and ``manifest.json`` with the input spec, the
 package versions, the caller's extra facts (cost, pruning recipe ...), the parity report and
-the sha256 of every file. It is written to a temporary directory and renamed into place; a
+the sha256 of every file. A model with several outputs (a detector's raw heads) has each one
+recorded (``outputs``: name and shape) and checked for parity. It is written to a temporary
+directory and renamed into place; a
 runtime that is missing is detected before anything is written. A parity failure is recorded
 in the manifest and raised; :func:`load_bundle` refuses such a bundle unless told otherwise, and
 checks the manifest's claims against the files (:mod:`runtimes._manifest_check`).
@@ -17,15 +19,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from compressor.common.files import file_sha256 as _sha256, read_versioned_json
-from runtimes._parity import compare, ParityError, ParityResult
+from runtimes._parity import compare_outputs, ParityError, ParityResult
 from compressor.common.outputs import atomic_directory
 from runtimes._base import RuntimeUnavailable, SessionConfig, get_runtime
 from runtimes._manifest_check import MANIFEST, SCHEMA_VERSION, TARGET_RUNTIME, BundleError, verify_manifest
+from runtimes._onnx import read_onnx
+
+Outputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 
 _PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "tensorrt", "cnn-compressor")
 
@@ -87,7 +92,35 @@ def package_versions(packages: tuple[str, ...] = _PACKAGES) -> dict[str, str | N
     return out
 
 
-def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], np.ndarray],
+def _as_outputs(value: Outputs) -> list[np.ndarray]:
+    """A reference's result as a list of arrays: one array, a sequence of them, or a dict (in its order)."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    items = list(value.values()) if isinstance(value, Mapping) else list(value)
+    if not items or not all(isinstance(v, np.ndarray) for v in items):
+        raise TypeError(f"the reference returns numpy arrays (one, a sequence or a dict of them), got "
+                        f"{[type(v).__name__ for v in items] or type(value).__name__}")
+    return items
+
+
+def _in_order(session: Any, outputs: list[np.ndarray], names: list[str]) -> list[np.ndarray]:
+    """A session's outputs in the ONNX graph's order: by name where the session has the graph's names
+    (an engine may list them in its own order), else as they come (torch names tuple outputs itself)."""
+    own = session.output_names
+    if own is None or len(own) != len(outputs) or sorted(own) != sorted(names) or own == names:
+        return outputs
+    by_name = dict(zip(own, outputs))
+    return [by_name[n] for n in names]
+
+
+def _declared_shape(outputs: dict[int, np.ndarray]) -> list[int | str]:
+    """An output's shape for the manifest: dim 0 is "batch" where it followed every parity batch size."""
+    first = next(iter(outputs.values()))
+    tracks = first.ndim > 0 and all(out.ndim > 0 and out.shape[0] == bs for bs, out in outputs.items())
+    return ["batch" if tracks else int(first.shape[0]), *map(int, first.shape[1:])] if first.ndim else []
+
+
+def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], Outputs],
                  input_shape: tuple[int, ...], config: BundleConfig = BundleConfig(),
                  extra: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
                  torch_model_dir: str | Path | None = None) -> Bundle:
@@ -96,7 +129,9 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
     Args:
         onnx_file: the exported model (dynamic batch axis).
         out_dir: bundle directory, replaced atomically.
-        reference: the PyTorch model as a function of a float32 numpy batch.
+        reference: the PyTorch model as a function of a float32 numpy batch, returning its output
+            array, or for a model with several outputs a list (or dict) of arrays in the order of
+            the ONNX graph's outputs.
         input_shape: one sample's shape (C, H, W).
         config: targets, precision, parity batch sizes, TensorRT profile.
         extra: more manifest entries (cost, pruning recipe, ONNX export facts ...).
@@ -107,7 +142,9 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
     Raises:
         RuntimeUnavailable: a target's runtime (package or device) is missing; nothing written.
         ArtifactError: a runtime could not build or load an artifact.
-        ParityError: an artifact's outputs differ; the bundle is written with the failure.
+        ParityError: an artifact's outputs differ (any of them; the message names it); the bundle
+            is written with the failure.
+        ValueError: the reference returns another number of outputs than the ONNX graph has.
     """
 
     say = progress or (lambda message: None)
@@ -139,7 +176,12 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
             artifacts[target] = str(Path(built).relative_to(tmp))
         rng = np.random.default_rng(config.seed)
         batches = {bs: rng.standard_normal((bs, *input_shape)).astype(np.float32) for bs in config.batch_sizes}
-        expected = {bs: reference(x) for bs, x in batches.items()}
+        expected = {bs: _as_outputs(reference(x)) for bs, x in batches.items()}
+        names = [o.name for o in read_onnx(onnx_path).graph.output]
+        for bs, outs in expected.items():
+            if len(outs) != len(names):
+                raise ValueError(f"the reference returns {len(outs)} outputs but {onnx_file} has {len(names)}: "
+                                 f"{names}")
         for target, runtime in runtimes.items():
             device = "cuda" if target == "tensorrt" else config.device
             say(f"checking {target} parity")
@@ -147,17 +189,20 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
                                                                           precision=config.precision))
             try:
                 for bs, x in batches.items():
-                    results.append(compare(expected[bs], session.run(x), runtime=TARGET_RUNTIME[target],
-                                           device=device, precision=config.precision))
+                    outputs = _in_order(session, session.run_all(x), names)
+                    results.extend(compare_outputs(expected[bs], outputs, names, runtime=TARGET_RUNTIME[target],
+                                                   device=device, precision=config.precision))
             finally:
                 session.close()
-        output = next(iter(expected.values()))
+        output = next(iter(expected.values()))[0]
         manifest.update({
             "schema_version": SCHEMA_VERSION,
             "created_unix": time.time(),
             "input": {"shape": ["batch", *input_shape], "dtype": "float32"},
             "num_classes": int(output.shape[-1]) if output.ndim == 2 else None,
-            "output_shape": ["batch", *output.shape[1:]],
+            "output_shape": ["batch", *output.shape[1:]],  # the first output's
+            "outputs": [{"name": name, "shape": _declared_shape({bs: outs[i] for bs, outs in expected.items()})}
+                        for i, name in enumerate(names)],
             "precision": config.precision,
             "artifacts": artifacts,
             "versions": package_versions(),
@@ -185,7 +230,7 @@ def load_bundle(path: str | Path, *, verify: bool = True, allow_failed_parity: b
 
     With ``verify`` (the default), :func:`runtimes._manifest_check.verify_manifest` checks that the
     ``files`` table lists every file a runtime of the bundle loads and each one's sha256, that the
-    declared input and output match the ONNX graph's, that ``cost.flops`` matches the graph's
+    declared input and outputs match the ONNX graph's, that ``cost.flops`` matches the graph's
     MACs, and that the parity record agrees with itself.
 
     Args:

@@ -6,13 +6,14 @@ impossible is a bundle that *disagrees with itself*:
 * the ``files`` table must list every file a runtime loads (each artifact, an IR's ``.bin``, a
   directory artifact's files, ONNX external weights, and ``model.onnx``), each with its sha256;
 * the declared input (``input.shape``, ``input.dtype``) and output (``output_shape``,
-  ``num_classes``) must match the ONNX graph's (the batch dim is free);
+  ``num_classes``) must match the ONNX graph's (the batch dim is free); so must the ``outputs``
+  list, where present: one ``{name, shape}`` per graph output, in the graph's order;
 * the cost figures (``cost.flops``, ``cost.macs``) must match the MACs counted from the ONNX
   graph (conv, Gemm, MatMul; FLOPs = 2 x MACs per sample, ``count_cost``'s convention) within
   :data:`FLOPS_TOLERANCE`, where the graph's shapes are static and it has no control flow;
 * the parity record must agree with itself: each run's ``passed`` with its errors and the
   tolerances of its precision, ``parity_passed`` with the runs, and every artifact's runtime
-  must have been checked.
+  must have been checked, on every declared output where ``outputs`` is present.
 
 Not covered (provenance and hints, not re-derivable from the files): ``versions``, ``source``,
 ``weights``, ``recipe``, ``alignment`` (the wording of speed-warning hints), ``created_unix``,
@@ -229,6 +230,30 @@ def _check_io(root: Path, manifest: dict[str, Any], graph: Any) -> None:
                         f"{last} scores per sample")
 
 
+def _check_outputs(root: Path, manifest: dict[str, Any], graph: Any) -> None:
+    """The ``outputs`` list (bundles of models with one or several outputs) against the graph's outputs."""
+    declared = manifest.get("outputs")
+    if declared is None:  # a bundle written before outputs were recorded
+        return
+    error = _error()
+    if not isinstance(declared, list) or not declared or not all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) and isinstance(o.get("shape"), list)
+            for o in declared):
+        raise error(f"bundle {root}: manifest.json outputs must be a list of {{name, shape}} entries, got "
+                    f"{declared!r}")
+    actual = list(graph.graph.output)
+    names = [o.name for o in actual]
+    if [o["name"] for o in declared] != names:
+        raise error(f"bundle {root}: manifest.json declares outputs {[o['name'] for o in declared]} but "
+                    f"{ONNX_FILE} has {names}")
+    for spec, value in zip(declared, actual):
+        dims, shape = _dims(value), spec["shape"]
+        if dims and (len(dims) != len(shape) or any(
+                isinstance(a, int) and a > 0 and isinstance(d, int) and a != d for a, d in zip(dims[1:], shape[1:]))):
+            raise error(f"bundle {root}: manifest.json declares output {spec['name']!r} of shape {shape} but "
+                        f"{ONNX_FILE}'s is {dims}")
+
+
 def _check_cost(root: Path, manifest: dict[str, Any], graph: Any) -> str | None:
     """Compare the manifest's FLOPs with the graph's; returns why they could not be compared, or None."""
     cost = manifest.get("cost")
@@ -277,6 +302,15 @@ def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
     if unchecked:
         raise error(f"bundle {root}: manifest.json has no parity run for the {', '.join(unchecked)} artifact(s); "
                     "every artifact is checked against the reference when the bundle is written")
+    declared = manifest.get("outputs")
+    if isinstance(declared, list):  # checked against the graph by _check_outputs
+        names = [o["name"] for o in declared]
+        for runtime in sorted(r for r in checked if r):
+            seen = {r.get("output") for r in parity if r.get("runtime") == runtime}
+            missing = [n for n in names if n not in seen]
+            if missing:
+                raise error(f"bundle {root}: manifest.json has no {runtime} parity run for output(s) "
+                            f"{missing}; every output is checked against the reference when the bundle is written")
 
 
 def verify_manifest(root: Path, manifest: dict[str, Any], sha256: Callable[[Path], str]) -> list[str]:
@@ -315,6 +349,7 @@ def verify_manifest(root: Path, manifest: dict[str, Any], sha256: Callable[[Path
                     + ", ".join(f"{rel} ({what})" for rel, what in unlisted.items())
                     + "; an unlisted file cannot be verified")
     _check_io(root, manifest, graph)
+    _check_outputs(root, manifest, graph)
     _check_parity_record(root, manifest)
     why = _check_cost(root, manifest, graph)
     return [why] if why else []

@@ -32,6 +32,7 @@ class OnnxRuntimeSession(Session):
         super().__init__(
             runtime="onnxruntime", input_name=first.name, input_dtype=_NP_DTYPES[first.type],
             input_shape=tuple(d if isinstance(d, int) else None for d in first.shape),
+            output_names=[o.name for o in outputs],
             settings={
                 "runtime": "onnxruntime", "version": version,
                 "device": "cuda" if _CUDA_PROVIDER in session.get_providers() else "cpu",
@@ -47,14 +48,14 @@ class OnnxRuntimeSession(Session):
                 "artifact": str(path),
             })
         self._session = session
-        self._output_name = outputs[0].name
+        self._first_output = outputs[0].name
 
     @property
     def native(self) -> Any:
         return self._session
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run([self._output_name], {self.input_name: x})[0]
+    def _run(self, x: np.ndarray, *, all_outputs: bool) -> list[np.ndarray]:
+        return self._session.run(None if all_outputs else [self._first_output], {self.input_name: x})
 
     def _close(self) -> None:
         del self._session

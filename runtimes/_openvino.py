@@ -26,6 +26,14 @@ def _property(compiled: Any, key: str) -> Any:
     return compiled.get_property(key)
 
 
+def _port_name(port: Any, fallback: str) -> str:
+    """A port's tensor name (the ONNX output name), or ``fallback`` where it has none."""
+    try:
+        return port.get_any_name()
+    except RuntimeError:  # OpenVINO raises when a tensor has no name
+        return fallback
+
+
 class OpenVinoSession(Session):
     _borrows_output = True  # the infer request's output tensor
 
@@ -42,6 +50,7 @@ class OpenVinoSession(Session):
         super().__init__(
             runtime="openvino", input_name=port.get_any_name(), input_dtype=port.get_element_type().to_dtype(),
             input_shape=shape,
+            output_names=[_port_name(port, f"output_{i}") for i, port in enumerate(compiled.outputs)],
             settings={
                 "runtime": "openvino", "version": version,
                 "device": config.device, "plugin": plugin,
@@ -64,10 +73,11 @@ class OpenVinoSession(Session):
     def native(self) -> Any:
         return self._compiled
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        # synchronous, so the request may read x in place; run() copies the output out of the request
+    def _run(self, x: np.ndarray, *, all_outputs: bool) -> list[np.ndarray]:
+        # synchronous, so the request may read x in place; run() copies the outputs out of the request
         self._request.infer({0: x}, share_inputs=True, share_outputs=True)
-        return self._request.get_output_tensor(0).data
+        count = len(self._compiled.outputs) if all_outputs else 1
+        return [self._request.get_output_tensor(i).data for i in range(count)]
 
     def _close(self) -> None:
         del self._request, self._compiled, self._core

@@ -1,8 +1,12 @@
-"""Numerical parity of a runtime's outputs against the PyTorch reference."""
+"""Numerical parity of a runtime's outputs against the PyTorch reference.
+
+:func:`compare` judges one output array; :func:`compare_outputs` every output of a model (a
+detector's heads), one :class:`ParityResult` each, named, so that a failure says which output.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -25,13 +29,16 @@ class ParityResult:
     tolerance_rel: float
     tolerance_cosine: float
     passed: bool
+    output: str | None = None  # the output's name (None: not recorded, e.g. a bundle from before multi-output)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
-        return (f"{self.runtime}/{self.device}/{self.precision} batch {self.batch_size}: max abs {self.max_abs_error:.2e}, "
+        which = f"output {self.output!r} on " if self.output is not None else ""
+        return (f"{which}{self.runtime}/{self.device}/{self.precision} batch {self.batch_size}: "
+                f"max abs {self.max_abs_error:.2e}, "
                 f"rel {self.max_rel_error:.2e} (tol {self.tolerance_rel:g}), cosine {self.cosine_similarity:.6f} "
                 f"(tol {self.tolerance_cosine:g}), top-1 agreement {self.top1_agreement:.1%}: {verdict}")
 
@@ -46,11 +53,25 @@ class ParityError(CompressorError):
         super().__init__("parity check failed:\n  " + "\n  ".join(r.describe() for r in results if not r.passed))
 
 
-def compare(reference: np.ndarray, output: np.ndarray, *, runtime: str, device: str, precision: str) -> ParityResult:
-    """Compare one batch of outputs with the reference (same shape)."""
+def _failed(reference: np.ndarray, runtime: str, device: str, precision: str, name: str | None) -> ParityResult:
+    return ParityResult(runtime, device, precision, int(reference.shape[0]) if reference.ndim else 1,
+                        float("inf"), float("inf"), 0.0, 0.0, *TOLERANCES[precision], False, name)
+
+
+def compare(reference: np.ndarray, output: np.ndarray, *, runtime: str, device: str, precision: str,
+            name: str | None = None) -> ParityResult:
+    """Compare one batch of one output with the reference (same shape).
+
+    Args:
+        reference, output: the PyTorch and the runtime's arrays, batch first.
+        runtime, device, precision: recorded; ``precision`` picks the tolerances.
+        name: the output's name, recorded and quoted in failures.
+
+    Raises:
+        ParityError: the shapes differ.
+    """
     if reference.shape != output.shape:
-        raise ParityError([ParityResult(runtime, device, precision, int(reference.shape[0]) if reference.ndim else 1,
-                                        float("inf"), float("inf"), 0.0, 0.0, *TOLERANCES[precision], False)])
+        raise ParityError([_failed(reference, runtime, device, precision, name)])
     ref = reference.astype(np.float64)
     out = output.astype(np.float64)
     diff = np.abs(ref - out)
@@ -66,4 +87,30 @@ def compare(reference: np.ndarray, output: np.ndarray, *, runtime: str, device: 
     tol_rel, tol_cos = TOLERANCES[precision]
     worst_cos = float(cos.min()) if cos.size else 1.0
     passed = bool(rel <= tol_rel and worst_cos >= tol_cos and np.isfinite(out).all())
-    return ParityResult(runtime, device, precision, int(n), max_abs, rel, worst_cos, top1, tol_rel, tol_cos, passed)
+    return ParityResult(runtime, device, precision, int(n), max_abs, rel, worst_cos, top1, tol_rel, tol_cos, passed,
+                        name)
+
+
+def compare_outputs(references: Sequence[np.ndarray], outputs: Sequence[np.ndarray], names: Sequence[str], *,
+                    runtime: str, device: str, precision: str) -> list[ParityResult]:
+    """Compare every output of one batch with the reference: one result per output, in order.
+
+    Args:
+        references: the PyTorch outputs, one array per name.
+        outputs: the runtime's outputs (``Session.run_all``).
+        names: the outputs' names.
+
+    Raises:
+        ParityError: the runtime returned another number of outputs, or an output of another
+            shape; the message names the output(s).
+        ValueError: ``references`` and ``names`` differ in length.
+    """
+    if len(references) != len(names):
+        raise ValueError(f"{len(references)} reference outputs for {len(names)} output names {list(names)}")
+    if len(outputs) != len(references):
+        missing = list(names[len(outputs):]) or [f"extra output #{i}" for i in range(len(names), len(outputs))]
+        raise ParityError([_failed(references[0], runtime, device, precision,
+                                   f"{name} ({runtime} returned {len(outputs)} outputs, PyTorch {len(references)})")
+                           for name in missing])
+    return [compare(ref, out, runtime=runtime, device=device, precision=precision, name=name)
+            for ref, out, name in zip(references, outputs, names)]

@@ -12,6 +12,9 @@ cuda-python is needed. FP16 differs between the two majors:
 For FP32, TF32 is switched off so that the engine matches PyTorch to FP32 tolerances.
 ``build`` writes ``model.engine`` and ``model.engine.json`` (precision, batch range,
 TensorRT version, GPU), which ``load`` uses to refuse a precision the engine was not built for.
+Sessions use the TensorRT 10 tensor API (``get_tensor_name``/``get_tensor_mode``,
+``set_tensor_address``, ``execute_async_v3``); every output tensor of the engine, in the
+engine's I/O order (the ONNX outputs' order), gets a buffer on each run.
 Engines are executable artifacts tied to the TensorRT version and GPU that built them; only
 load engines you built.
 """
@@ -88,7 +91,9 @@ class TensorRTSession(Session):
         dtypes = _torch_dtypes(trt)
         self._dtypes = {n: dtypes[engine.get_tensor_dtype(n)] for n in names}
         self._input = inputs[0]
-        self._outputs = [n for n in names if n not in inputs]
+        self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        if not self._outputs:
+            raise ValueError(f"{path}: the engine has no output tensor")
         input_dtype = {torch.float32: np.float32, torch.float16: np.float16}.get(self._dtypes[self._input])
         if input_dtype is None:
             raise ValueError(f"{path}: input {self._input!r} is {self._dtypes[self._input]}; "
@@ -105,6 +110,7 @@ class TensorRTSession(Session):
         super().__init__(
             runtime="tensorrt", input_name=self._input, input_dtype=input_dtype,
             input_shape=tuple(None if d < 0 else d for d in engine.get_tensor_shape(self._input)),
+            output_names=self._outputs,
             settings={
                 "runtime": "tensorrt", "version": trt.__version__,
                 "device": str(self._device), "device_name": torch.cuda.get_device_name(self._device),
@@ -122,7 +128,7 @@ class TensorRTSession(Session):
     def native(self) -> Any:
         return self._context
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, *, all_outputs: bool) -> list[np.ndarray]:
         import torch  # optional SDK: torch
 
         lowest, highest = self._batch_range
@@ -133,7 +139,7 @@ class TensorRTSession(Session):
             raise ValueError(f"TensorRT refused input shape {tuple(x.shape)}: {'; '.join(self._logger.errors[-3:])}")
         with torch.cuda.stream(self._stream):  # copies, allocations and the engine on one stream
             buffers = {self._input: torch.from_numpy(x if x.flags.writeable else x.copy()).to(self._device)}
-            for name in self._outputs:
+            for name in self._outputs:  # the engine writes every output, wanted or not
                 shape = tuple(self._context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise RuntimeError(f"output {name!r} has a data-dependent shape {shape}; not supported")
@@ -143,7 +149,8 @@ class TensorRTSession(Session):
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError(f"TensorRT execution failed: {'; '.join(self._logger.errors[-3:])}")
         self._stream.synchronize()
-        return buffers[self._outputs[0]].float().cpu().numpy()
+        wanted = self._outputs if all_outputs else self._outputs[:1]
+        return [(t.float() if t.is_floating_point() else t).cpu().numpy() for t in (buffers[n] for n in wanted)]
 
     def _close(self) -> None:
         del self._context, self._engine, self._trt_runtime

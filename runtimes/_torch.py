@@ -37,22 +37,12 @@ def ieee_fp32() -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def _first_output(out: Any) -> Any:
-    """The first tensor of a model's output (a tensor, or nested tuples/lists/dicts of them)."""
-    import torch  # optional SDK: torch
-
-    while not isinstance(out, torch.Tensor):
-        if isinstance(out, (tuple, list)) and out:
-            out = out[0]
-        elif isinstance(out, dict) and out:
-            out = next(iter(out.values()))
-        else:
-            raise TypeError(f"the model returned {type(out).__name__}, which holds no tensor")
-    return out
-
-
 class TorchSession(Session):
     """Runs the module under ``torch.inference_mode()``.
+
+    A module returning several tensors (a tuple, list or dict, nested or not) has the outputs and
+    output names of its ONNX export (:func:`compressor.deploy.flatten_outputs`); they are known
+    after the first run.
 
     ``torch.set_num_threads`` and ``torch.set_flush_denormal`` are process-wide (the latter per
     calling thread), so ``run`` sets both again whenever they differ from this session's, rather
@@ -63,7 +53,9 @@ class TorchSession(Session):
 
     def __init__(self, module: Any, device: Any, config: SessionConfig, source: str):
         import torch  # optional SDK: torch
+        from compressor.deploy import flatten_outputs  # optional SDK: torch (the export's output names)
 
+        self._flatten = flatten_outputs
         self._module = module
         self._device = device
         self._dtype = torch.float16 if config.precision == "fp16" else torch.float32
@@ -99,7 +91,7 @@ class TorchSession(Session):
         if self._threads is not None and torch.get_num_threads() != self._threads:
             torch.set_num_threads(self._threads)
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, *, all_outputs: bool) -> list[np.ndarray]:
         import torch  # optional SDK: torch
 
         self._apply_thread_settings()
@@ -108,8 +100,14 @@ class TorchSession(Session):
         strict = ieee_fp32() if self._strict_fp32 else contextlib.nullcontext()
         with torch.inference_mode(), strict:
             batch = torch.from_numpy(x if x.flags.writeable else x.copy()).to(self._device, self._dtype)
-            out = _first_output(self._module(batch))
-            return out.float().cpu().numpy()  # .cpu() waits for the CUDA kernels
+            try:
+                outputs = self._flatten(self._module(batch))
+            except ValueError as err:  # nothing but None and empty containers
+                raise TypeError(str(err)) from None
+            self._output_names = [name for name, _ in outputs]
+            # .cpu() waits for the CUDA kernels
+            return [(t.float() if t.is_floating_point() else t).cpu().numpy()
+                    for _, t in (outputs if all_outputs else outputs[:1])]
 
     def _close(self) -> None:
         del self._module

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compressor.graph import count_cost
-from compressor.deploy import export_onnx, ExportConfig, fold_batchnorm, FoldReport, save_model
+from compressor.deploy import export_onnx, ExportConfig, flatten_outputs, fold_batchnorm, FoldReport, save_model
 from runtimes import get_runtime, TARGET_RUNTIME, write_bundle
 
 
@@ -43,6 +43,9 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
                   progress: Callable[[str], None] | None = None) -> ExportedBundle:
     """Fold ``model``'s BatchNorms, export it to ONNX and write a verified bundle at ``output``.
 
+    A model returning several tensors (a tuple, list or dict: a detector's raw heads) gets one ONNX
+    output each; the manifest records them all and every one is checked for parity.
+
     Args:
         model: the (pruned) network; it is not modified.
         output: bundle directory, replaced atomically.
@@ -64,9 +67,10 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
         model, fold_report = fold_batchnorm(model, example)
     cost = count_cost(model, example)
 
-    def reference(batch: np.ndarray) -> np.ndarray:
+    def reference(batch: np.ndarray) -> list[np.ndarray]:
+        """Every output, in the ONNX graph's order (flatten_outputs is the order the export names)."""
         with torch.no_grad():
-            return model(torch.from_numpy(batch)).numpy()
+            return [t.numpy() for _, t in flatten_outputs(model(torch.from_numpy(batch)))]
 
     with tempfile.TemporaryDirectory() as tmp:
         info = export_onnx(model, example, Path(tmp) / "model.onnx", export_config or ExportConfig())

@@ -29,6 +29,7 @@ __all__ = ["ClassificationResult", "evaluate_classification", "evaluate_reid_mod
            "resolve_model_path"]
 
 _BUNDLE_MANIFEST = "manifest.json"
+_OUTPUTS = ("first", "all")  # what open_predictor's function returns
 _TRAINED_MODEL_DIR = "model"  # where `compressor train` saves the final model inside its output
 
 
@@ -77,9 +78,15 @@ def resolve_model_path(path: str | Path) -> tuple[str, Path]:
 
 @contextlib.contextmanager
 def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None, device: str = "cpu",
-                   threads: int | None = None,
-                   allow_pickle: bool = False) -> Iterator[tuple[Callable[[np.ndarray], np.ndarray], str]]:
-    """A function from a float32 batch to the model's first output, and the runtime's name.
+                   threads: int | None = None, allow_pickle: bool = False,
+                   outputs: str = "first") -> Iterator[tuple[Callable[[np.ndarray], Any], str]]:
+    """A function from a float32 batch to the model's output, and the runtime's name.
+
+    With ``outputs="first"`` (the default) the function returns the first output as one float32
+    array (a classifier's logits). With ``outputs="all"`` it returns every output as a list of
+    arrays (``Session.run_all``: a detector's raw head outputs, for its decoder), in the order of
+    the model's flattened outputs: a tuple's order, a dict's insertion order; for a bundle, the
+    order of its manifest's ``outputs``.
 
     Args:
         source: an ``nn.Module``, a saved model directory, or a bundle directory.
@@ -87,16 +94,19 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
             a saved model only ``None`` or ``"torch"``.
         device, threads: the session's device and intra-op threads.
         allow_pickle: let a pickled saved model load (runs code from the file).
+        outputs: ``"first"`` or ``"all"``, as above.
 
     Raises:
-        ValueError: a runtime other than torch for a module or a saved model, or a bundle without
-            that runtime's artifact.
+        ValueError: a runtime other than torch for a module or a saved model, a bundle without
+            that runtime's artifact, or an unknown ``outputs``.
         runtimes.BundleError: the bundle is damaged or failed its parity check.
 
     The function raises ValueError, naming the batch's shape, when the model fails on a batch
     (mostly data of a size it does not take).
     """
 
+    if outputs not in _OUTPUTS:
+        raise ValueError(f"outputs must be one of {', '.join(map(repr, _OUTPUTS))}, got {outputs!r}")
     if isinstance(source, nn.Module):
         if runtime not in (None, "torch"):
             raise ValueError(f"a PyTorch module runs on torch, not {runtime!r}; export a bundle to evaluate "
@@ -125,9 +135,11 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
             session = get_runtime(name).load(bundle.artifact(target),
                                              SessionConfig(device=device, threads=threads, precision=precision))
 
-    def predict(batch: np.ndarray) -> np.ndarray:
+    run = session.run_all if outputs == "all" else session.run
+
+    def predict(batch: np.ndarray) -> Any:
         try:
-            return session.run(batch)
+            return run(batch)
         except (MemoryError, torch.OutOfMemoryError):
             raise
         except Exception as exc:  # mostly data of a size or channel count the model does not take

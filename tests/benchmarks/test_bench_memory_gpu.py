@@ -162,7 +162,7 @@ class _FakeDevice:
         def load(artifact, config):
             assert config.device == "cuda"
             self.grow(100 << 20)
-            return SimpleNamespace(settings=settings, native=None, run=run, close=lambda: None)
+            return SimpleNamespace(settings=settings, native=None, run=run, run_all=run, close=lambda: None)
 
         return SimpleNamespace(require=lambda device: None, load=load, loader_modules=())
 

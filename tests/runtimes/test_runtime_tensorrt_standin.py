@@ -2,15 +2,20 @@
 
 The stand-in mimics the TensorRT 10 and 11 Python APIs that ``build`` and ``load`` call and
 records what it was asked to do: which network flags, builder flags, profile and ONNX file
-(FP32, or the FP16 conversion that TensorRT 11 needs). It computes nothing;
+(FP32, or the FP16 conversion that TensorRT 11 needs). Its engine's execution context computes
+only what ``outputs`` tells it to, on host memory (test_multi_output.py runs a session on it);
 test_runtime_tensorrt.py runs real engines on a GPU.
 """
 from __future__ import annotations
 
+import ctypes
 import enum
 import json
 import sys
 import types
+from typing import Callable
+
+import numpy as np
 
 import onnx
 import pytest
@@ -22,7 +27,16 @@ from runtimes import ArtifactError, SessionConfig, get_runtime
 from runtimes._onnx import PRECISION_KEY
 
 
-def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = ()) -> types.ModuleType:
+# an output: (shape with -1 for the batch, dtype name, batch (float32 numpy) -> output); None computes zeros
+FakeOutput = tuple[tuple[int, ...], str, Callable[[np.ndarray], np.ndarray] | None]
+_NP = {"float32": np.float32, "float16": np.float16, "int32": np.int32}
+
+
+def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = (),
+                  outputs: dict[str, FakeOutput] | None = None) -> types.ModuleType:
+    """A stand-in ``tensorrt`` module; its engines take "input" (-1, 3, 16, 16) and have ``outputs``
+    (default: one "output" (-1, 10), zeros), in that order."""
+    outputs = outputs if outputs is not None else {"output": ((-1, 10), "float32", None)}
     trt = types.ModuleType("tensorrt")
     trt.__version__ = f"{major}.0.0"
     trt.calls = {}
@@ -116,11 +130,42 @@ def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = ()) -> types.Mo
         def build_serialized_network(self, network, config):
             return b"serialized engine"
 
-    class Engine:
-        """One input "input" (dynamic batch, profile 1..8) and one output "output"."""
+    class Context:
+        """TensorRT 10's IExecutionContext over host memory: the "device addresses" are numpy pointers."""
 
-        num_io_tensors = 2
-        shapes = {"input": (-1, 3, 16, 16), "output": (-1, 10)}
+        def __init__(self, engine):
+            self.engine, self.input_shape, self.addresses = engine, None, {}
+
+        def set_input_shape(self, name, shape):
+            self.input_shape = tuple(shape)
+            return True
+
+        def get_tensor_shape(self, name):
+            if name == "input":
+                return self.input_shape
+            return tuple(self.input_shape[0] if d < 0 else d for d in outputs[name][0])
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream):
+            size = int(np.prod(self.input_shape)) * 4
+            x = np.frombuffer((ctypes.c_char * size).from_address(self.addresses["input"]), np.float32)
+            x = x.reshape(self.input_shape)
+            for name, (_, dtype, compute) in outputs.items():
+                shape = self.get_tensor_shape(name)
+                value = np.zeros(shape, _NP[dtype]) if compute is None else compute(x)
+                value = np.ascontiguousarray(value, _NP[dtype])
+                assert value.shape == shape, (name, value.shape, shape)
+                ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
+            trt.calls.setdefault("executed", []).append(sorted(self.addresses))
+            return True
+
+    class Engine:
+        """One input "input" (dynamic batch, profile 1..8) and ``outputs``, in the I/O order."""
+
+        num_io_tensors = 1 + len(outputs)
+        shapes = {"input": (-1, 3, 16, 16), **{name: shape for name, (shape, _, _) in outputs.items()}}
 
         def __init__(self):
             if major >= 11:  # 11 removed device_memory_size in favour of the _v2 property
@@ -129,13 +174,13 @@ def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = ()) -> types.Mo
                 self.device_memory_size = 4096
 
         def get_tensor_name(self, i):
-            return ["input", "output"][i]
+            return ["input", *outputs][i]
 
         def get_tensor_mode(self, name):
             return trt.TensorIOMode.INPUT if name == "input" else trt.TensorIOMode.OUTPUT
 
         def get_tensor_dtype(self, name):
-            return trt.float32
+            return trt.float32 if name == "input" else getattr(trt, outputs[name][1])
 
         def get_tensor_shape(self, name):
             return self.shapes[name]
@@ -144,7 +189,7 @@ def fake_tensorrt(major: int, unsupported_ops: tuple[str, ...] = ()) -> types.Mo
             return [(1, 3, 16, 16), (4, 3, 16, 16), (8, 3, 16, 16)]
 
         def create_execution_context(self):
-            return object()
+            return Context(self)
 
     class Runtime:
         def __init__(self, logger):
