@@ -169,6 +169,20 @@ class _TorchvisionView(NetworkView):
             transform.train(was_training)
 
 
+class _RPNNetwork(nn.Module):
+    """An R-CNN's first stage: image batch -> every feature map, RPN objectness and box deltas per level."""
+
+    def __init__(self, backbone: nn.Module, rpn: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.rpn = rpn
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = list(self.backbone(images).values())
+        objectness, deltas = self.rpn.head(features)
+        return (*features, *objectness, *deltas)
+
+
 class RCNNView(_TorchvisionView):
     """Faster / Mask / Keypoint R-CNN: backbone (+FPN) -> RPN head on every level, and the RoI
     heads (box, mask, keypoint) on features pooled at fixed proposals."""
@@ -208,6 +222,13 @@ class RCNNView(_TorchvisionView):
         if self.keypoint_pool is not None:
             outputs.append(heads.keypoint_predictor(heads.keypoint_head(self.keypoint_pool(features, images))))
         return tuple(outputs)
+
+    def deployable(self) -> nn.Module:
+        """The first stage, which runs on the whole image: backbone (+FPN) and RPN head, giving the
+        feature maps and the RPN's raw outputs. The RoI heads run on features pooled at the
+        proposals that anchor decoding and NMS select; OpenVINO cannot convert the exported RoI
+        pooling, so they stay in PyTorch (``model.roi_heads``) after the shipped network."""
+        return _RPNNetwork(self.backbone, self.rpn)
 
     def parts(self) -> list[Part]:
         has_fpn = hasattr(self.backbone, "fpn")

@@ -229,3 +229,37 @@ def test_cli_boundary_flag_and_ultralytics_names(tmp_path, capsys):
     assert summary["network"]["outputs"] == ["box_distribution", "class_logits"]
     reloaded = C.load_model(tmp_path / "y")
     assert reloaded.model[-1].nc == 3
+
+
+# ---- export: the deployable network on ONNX and OpenVINO, parity on every output -------------------
+
+EXPORTED = [
+    ("torchvision:ssdlite320_mobilenet_v3_large", 320, 2),
+    ("torchvision:fasterrcnn_mobilenet_v3_large_fpn", 256, 3 + 3 + 3),  # feature maps, objectness, deltas x 3 levels
+    ("ultralytics:yolov8n.yaml", 160, 1),
+    pytest.param("ultralytics:yolo11n.yaml", 160, 1, marks=pytest.mark.slow),
+    pytest.param("torchvision:retinanet_resnet50_fpn", 192, 2, marks=pytest.mark.slow),
+    pytest.param("torchvision:fcos_resnet50_fpn", 192, 3, marks=pytest.mark.slow),
+    pytest.param("torchvision:ssd300_vgg16", 300, 2, marks=pytest.mark.slow),
+    pytest.param("torchvision:fasterrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
+    pytest.param("torchvision:maskrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
+    pytest.param("torchvision:keypointrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.openvino
+@pytest.mark.parametrize("name, side, outputs", EXPORTED)
+def test_pruned_detector_exports_to_onnx_and_openvino_with_parity(name, side, outputs, tmp_path):
+    from compressor.app._bundle import export_bundle
+    from compressor.graph import deployable_module
+    from runtimes import BundleConfig, load_bundle
+
+    detector = randomize_(create_model(name, **({"nc": 10} if name.startswith("ultralytics") else {}))).eval()
+    pruned = prune_model(detector, torch.rand(1, 3, side, side), CONFIG).model
+    exported = export_bundle(deployable_module(pruned), tmp_path / "bundle", (3, side, side),
+                             BundleConfig(targets=("onnx", "openvino"), batch_sizes=(1, 2), threads=2))
+    bundle = load_bundle(tmp_path / "bundle")  # checks the manifest against the ONNX graph
+    assert len(bundle.manifest["outputs"]) == outputs
+    rows = exported.bundle.parity
+    assert {r["runtime"] for r in rows} == {"onnxruntime", "openvino"}
+    assert len(rows) == 2 * 2 * outputs and all(r["passed"] for r in rows)  # runtimes x batch sizes x outputs
