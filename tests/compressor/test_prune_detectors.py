@@ -263,3 +263,46 @@ def test_pruned_detector_exports_to_onnx_and_openvino_with_parity(name, side, ou
     rows = exported.bundle.parity
     assert {r["runtime"] for r in rows} == {"onnxruntime", "openvino"}
     assert len(rows) == 2 * 2 * outputs and all(r["passed"] for r in rows)  # runtimes x batch sizes x outputs
+
+
+USER_DETECTOR = '''
+import torch
+from torch import nn
+
+
+class Det(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Conv2d(16, 6, 1)
+        self.postprocess = Keep()
+
+    def forward(self, x):
+        return self.postprocess(self.head(self.backbone(x)))
+
+
+class Keep(nn.Module):
+    def forward(self, raw):
+        scores = raw[:, 4:].sigmoid().flatten(2).amax(1)
+        if bool((scores > 2).any()):  # data-dependent branch: not traceable
+            return raw[:, :4]
+        return raw
+'''
+
+
+def test_cli_untraceable_user_detector_exit_2_names_the_boundary_then_prunes_with_it(tmp_path, monkeypatch, capsys):
+    package = tmp_path / "src" / "det_userpkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text(USER_DETECTOR)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    args = ["prune", "--model", "det_userpkg.nets:Det", "--input-size", "3,32,32", "--ratio", "0.5", "--round-to", "1",
+            "--no-speed-check", "--quiet"]
+    assert main([*args, "--output", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "layer 'postprocess'" in err and "--boundary postprocess" in err
+    assert main([*args, "--boundary", "postprocess", "--output", str(tmp_path / "b")]) == 0
+    pruned = C.load_model(tmp_path / "b")
+    assert pruned.backbone[0].out_channels == 8 and pruned.head.out_channels == 6
+    assert pruned(torch.rand(1, 3, 32, 32)).shape == (1, 6, 32, 32)
