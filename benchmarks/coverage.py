@@ -9,9 +9,12 @@ the ``random`` criterion at ``ratio`` (``allow_renormalization=False``). The pru
 pass ``compressor.testing.compare_with_oracle`` on a random input, the check the tests use: equal
 the masked oracle (the same channels zeroed), with channels removed, the same output shapes,
 fewer parameters and FLOPs, and consistent layers; a model that fails any of these is reported as
-``parity-failed`` with the problems in ``detail``. Detection models cannot be traced as a whole;
-their ``backbone`` is pruned on the image tensor, then the full detector is run with the pruned
-backbone and must give outputs of the same structure.
+``parity-failed`` with the problems in ``detail``. The pruned model must then run one train-mode
+forward and backward pass on a batch of two (auxiliary heads that only run in training, such as
+GoogLeNet's and Inception-v3's, must fit the pruned trunk), else it is ``train-failed``. Detection
+models cannot be traced as a whole; their ``backbone`` is pruned on the image tensor (and trained
+one step), then the full detector is run with the pruned backbone and must give outputs of the
+same structure.
 
 Prints a Markdown table (model, outcome, removable channels, parameters after/before, blocked
 channel groups and the top reason) and optionally writes the rows as JSON (schema_version 1).
@@ -34,7 +37,7 @@ from torch import nn
 
 import compressor as C
 from compressor.testing import (
-    ATOL_REL, RTOL, compare_with_oracle, prune_with_oracle, randomize_, run_eval, structure_problems,
+    ATOL_REL, RTOL, compare_with_oracle, prune_with_oracle, randomize_, run_eval, structure_problems, tensors_of,
 )
 from models import create_model
 
@@ -66,7 +69,7 @@ class CoverageRow:
     model: str
     task: str  # classification | segmentation | detection (backbone)
     input_chw: tuple[int, int, int]
-    status: str  # "pruned" | "refused" | "parity-failed" | "error"
+    status: str  # "pruned" | "refused" | "parity-failed" | "train-failed" | "error"
     detail: str  # refusal / failure message, or "" when pruned
     removable_channels: int = 0
     producer_channels: int = 0
@@ -139,6 +142,33 @@ def prune_and_check(model: nn.Module, x: torch.Tensor, ratio: float, seed: int, 
     return pruned.pruned
 
 
+def train_step_problem(model: nn.Module, x: torch.Tensor) -> str:
+    """Run one train-mode forward and backward pass (every output in the loss, auxiliary heads'
+    too); '' when it runs and every gradient is finite, else what went wrong. ``x`` needs a batch
+    of two or more: train-mode BatchNorm needs more than one value per channel."""
+    model.train()
+    try:
+        loss = sum(t.float().square().mean() for t in tensors_of(model(x)) if t.is_floating_point())
+        loss.backward()
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            return f"non-finite gradients in {bad[:3]}"
+    except Exception as exc:  # reported, not raised: a sweep records every model
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        model.eval()
+        model.zero_grad(set_to_none=True)
+    return ""
+
+
+def _check_train_step(row: CoverageRow, model: nn.Module, size: tuple[int, ...]) -> None:
+    """Mark a pruned ``row`` ``train-failed`` when ``model`` does not run a train step at ``size``."""
+    if row.status == "pruned":
+        problem = train_step_problem(model, torch.randn(2, *size, generator=torch.Generator().manual_seed(1)))
+        if problem:
+            row.status, row.detail = "train-failed", problem
+
+
 def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> CoverageRow:
     """Build torchvision model ``name`` (random weights), prune it, check parity."""
 
@@ -150,7 +180,7 @@ def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> Coverag
         model = build_model(name, **kwargs)
         x = torch.randn(1, *size)
         if task != "detection":
-            prune_and_check(model, x, ratio, seed, row)
+            _check_train_step(row, prune_and_check(model, x, ratio, seed, row), size)
         else:
             try:  # detectors take a list of images and branch on it: fx cannot trace them whole
                 C.build_dependency_graph(model, ([x[0]],))
@@ -158,6 +188,7 @@ def evaluate(name: str, task: str, ratio: float = 0.3, seed: int = 1) -> Coverag
             except C.TraceError:
                 whole = "whole model: TraceError"
             pruned_backbone = prune_and_check(model.backbone, x, ratio, seed, row)
+            _check_train_step(row, pruned_backbone, size)
             row.task = "detection (backbone)"
             row.detail = row.detail or whole
             if row.status == "pruned":
@@ -205,7 +236,7 @@ def markdown(rows: list[CoverageRow], ratio: float) -> str:
     ]
     for r in rows:
         if r.status == "pruned":
-            status = "pruned, parity OK" + (f" ({r.detail})" if r.detail else "")
+            status = "pruned, parity OK, trains" + (f" ({r.detail})" if r.detail else "")
         else:
             status = f"{r.status}: {r.detail.splitlines()[0][:120]}" if r.detail else r.status
         if r.producer_channels:

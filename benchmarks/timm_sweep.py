@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 import compressor as C
-from benchmarks.coverage import CoverageRow, _top_reason, environment, prune_and_check, record_graph
-from compressor.testing import ATOL_REL, RTOL, randomize_, tensors_of
+from benchmarks.coverage import CoverageRow, _top_reason, environment, prune_and_check, record_graph, train_step_problem
+from compressor.testing import ATOL_REL, RTOL, randomize_
 from models import create_model
 
 SCHEMA_VERSION = 1
@@ -55,6 +55,7 @@ MODELS: dict[str, str] = {
     "efficientnet_b0": "efficientnet",
     "efficientnetv2_rw_t": "efficientnet (v2)",
     "tf_efficientnetv2_b0": "efficientnet (tf_, v2)",
+    "tf_efficientnet_b0": "efficientnet (tf_)",
     "mobilenetv2_050": "mobilenetv2 (efficientnet)",
     "mobilenetv3_small_050": "mobilenetv3",
     "mobilenetv3_large_100": "mobilenetv3",
@@ -79,8 +80,10 @@ MODELS: dict[str, str] = {
     "efficientformer_l1": "efficientformer",
     "fastvit_t8": "fastvit",
 }
-# The default test run covers these: one per kind of block (depthwise + SE, norm-act, residual).
-FAST = ("efficientnet_b0", "mobilenetv3_small_050", "lcnet_050", "regnetx_002", "resnet18d", "convnext_atto")
+# The default test run covers these: one per kind of block (depthwise + SE, norm-act, residual,
+# TF "SAME" padding).
+FAST = ("efficientnet_b0", "mobilenetv3_small_050", "lcnet_050", "regnetx_002", "resnet18d", "convnext_atto",
+        "tf_efficientnet_b0")
 # Models that do not run at 64x64: EfficientFormer's attention biases are sized for a 7x7 last stage.
 INPUT_SIZE: dict[str, int] = {"efficientformer_l1": 224}
 
@@ -98,20 +101,6 @@ def build_model(name: str) -> nn.Module:
 
 def prune_config(seed: int = 1, target_flops: float = TARGET_FLOPS) -> C.PruneConfig:
     return C.PruneConfig(criterion="random", target_flops=target_flops, allow_renormalization=False, seed=seed)
-
-
-def train_step_problem(model: nn.Module, x: torch.Tensor) -> str:
-    """Run one train-mode forward and backward pass; '' when it runs, else the exception."""
-    model.train()
-    try:
-        loss = sum(t.float().square().mean() for t in tensors_of(model(x)))
-        loss.backward()
-    except Exception as exc:  # reported, not raised: a sweep records every model
-        return f"{type(exc).__name__}: {exc}"
-    finally:
-        model.eval()
-        model.zero_grad(set_to_none=True)
-    return ""
 
 
 def evaluate(name: str, seed: int = 1, target_flops: float = TARGET_FLOPS) -> CoverageRow:

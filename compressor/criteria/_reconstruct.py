@@ -350,6 +350,8 @@ def refit_consumers_(original: nn.Module, pruned: nn.Module, graph: DependencyGr
     targets = dict(pruned.named_modules())
     summary: dict[str, dict[str, float]] = {}
     for name, (module, kept_in, kept_out) in plans.items():
+        if name not in samples:  # a layer that runs only in training (an auxiliary head) saw no eval sample:
+            continue  # it keeps its sliced weights
         x = samples[name].double()  # (rows, C_in, K)
         w = module.weight.detach().double().cpu().reshape(module.weight.shape[0], module.weight.shape[1], -1)
         y = x.flatten(1) @ w.flatten(1)[torch.from_numpy(kept_out)].T

@@ -14,6 +14,18 @@ result is a :class:`DependencyGraph`:
 * **groups**: members that share atoms, the "layers that shrink together";
 * which atoms are blocked, and why (model output, unsupported op, user exclusion ...);
 * the layer list for a fast, exact cost model of conv/Linear MACs and parameters.
+
+Both modes: the model is traced in eval mode (what is deployed, and what every cost is) and in
+train mode. When the train-mode fx graph makes calls the eval one does not (an auxiliary
+classifier called only when ``self.training``, as in GoogLeNet and Inception-v3; mode flags such
+as ``F.dropout(..., training=True)`` do not count, see ``_modes``), it is run too, into the same
+coupling, reusing the eval pass's values for the calls both graphs make: a module both graphs
+call is one member, so the channels an auxiliary head reads are coupled with the trunk that
+writes them, and the train-mode outputs are protected as well. Its layers that the eval graph
+does not call count their parameters but no MACs (``DependencyGraph.train_layers``): they exist
+in the model, they do not run in the deployed one. A train-only part that cannot run on the
+example input (Inception-v3's auxiliary head below 299x299) is skipped, and the channels it
+reads are kept (``DependencyGraph.train_cut`` says where).
 """
 from __future__ import annotations
 
@@ -34,7 +46,7 @@ from torch.fx import Graph, GraphModule, Node, Proxy, Tracer
 from compressor.graph._cost import attention_counted, flop_counter
 from compressor.graph._inputs import as_tuple
 from compressor.graph._labels import Coupling
-from compressor.graph._modes import evaluating
+from compressor.graph._modes import buffers_kept, call_key, evaluating, same_calls, training, with_eval_flags
 from compressor.graph._shape_exec import MetaExecutor
 from compressor.common.errors import TraceError
 from compressor.graph._op_table import is_flop_free
@@ -140,6 +152,9 @@ class DependencyGraph:
     residual: np.ndarray | None = None  # bool per atom: a channel where feature maps are added (residual stream)
     traced: Graph | None = None  # the fx graph the labels were computed on (pruned models are checked on it)
     execution: str = "meta"  # what the trace ran on: meta | fake | real tensors
+    traced_train: Graph | None = None  # the train-mode fx graph, when it differs from ``traced`` (also run)
+    train_layers: list[LayerCost] = field(default_factory=list)  # conv/Linear layers only train mode calls: params, no MACs
+    train_cut: str = ""  # where the train-mode graph failed on the example input (skipped from there); "" = it ran
 
     def __post_init__(self) -> None:
         sizes = [member.size for member in self.members]
@@ -189,6 +204,8 @@ class DependencyGraph:
             out, inp = layer.kept_widths(kept)
             macs += layer.macs(out, inp)
             params += layer.params(out, inp)
+        for layer in self.train_layers:  # parameters of the model, not run when deployed
+            params += layer.params(*layer.kept_widths(kept))
         for m, member in enumerate(self.members):
             params += self.param_per_index[m] * (kept[m] if kept is not None else member.size)
         return macs, params
@@ -200,6 +217,10 @@ class DependencyGraph:
         ]
         for reason, n in sorted(self.unsupported.items(), key=lambda kv: -kv[1]):
             lines.append(f"  blocked {n:5d} atoms: {reason}")
+        if self.traced_train is not None:
+            cut = f"; it fails on the example input at {self.train_cut}" if self.train_cut else ""
+            lines.append(f"  train mode traced too: {len(self.train_layers)} conv/Linear layers run only in training "
+                         f"(their parameters count, their MACs do not){cut}")
         return "\n".join(lines)
 
 
@@ -256,16 +277,63 @@ def _known_length(node: Node) -> int | None:
     return None
 
 
-def trace_graph(model: nn.Module) -> Graph:
-    """The torch.fx graph of ``model`` (torch.nn's modules are leaves); raises :class:`TraceError`."""
+def trace_graph(model: nn.Module, mode: str | None = None) -> Graph:
+    """The torch.fx graph of ``model`` (torch.nn's modules are leaves); raises :class:`TraceError`,
+    naming the layer whose forward failed.
+
+    ``mode``: ``"eval"`` or ``"train"`` traces the forward of that mode (``self.training`` is read
+    while tracing; per-module modes come back after); None traces the model as it is. Buffers
+    keep their values: fx runs code on buffers eagerly while tracing (timm's train-mode
+    ``self.num_batches_tracked.add_(1)`` would count a step).
+    """
+    if mode not in (None, "eval", "train"):
+        raise ValueError(f"mode must be None, 'eval' or 'train', got {mode!r}")
+    tracer = _LeafTracer()
+    context = {None: contextlib.nullcontext, "eval": evaluating, "train": training}[mode]
     try:
-        return _LeafTracer().trace(model)
-    except Exception as exc:  # fx raises many types; the user needs the model name and cause
+        with context(model), buffers_kept(model):
+            return tracer.trace(model)
+    except Exception as exc:  # fx raises many types; the user needs the model name, the layer and cause
+        where = _failing_layer(tracer, model)
+        in_mode = " in train mode" if mode == "train" else ""
         raise TraceError(
-            f"cannot trace {type(model).__name__} with torch.fx: {type(exc).__name__}: {exc}. "
-            "Models with data-dependent control flow cannot be pruned as a whole; prune a "
-            "traceable submodule instead (PruneConfig(submodule='backbone'), CLI --submodule backbone)."
+            f"cannot trace {type(model).__name__}{in_mode} with torch.fx{where}: {type(exc).__name__}: {exc}. "
+            f"{_untraceable_advice(where)}"
         ) from exc
+
+
+def _untraceable_advice(where: str) -> str:
+    """What to do about a model torch.fx cannot trace: name the untraceable part as a boundary
+    (the network in front of it is pruned whole), or prune one traceable submodule."""
+    found = re.search(r"layer '([^']+)'", where)
+    part = found.group(1) if found else "postprocess"
+    return ("Data-dependent control flow cannot be traced. If that part is post-processing (anchors, NMS, "
+            f"decoding), name it as a boundary: it then runs unchanged and the network in front of it is pruned "
+            f"whole (PruneConfig(boundary=['{part}']), CLI --boundary {part}); or prune one traceable submodule "
+            "(PruneConfig(submodule='backbone'), CLI --submodule backbone).")
+
+
+def _failing_layer(tracer: Tracer, model: nn.Module) -> str:
+    """`` in layer 'blocks.0.conv' (Conv2dSame)``: the innermost module whose forward was being
+    traced when tracing failed (fx leaves its module stack as it was), or '' at the top level."""
+    stack = getattr(tracer, "module_stack", None)
+    if not stack:
+        return ""
+    path, module_type = next(reversed(stack.values()))
+    if not path:
+        return ""
+    name = getattr(module_type, "__name__", None) or type(model.get_submodule(path)).__name__
+    return f" in layer '{path}' ({name})"
+
+
+def trace_modes(model: nn.Module) -> tuple[Graph, Graph | None]:
+    """The eval-mode fx graph of ``model`` and its train-mode graph, or None when that one makes
+    the same calls but for mode flags (the common case: one extra trace, compared node by node).
+    The train-mode graph's mode flags read as in eval mode (:func:`with_eval_flags`): it is run
+    for its shapes and channels."""
+    eval_graph = trace_graph(model, "eval")
+    train_graph = trace_graph(model, "train")
+    return eval_graph, None if same_calls(eval_graph, train_graph) else with_eval_flags(train_graph)
 
 
 def symbolic_trace(model: nn.Module) -> GraphModule:
@@ -304,7 +372,11 @@ class _EagerExecutor:
 
 
 class _Run:
-    """Executes a traced graph, keeping values and labels for every node."""
+    """Executes a traced graph, keeping values and labels for every node.
+
+    :meth:`run` runs the eval-mode graph (it counts the costs); :meth:`run_train` then runs the
+    train-mode graph into the same members and coupling.
+    """
 
     def __init__(self, model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str):
 
@@ -313,10 +385,14 @@ class _Run:
         self.inputs = inputs
         self.modules = dict(model.named_modules())
         self.execution = execution
-        if execution == "meta":
-            self.executor: Any = MetaExecutor(model, self.modules, count_flops=True, flop_free=is_flop_free)
-        else:
-            self.executor = _EagerExecutor(model, self.modules, fake=execution == "fake")
+        self.executor: Any = self._executor(count_flops=True)
+        self.train_graph: Graph | None = None
+        self.deployed = True  # False while the train-mode graph runs: its layers cost no MACs
+        self.train_layers: list[LayerCost] = []
+        self.tolerate = False  # skip train-mode nodes that fail (and keep the channels they read)
+        self.cut = ""  # where the train-mode graph failed, when tolerated
+        # the eval pass's values and labels by call_key, for the train pass to reuse (None: not kept)
+        self.kept: dict[tuple, tuple[Any, Any]] | None = None
         self.counted_flops = 0.0  # FLOPs counted by FlopCounterMode, per batch
         self.counted_modelled_macs = 0.0  # the share of them the layer list models too (per sample)
         self.coupling = Coupling()
@@ -327,17 +403,23 @@ class _Run:
         self.batch = 1
         self.node: Node | None = None
 
+    def _executor(self, count_flops: bool) -> Any:
+        if self.execution == "meta":
+            return MetaExecutor(self.model, self.modules, count_flops=count_flops, flop_free=is_flop_free)
+        return _EagerExecutor(self.model, self.modules, fake=self.execution == "fake")
+
     # -- helpers used by op handlers --------------------------------------------------------
     def where(self) -> str:
         node = self.node
         if node is None:
             return "?"
+        mode = "" if self.deployed else " (train mode)"
         if node.op == "call_module":
-            return f"layer '{node.target}' ({type(self.modules[node.target]).__name__})"
+            return f"layer '{node.target}' ({type(self.modules[node.target]).__name__}){mode}"
         target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
         stack = node.meta.get("nn_module_stack")
         inside = f" in '{next(reversed(stack.values()))[0]}'" if stack else ""
-        return f"node '{node.name}' ({target}){inside}"
+        return f"node '{node.name}' ({target}){inside}{mode}"
 
     def add_member(self, module: str, kind: str, ids: torch.Tensor, tensors: tuple[tuple[str, int], ...],
                    groups: int = 1, group_mode: str = "", key: str | None = None) -> int:
@@ -367,49 +449,124 @@ class _Run:
     def add_layer(self, **kw: Any) -> None:
         first = kw["module"] not in self.seen_layer_params
         self.seen_layer_params.add(kw["module"])
+        if not self.deployed:
+            # train mode only: the layer's parameters are the model's, its MACs are not the deployed model's
+            if first:
+                self.train_layers.append(LayerCost(**{**kw, "macs_per_unit": 0.0}))
+            return
         if not first:
             kw["params_per_unit"] = 0
         self.layers.append(LayerCost(**kw))
 
     # -- execution --------------------------------------------------------------------------
-    def run(self) -> None:
+    def run_train(self, graph: Graph, tolerate: bool = False) -> None:
+        """Run the train-mode ``graph`` into the same members and coupling, counting no cost.
+
+        Leaf modules stay in eval mode, and the functional calls' mode flags read as in eval
+        mode (``trace_modes``): shapes do not depend on them, and train-mode BatchNorm would
+        refuse the example input's one value per channel. The graph holds what train mode changes
+        in the model's own code. Values are not the point: buffers the code updates in place on
+        fake or real tensors (``num_batches_tracked.add_(1)``) are put back.
+
+        ``tolerate``: a node that fails (the example input is too small for a train-only head:
+        Inception-v3's auxiliary classifier needs 299x299) is skipped with everything downstream
+        of it, and the channels they read are blocked, with the reason.
+        """
+        self.train_graph = graph
+        self.deployed = False
+        self.tolerate = tolerate
+        self.executor = self._executor(count_flops=False)
+        with buffers_kept(self.model) if self.execution != "meta" else contextlib.nullcontext():
+            self.run(graph)
+        self.kept = None
+
+    def run(self, graph: Graph | None = None, keep: bool = False) -> None:
+        """Execute ``graph`` (default: the eval-mode one) node by node, propagating labels.
+
+        ``keep``: keep every node's value and labels by :func:`call_key` (meta and fake tensors
+        hold no data), so that the train pass only runs the calls the eval graph does not make:
+        a call with the same key computes the same from the same inputs. Its labels were
+        propagated, and its members coupled, by the eval pass already.
+        """
+        graph = graph if graph is not None else self.graph
+        kept = self.kept if not self.deployed else None
+        keys: dict[tuple, tuple[Any, Any]] = {}
+        # train pass: node -> the eval-mode node it repeats; eval pass: node -> the first node
+        # with its key (a repeated call: x.size() twice), so that keys downstream agree
+        counterpart: dict[Node, Node] = {}
         last_use: dict[Node, Node] = {}
-        for node in self.graph.nodes:
+        for node in graph.nodes:
             for arg in node.all_input_nodes:
                 last_use[arg] = node
         values: dict[Node, Any] = {}
         labels: dict[Node, Any] = {}
+        cut: set[Node] = set()  # train-mode nodes that failed, and every node downstream
         placeholders = iter(self.inputs)
         execute = self.executor.execute
         with torch.no_grad():
-            for node in self.graph.nodes:
+            for node in graph.nodes:
                 self.node = node
+                if kept is not None and node.op != "output":
+                    key = call_key(node, counterpart)
+                    if key in kept:
+                        counterpart[node] = kept[key][0]
+                        values[node], labels[node] = kept[key][1]
+                        if node.op == "placeholder":
+                            next(placeholders, None)  # the next placeholder reads the next input
+                        continue
                 if node.op == "placeholder":
                     try:
                         value = next(placeholders)
                     except StopIteration:
                         value = node.args[0] if node.args else None  # default argument
-                    if isinstance(value, torch.Tensor) and not values:
+                    if isinstance(value, torch.Tensor) and not values and self.deployed:
                         self.batch = int(value.shape[0]) if value.dim() else 1
                     values[node], labels[node] = self.executor.placeholder(value), _ops.fresh_labels(value)
                 elif node.op == "output":
                     _ops.block_structure(self, _ops.map_labels(node.args[0], labels), "model output (protected)")
+                elif cut and any(arg in cut for arg in node.all_input_nodes):
+                    self._cut(node, labels, cut)  # downstream of a train-mode node that failed
                 else:
                     args = _ops.map_values(node.args, values)
                     kwargs = _ops.map_values(node.kwargs, values)
                     layers_before = len(self.layers)
-                    value, flops = execute(node, args, kwargs)
-                    values[node] = value
-                    labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
-                    if flops is not None:
+                    try:
+                        value, flops = execute(node, args, kwargs)
+                    except Exception as exc:
+                        if not self.tolerate:
+                            raise
+                        message = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                        self.cut = self.cut or f"{self.where()}: {type(exc).__name__}: {message}"
+                        self._cut(node, labels, cut)
+                        value = flops = None
+                    if node not in cut:
+                        values[node] = value
+                        labels[node] = _ops.propagate(self, node, args, kwargs, labels, value)
+                    if flops is not None and self.deployed:
                         self.counted_flops += flops
                         self.counted_modelled_macs += sum(layer.macs(layer.out_size, layer.in_size)
                                                           for layer in self.layers[layers_before:])
+                if keep and node.op != "output":
+                    key = call_key(node, counterpart)
+                    if key in keys:
+                        counterpart[node] = keys[key][0]
+                    else:
+                        keys[key] = (node, (values.get(node), labels.get(node)))
+                    continue  # every value stays
                 for arg in node.all_input_nodes:
                     if last_use.get(arg) is node:
                         values.pop(arg, None)
                         labels.pop(arg, None)
         self.node = None
+        if keep:
+            self.kept = keys
+
+    def _cut(self, node: Node, labels: dict[Node, Any], cut: set[Node]) -> None:
+        """Skip ``node`` (it failed, or uses a value that did): the channels it reads are kept, so
+        what train mode runs past the failure sees the widths it always saw."""
+        cut.add(node)
+        for lab in _ops._labelled_inputs(node, labels):
+            self.coupling.block(lab, f"the train-mode forward fails on the example input at {self.cut}")
 
     def other_macs(self) -> float:
         """MACs per sample that the layer list does not model (attention matmuls, functional convs ...)."""
@@ -425,9 +582,13 @@ def build_dependency_graph(
 ) -> DependencyGraph:
     """Trace ``model`` on ``example_inputs`` and find its channel groups.
 
+    The eval-mode forward is traced, and the train-mode one too; when their fx graphs differ
+    (a head called only in training) both are run into one coupling, so that the pruned model
+    runs in either mode. Costs are the eval-mode ones (see the module docstring).
+
     Args:
-        model: the network. It is run in eval mode under ``torch.no_grad``; its train/eval
-            mode is restored afterwards and it is not modified.
+        model: the network. It is run in eval mode under ``torch.no_grad`` (and traced in train
+            mode); its per-module train/eval modes are restored afterwards and it is not modified.
         example_inputs: a tensor or tuple of positional inputs (a batch of 1 is enough).
         exclude: layer names or regular expressions (matched in full against module names);
             every channel of a matching layer is kept.
@@ -439,7 +600,8 @@ def build_dependency_graph(
             auxiliary loss based filter-pruning for efficient deep CNNs", and in ThiNet).
 
     Raises:
-        TraceError: the model cannot be traced by torch.fx or fails on the example input.
+        TraceError: the model cannot be traced by torch.fx (in eval or train mode) or fails on
+            the example input.
         ValueError: an ``exclude`` entry matches no layer, or ``residual`` is unknown.
     """
     if residual not in RESIDUAL_POLICIES:
@@ -447,19 +609,27 @@ def build_dependency_graph(
     inputs = as_tuple(example_inputs)
     exclude = list(exclude)
     patterns = _compile_excludes(exclude, [n for n, _ in model.named_modules() if n]) if exclude else []
-    # trace the deployed (eval) behaviour; per-module modes come back after
+    # the deployed (eval) behaviour, and the train-mode graph when it differs; per-module modes
+    # come back after. Both graphs run with every module in eval mode (see _Run.run_train).
+    graph, train_graph = trace_modes(model)
     with evaluating(model), attention_counted():
-        graph = trace_graph(model)
         # shapes are all the labels need: meta tensors first; fake tensors where an op needs a
         # tensor created in forward; real values for data-dependent ops (item(), nonzero ...)
+        # the train-mode graph may fail where the eval one runs (a train-only head too big for the
+        # example input): then it runs again where the eval graph ran, past the failing nodes
+        eval_ran = None
         for execution in EXECUTIONS:
             try:
-                run = _execute_graph(model, graph, inputs, execution)
+                run = _execute_graph(model, graph, inputs, execution, train_graph)
                 break
             except _ExecutionFailed as failed:
-                if execution == EXECUTIONS[-1]:
+                eval_ran = eval_ran or (execution if failed.train else None)
+                if execution != EXECUTIONS[-1]:
+                    continue
+                if eval_ran is None:
                     raise TraceError(f"running the traced {type(model).__name__} failed at {failed.where}: "
                                      f"{type(failed.__cause__).__name__}: {failed.__cause__}") from failed.__cause__
+                run = _execute_graph(model, graph, inputs, eval_ran, train_graph, tolerate=True)
     for pattern in patterns:
         for member in run.members:
             if pattern.fullmatch(member.module):
@@ -471,21 +641,27 @@ EXECUTIONS = ("meta", "fake", "real")
 
 
 class _ExecutionFailed(Exception):
-    def __init__(self, where: str):
+    def __init__(self, where: str, train: bool = False):
         super().__init__(where)
         self.where = where
+        self.train = train
 
 
-def _execute_graph(model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str) -> _Run:
-    """Run the traced graph on ``execution`` tensors (labels are computed outside any mode)."""
+def _execute_graph(model: nn.Module, graph: Graph, inputs: tuple[Any, ...], execution: str,
+                   train_graph: Graph | None = None, tolerate: bool = False) -> _Run:
+    """Run the traced graph (then the train-mode one, if any) on ``execution`` tensors (labels are
+    computed outside any mode)."""
     run = _Run(model, graph, inputs, execution)
     try:
         with _quiet_fake_tensor_log() if execution == "fake" else contextlib.nullcontext():
-            run.run()
+            # real values are not kept for the train pass (memory): it runs every call again
+            run.run(keep=train_graph is not None and execution != "real")
+            if train_graph is not None:
+                run.run_train(train_graph, tolerate)
     except TraceError:
         raise
     except Exception as exc:
-        raise _ExecutionFailed(run.where()) from exc
+        raise _ExecutionFailed(run.where(), train=not run.deployed) from exc
     return run
 
 
@@ -573,6 +749,7 @@ def _finish(model: nn.Module, run: _Run, allow_renormalization: bool, residual_p
         macs=macs, params=total_params, other_macs=other_macs,
         other_params=total_params - modelled_params, batch_size=run.batch, param_per_index=per_index,
         unsupported=unsupported, residual=residual, traced=run.graph, execution=run.execution,
+        traced_train=run.train_graph, train_layers=run.train_layers, train_cut=run.cut,
     )
     graph.groups = _groups(graph)
     return graph
@@ -580,7 +757,7 @@ def _finish(model: nn.Module, run: _Run, allow_renormalization: bool, residual_p
 
 def _modelled_params(run: _Run) -> tuple[int, list[int]]:
     """Parameters the cost model tracks, and the per-index parameter count of 1-D members."""
-    total = sum(layer.params(layer.out_size, layer.in_size) for layer in run.layers)
+    total = sum(layer.params(layer.out_size, layer.in_size) for layer in (*run.layers, *run.train_layers))
     per_index = []
     for member in run.members:
         count = 0

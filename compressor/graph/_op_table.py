@@ -62,6 +62,12 @@ _register(MODULE_HANDLERS, [nn.Unflatten], s.unflatten_module)
 # they are leaves of the trace
 NAMED_MODULE_HANDLERS.update({
     "timm.layers.blur_pool.BlurPool2d": f.blur_pool_module,
+    # TF "SAME" padding computed from the input size in forward (the tf_* models): fx cannot trace
+    # that arithmetic, the executors run it; the layers are a conv and pooling like torch.nn's
+    "timm.layers.conv2d_same.Conv2dSame": o._conv,
+    "timm.layers.conv2d_same.Conv2dSameExport": o._conv,
+    "timm.layers.pool2d_same.MaxPool2dSame": o._spatial_module,
+    "timm.layers.pool2d_same.AvgPool2dSame": o._spatial_module,
 })
 
 # ---- functions ---------------------------------------------------------------------------------
@@ -119,6 +125,8 @@ _register(METHOD_HANDLERS, [
 _register(METHOD_HANDLERS, ["to", "float", "half", "double", "type_as", "contiguous", "clone", "detach",
                             "requires_grad_", "bfloat16"], s.cast)
 _register(METHOD_HANDLERS, ["size", "dim", "numel", "type", "get_device"], o._metadata)
+_register(METHOD_HANDLERS, ["new_empty", "new_zeros", "new_ones", "new_full", "new_tensor"], o._creation)
+_register(METHOD_HANDLERS, ["bernoulli", "bernoulli_"], o._elementwise)  # a train-mode drop mask, drawn in place
 _register(METHOD_HANDLERS, ["view", "reshape"], s.reshape)
 _register(METHOD_HANDLERS, ["unflatten"], s.unflatten)
 _register(METHOD_HANDLERS, ["flatten", "permute", "transpose", "swapaxes", "movedim", "squeeze", "unsqueeze", "t"],

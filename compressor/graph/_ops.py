@@ -123,7 +123,7 @@ def propagate(run, node: Node, args: tuple, kwargs: dict, labels: dict[Node, Any
         if handler is not None:
             return handler(run, node, module, args, kwargs, labels, value)
     elif node.op == "call_function":
-        handler = function_handler(node.target)
+        handler = _namedtuple if _is_namedtuple_class(node.target) else function_handler(node.target)
     elif node.op == "call_method":
         handler = METHOD_HANDLERS.get(str(node.target))
     if handler is not None:
@@ -162,6 +162,17 @@ def function_handler(target: Any) -> Handler | None:
 
         handler = NAMED_FUNCTION_HANDLERS.get(f"{getattr(target, '__module__', '')}.{getattr(target, '__name__', '')}")
     return handler
+
+
+def _is_namedtuple_class(target: Any) -> bool:
+    return isinstance(target, type) and issubclass(target, tuple) and hasattr(target, "_fields")
+
+
+def _namedtuple(run, node, args, kwargs, labels, value):
+    """``Outputs(logits, aux2, aux1)``: a namedtuple built in forward (GoogLeNet's train-mode
+    outputs) holds its fields' tensors as they are."""
+    fields = [*node.args, *(node.kwargs[k] for k in node.target._fields[len(node.args):] if k in node.kwargs)]
+    return tuple(map_labels(field, labels) for field in fields)
 
 
 def _unknown(run, node: Node, labels: dict[Node, Any], value: Any) -> Any:
@@ -509,8 +520,45 @@ def _sum(run, node, args, kwargs, labels, value):
     return _reduction(run, node, args, kwargs, labels, value, summing=True)
 
 
+def _creation(run, node, args, kwargs, labels, value):
+    """``x.new_empty(shape)``, ``x.new_zeros`` ...: a new tensor that takes only ``x``'s dtype and
+    device (timm's ``drop_path`` draws its train-mode mask so); no channel flows."""
+    return fresh_labels(value)
+
+
+class SizeOf:
+    """The "labels" of a size read from a tensor (``x.shape[i]``, ``x.size(i)``): the labels of the
+    dim it was read from (None when they vary along another dim too). A reshape to that size
+    shrinks with those channels, whatever tensor it reshapes (``_ops_shape.reshape``)."""
+
+    __slots__ = ("ids",)
+
+    def __init__(self, ids: torch.Tensor | None):
+        self.ids = ids
+
+
+def _size_of(lab: Labels | None, dim: int) -> SizeOf:
+    if lab is None:
+        return SizeOf(None)
+    vec = _vector_along(lab, dim)
+    if vec is None:
+        lab = normalize(lab)
+        vec = channel_vector(lab, dim) if set(varying_dims(lab)) <= {dim} else None
+    return SizeOf(vec)
+
+
 def _metadata(run, node, args, kwargs, labels, value):
-    """size(), shape, dim() ...: no tensor flows, nothing is coupled."""
+    """size(), shape, dim() ...: no tensor flows, nothing is coupled. A size remembers the labels
+    of the dim it was read from (:class:`SizeOf`)."""
     if isinstance(value, torch.Tensor):  # getattr(x, "mT") and friends move data: not metadata
         return _unknown(run, node, labels, value)
+    source = args[0] if args else None
+    shape = node.target == "size" or (node.target is getattr and len(args) > 1 and args[1] == "shape")
+    if shape and isinstance(source, torch.Tensor):
+        lab = _lab(labels, node.args[0])
+        dim = _arg(args, kwargs, 1, "dim") if node.target == "size" else None
+        if isinstance(dim, int):
+            return _size_of(lab, dim % max(source.dim(), 1))
+        if isinstance(value, tuple):
+            return tuple(_size_of(lab, d) for d in range(len(value)))
     return fresh_labels(value)

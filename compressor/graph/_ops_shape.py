@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch.fx import Node
 
-from compressor.graph._labels import Labels, binary_union, has_labels, normalize, unlabelled, varying_dims
-from compressor.graph._ops import _arg, _lab, _node_arg, fresh_labels, shape_only
+from compressor.graph._labels import (
+    Labels, binary_union, channel_vector, has_labels, normalize, unlabelled, varying_dims,
+)
+from compressor.graph._ops import SizeOf, _arg, _lab, _node_arg, fresh_labels, shape_only
 
 
 def _dims_of_index(index: Any, ndim: int) -> list[tuple[int, Any]]:
@@ -111,9 +113,39 @@ def reshape(run, node, args, kwargs, labels, value, first: int = 1):
     shape_args = _shape_args(node, first)
     if len(shape_args) == value.dim():
         _check_literal_dims(run, out, _literal_positions(shape_args), "reshape")
+        _check_read_sizes(run, out, [labels.get(a) if isinstance(a, Node) else None for a in shape_args])
     elif has_labels(out):
         run.coupling.block(out, f"unreadable reshape arguments at {run.where()}")
     return out
+
+
+def _check_read_sizes(run, out: Labels, sizes: list[Any]) -> None:
+    """A dim reshaped to a size read from a tensor (``x.shape[i]``) shrinks with that tensor's dim.
+
+    MaxViT's attention reshapes its output to ``(B, G, P, D)`` with ``D`` read from its input: the
+    output's channels are then coupled, position by position, with the input's, so that both
+    keep as many (unless they are the same channels, maybe shuffled); where the output's channels cannot shrink (its heads are hard-coded), the
+    input's are blocked, and the other way round.
+    """
+    vary = varying_dims(out)
+    for d, size in enumerate(sizes):
+        if not isinstance(size, SizeOf) or size.ids is None or size.ids.numel() != out.size(d):
+            continue
+        read = size.ids
+        if d not in vary:
+            if bool((read >= 0).any()):
+                run.coupling.block(read, f"reshape of unprunable channels to a size read from prunable ones at {run.where()}")
+            continue
+        if len(vary) != 1:
+            continue  # channels along several dims: the literal checks above decide
+        mine = channel_vector(out, d)
+        if torch.equal(mine.sort().values, read.sort().values):
+            continue  # the same channels (in another order, after a channel shuffle): they shrink alike
+        run.coupling.union(mine, read)
+        unpaired = (mine >= 0) != (read >= 0)
+        if bool(unpaired.any()):
+            run.coupling.block(torch.where(unpaired, torch.maximum(mine, read), -1),
+                               f"reshape of channels to a size read from an unprunable dim at {run.where()}")
 
 
 def torch_reshape(run, node, args, kwargs, labels, value):

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass, field
@@ -12,10 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.fx import GraphModule
 
 from compressor.pruning._align import resolve_alignment
 from compressor.graph import (as_tuple, build_dependency_graph, DependencyGraph, evaluating, LayerMismatch,
-                              run_shapes, trace_graph)
+                              NetworkView, buffers_kept, network_view, run_shapes, trace_graph, with_boundaries,
+                              with_eval_flags)
 from compressor.pruning._config import PruneConfig
 from compressor.criteria import CriterionContext, get_criterion
 from compressor.pruning._select import select_removal
@@ -125,6 +128,13 @@ def prune_model(model: nn.Module, example_inputs: Any, config: PruneConfig, *, i
         ValueError when a data-based criterion gets no ``data``.
     """
     config = resolve_alignment(config)
+    if config.boundary and not isinstance(model, NetworkView):
+        return _prune_with_boundaries(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
+                                      loss_fn=loss_fn)
+    view = None if config.submodule else network_view(model)
+    if view is not None and view is not model:
+        return _prune_network(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
+                              loss_fn=loss_fn)
     if config.submodule:
         _check_data(config, data)
         return _prune_submodule(model, example_inputs, config, inplace=inplace, verify=verify, data=data,
@@ -241,6 +251,32 @@ def apply_removal(model: nn.Module, example_inputs: Any, graph: DependencyGraph,
     return PruneResult(target, report, graph, removed)
 
 
+def _prune_network(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool, verify: bool,
+                   data: Any = None, loss_fn: Any = None) -> PruneResult:
+    """Prune a whole detector through its network view (see ``compressor.graph.network_view``):
+    backbone, neck and heads are traced and pruned together, every raw head output is protected,
+    and the parts the view leaves out (transform, anchors, NMS) run unchanged after it."""
+    target = model if inplace else copy.deepcopy(model)
+    view = network_view(target)
+    result = prune_model(view, view.network_input(example_inputs), config, inplace=True, verify=verify, data=data,
+                         loss_fn=loss_fn)
+    target.compressor_metadata = {**result.model.__dict__.get("compressor_metadata", {}),
+                                  "network": {"family": view.family, "outputs": view.output_names()}}
+    return PruneResult(target, result.report, result.graph, result.removed)
+
+
+def _prune_with_boundaries(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool,
+                           verify: bool, data: Any = None, loss_fn: Any = None) -> PruneResult:
+    """Prune ``model`` with ``config.boundary``'s submodules run as opaque leaves (never traced or
+    pruned; the channels they read are protected)."""
+    target = model if inplace else copy.deepcopy(model)
+    inner = PruneConfig.from_dict({**config.to_dict(), "boundary": ()})
+    with with_boundaries(target, config.boundary):
+        result = prune_model(target, example_inputs, inner, inplace=True, verify=verify, data=data, loss_fn=loss_fn)
+    result.report.config = config.to_dict()
+    return PruneResult(target, result.report, result.graph, result.removed)
+
+
 def _prune_submodule(model: nn.Module, example_inputs: Any, config: PruneConfig, *, inplace: bool,
                      verify: bool, data: Any = None, loss_fn: Any = None) -> PruneResult:
     """Prune ``model.get_submodule(config.submodule)`` with the inputs it sees in a real forward."""
@@ -315,25 +351,69 @@ def _verify_runs(model: nn.Module, example_inputs: Any, graph: DependencyGraph |
     model is traced afresh and checked the same way; if that fails too, the model's own forward
     runs on fake tensors, which decides.
 
+    When the graph holds a train-mode trace (it differs from the eval one), the train-mode forward
+    is checked the same way, with every layer in eval mode as the graph ran it; unless that trace
+    failed on the example input already (``graph.train_cut``: there is nothing to check it against).
+
     Raises:
-        CompressorError: the pruned model does not run, or a layer disagrees with its own tensors.
+        CompressorError: the pruned model does not run (in eval or train mode), or a layer disagrees
+            with its own tensors.
     """
 
     inputs = as_tuple(example_inputs)
-    if graph is not None and graph.traced is not None and graph.execution == "meta":
+    _verify_mode(model, inputs, graph, train=False)
+    if graph is not None and graph.traced_train is not None and not graph.train_cut:
+        _verify_mode(model, inputs, graph, train=True)
+
+
+def _verify_mode(model: nn.Module, inputs: tuple[Any, ...], graph: DependencyGraph | None, train: bool) -> None:
+    """:func:`_verify_runs` for the eval-mode forward, or for the train-mode one (``train``)."""
+    traced = None if graph is None else (graph.traced_train if train else graph.traced)
+    if traced is not None and graph.execution == "meta":
         # the unpruned model's trace first; a fresh trace when that one holds sizes read from
         # module attributes surgery has changed (ConvNeXt's LayerNorm2d passes normalized_shape)
-        for traced in (lambda: graph.traced, lambda: trace_graph(model)):
+        for candidate in (lambda: traced, lambda: _fresh_trace(model, train)):
             try:
                 with evaluating(model):
-                    run_shapes(traced(), model, inputs)
+                    run_shapes(candidate(), model, inputs)
                 return
             except LayerMismatch as exc:
                 raise CompressorError(f"internal error: a pruned layer disagrees with its tensors: {exc}") from exc
             except Exception:  # noqa: BLE001  (the model's own forward below decides)
                 pass
+    # train mode: the traced train-mode forward with eval-mode layers, as the graph ran it; fake
+    # tensors write through to real buffers in place (num_batches_tracked.add_(1)): they are put back
+    forward = _train_forward(model, traced) if train else model
+    kept = (lambda: buffers_kept(model)) if train else contextlib.nullcontext
     try:  # fake tensors check the shapes without arithmetic
-        with evaluating(model), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
-            model(*inputs)
-    except Exception as exc:
-        raise CompressorError(f"internal error: the pruned model does not run: {type(exc).__name__}: {exc}") from exc
+        with evaluating(model), kept(), torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            forward(*inputs)
+        return
+    except Exception as exc:  # noqa: BLE001
+        failure = exc
+    if graph is not None and graph.execution == "real":
+        # the graph itself needed real values (RoI pooling picks boxes with nonzero(): its output
+        # size depends on the data), so real tensors decide here too
+        try:
+            with evaluating(model), kept(), torch.no_grad():
+                forward(*inputs)
+            return
+        except Exception as exc:  # noqa: BLE001
+            failure = exc
+    in_mode = " in train mode" if train else ""
+    raise CompressorError(f"internal error: the pruned model does not run{in_mode}: {type(failure).__name__}: "
+                          f"{failure}") from failure
+
+
+def _fresh_trace(model: nn.Module, train: bool) -> Any:
+    """The model's eval-mode trace, or its train-mode one run as the graph runs it (flags as in eval)."""
+    return with_eval_flags(trace_graph(model, "train")) if train else trace_graph(model, "eval")
+
+
+def _train_forward(model: nn.Module, traced: Any) -> nn.Module:
+    """The train-mode forward of ``model`` as a module (its trace, run with the model's layers)."""
+    try:
+        return GraphModule(model, traced if traced is not None else _fresh_trace(model, True))
+    except Exception as exc:  # noqa: BLE001
+        raise CompressorError(f"internal error: the pruned model's train-mode forward cannot be rebuilt: "
+                              f"{type(exc).__name__}: {exc}") from exc

@@ -225,6 +225,13 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
     # aligned widths move in steps: meet the target when that lands within the tolerance, else
     # land on the reachable value nearest to it; without alignment the target is a hard budget
     aligned = bool((align > 1).any())
+    if aligned and value - below > TARGET_TOLERANCE and above - value > TARGET_TOLERANCE:
+        # one group's step jumps over the tolerance band (a wide step in a layer that costs much):
+        # step the other groups further instead, least important step first
+        refined = _steps_into_band(graph, order, group_of, removal(lo), align, which,
+                                   (value - TARGET_TOLERANCE) * base, budget)
+        if refined is not None:
+            return refined
     meets = not aligned or value - below <= TARGET_TOLERANCE or value - below <= above - value
     chosen = hi if meets else lo
     reached = cost(chosen) / base
@@ -235,6 +242,40 @@ def _to_cost_target(graph: DependencyGraph, order: np.ndarray, group_of: np.ndar
                       f"landed on {reached:.3f} (give a smaller round_to, or round_to=1, for finer steps)",
                       TargetToleranceWarning, stacklevel=3)
     return removal(chosen)
+
+
+def _steps_into_band(graph: DependencyGraph, order: np.ndarray, group_of: np.ndarray, removed: np.ndarray,
+                     align: np.ndarray, which: int, low: float, budget: float, candidates: int = 32) -> np.ndarray | None:
+    """From an aligned removal that costs more than ``budget``, remove whole alignment steps of one
+    group at a time (each group's next atoms in the feasible order), the step whose atoms come
+    first in the order first, as long as the cost stays at or above ``low``; the removal once it
+    costs at most ``budget``, or None when no sequence of steps gets there."""
+    position = np.full(graph.num_atoms, order.size, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    queues = {g.index: order[group_of[order] == g.index] for g in graph.groups}
+    taken = {g: int(removed[q].sum()) for g, q in queues.items()}
+    removed = removed.copy()
+    cost = graph.cost(graph.kept_counts(removed))[which]
+    while cost > budget:
+        steps = []
+        for g, queue in queues.items():
+            end = taken[g] + int(align[g])
+            if end <= queue.size:
+                steps.append((int(position[queue[end - 1]]), g, queue[taken[g]:end]))
+        best = None
+        for _, g, atoms in sorted(steps, key=lambda step: step[0])[:candidates]:
+            removed[atoms] = True
+            after = graph.cost(graph.kept_counts(removed))[which]
+            removed[atoms] = False
+            if after >= low and after < cost:
+                best = (g, atoms, after)
+                break
+        if best is None:
+            return None
+        g, atoms, cost = best
+        removed[atoms] = True
+        taken[g] += atoms.size
+    return removed
 
 
 class TargetToleranceWarning(UserWarning):

@@ -58,10 +58,10 @@ def test_unreachable_target_is_one_named_warning_line(tmp_path):
     import subprocess
     import sys
 
-    argv = ["prune", "--model", "lenet5", "--target-flops", "0.5", "--round-to", "4", "--no-speed-check",
+    argv = ["prune", "--model", "lenet5", "--target-flops", "0.7", "--round-to", "8", "--no-speed-check",
             "--output", str(tmp_path / "o"), "--quiet"]
     done = subprocess.run([sys.executable, "-m", "compressor", *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.splitlines() if "not reachable exactly" in line]
-    assert len(lines) == 1 and lines[0].startswith("warning: target_flops=0.5 is not reachable"), done.stderr
+    assert len(lines) == 1 and lines[0].startswith("warning: target_flops=0.7 is not reachable"), done.stderr
     assert "select_removal(" not in done.stderr and ".py:" not in done.stderr

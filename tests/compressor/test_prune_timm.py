@@ -20,8 +20,6 @@ timm = pytest.importorskip("timm", reason="timm is not installed")
 
 # model -> (error class, substrings of its message that name the cause). Not listed: must prune.
 EXPECTED_REFUSALS: dict[str, tuple[str, tuple[str, ...]]] = {
-    # timm's Conv2dSame pads by a size computed from the input (pad_same): fx cannot trace it
-    "tf_efficientnetv2_b0": ("TraceError", ("cannot trace EfficientNet", "control flow")),
     # DPN's dual path slices its channels at run time: the closest reachable is about 0.51
     "dpn48b": ("UnreachableTargetError", ("target_flops=0.5 is unreachable", "blocked: ", "indexing a channel dim")),
 }

@@ -2,10 +2,11 @@
 
 Each model is built with random weights (nothing is downloaded), randomised so that every
 channel matters, and pruned at ratio 0.3 with the ``random`` criterion and
-``allow_renormalization=False``; the pruned model must equal the masked oracle. What the engine
+``allow_renormalization=False``; the pruned model must equal the masked oracle, and run one
+train-mode forward and backward pass (batch of two: train-mode BatchNorm). What the engine
 must refuse or block is spelled out in ``EXPECTED_BLOCKS``: every other model is fully prunable
-(only its outputs are protected). The default run covers the representative subset of
-``benchmarks/coverage.py``; the rest is marked ``slow``.
+(only its outputs are protected, the train-mode ones too). The default run covers the
+representative subset of ``benchmarks/coverage.py``; the rest is marked ``slow``.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ EXPECTED_BLOCKS: dict[str, set[str]] = {
     "swin_*": {"unsupported op: node 'shifted_window_attention"},  # swin_v2_* too
     "swin_v2_*": {"hard-coded channel count in reshape"},  # heads of the position-bias MLP: view(-1, num_heads)
     "vit_*": {"hard-coded channel count in reshape"},  # patch embedding: x.reshape(n, hidden_dim, -1)
-    "maxvit_t": {"normalised by a LayerNorm over channels", "hard-coded channel count in reshape"},  # attention
+    # attention: hard-coded heads, and its output reshaped to the residual stream's width (read from its input)
+    "maxvit_t": {"hard-coded channel count in reshape", "reshape of unprunable channels to a size read from prunable ones"},
 }
 # Models the engine refuses as a whole, and the error it must raise (message names the class).
 REFUSED_WHOLE = {name: C.TraceError for name in tvm.list_models(module=tvm.detection)}
@@ -80,6 +82,12 @@ def images(batch: int, size: tuple[int, int, int]) -> torch.Tensor:
     return torch.randn(batch, *size, generator=torch.Generator().manual_seed(batch))
 
 
+def assert_trains(model: nn.Module, size: tuple[int, int, int]) -> None:
+    """One train-mode forward and backward pass on a batch of two runs, with finite gradients."""
+    problem = coverage.train_step_problem(model, images(2, size))
+    assert not problem, f"the pruned model does not train: {problem}"
+
+
 # ---- classification ---------------------------------------------------------------------------------
 
 
@@ -91,6 +99,7 @@ def test_classification_model_matches_masked_oracle(name):
     p = prune_with_oracle(model, x, random_config())
     check_pruned(p, images(2, size) if name in BATCH_OF_TWO else x)
     assert_blocks(p.graph, expected_blocks(name, EXPECTED_BLOCKS))
+    assert_trains(p.pruned, size)  # GoogLeNet's and Inception-v3's auxiliary heads run here
 
 
 # ---- segmentation -----------------------------------------------------------------------------------
@@ -105,6 +114,7 @@ def test_segmentation_model_matches_masked_oracle(name):
     out = run_eval(p.pruned, x)
     assert list(out) == ["out"] and out["out"].shape == (1, 21, *coverage.SEGMENTATION_SIZE[1:])
     assert_blocks(p.graph, set())
+    assert_trains(p.pruned, coverage.SEGMENTATION_SIZE)
 
 
 # ---- detection: the whole model is refused, its backbone is pruned ----------------------------------------
@@ -121,6 +131,7 @@ def test_detection_backbone_matches_masked_oracle_and_detector_still_runs(name):
     p = prune_with_oracle(model.backbone, x, random_config())
     check_pruned(p, x)
     assert_blocks(p.graph, expected_blocks(name, EXPECTED_BACKBONE_BLOCKS))
+    assert_trains(p.pruned, coverage.DETECTION_SIZE)
 
     detector = copy.deepcopy(model)
     detector.backbone = p.pruned
@@ -182,6 +193,52 @@ def test_layernorm_over_kept_channels_equals_a_hand_computed_reference():
         assert not torch.allclose(got, zeroed(x), rtol=1e-3, atol=1e-3)
 
 
+class HardCodedHeads(nn.Module):
+    """MaxViT's attention pattern: a residual stream normalised by a LayerNorm, attention heads of a
+    literal count and width, and the attention output reshaped to the width read from its input."""
+
+    heads, head_dim = 2, 4
+
+    def __init__(self, width: int = 8):
+        super().__init__()
+        self.stem = nn.Linear(3, width)
+        self.norm = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * self.heads * self.head_dim)
+        self.merge = nn.Linear(self.heads * self.head_dim, width)
+        self.head = nn.Linear(width, 5)
+
+    def forward(self, x):
+        x = self.stem(x)
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, n, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        out = torch.softmax(q @ k.transpose(-2, -1), dim=-1) @ v
+        out = out.transpose(1, 2).reshape(b, n, d)  # d: the stream's width, read from the input
+        return self.head(x + self.merge(out))
+
+
+def test_a_reshape_to_a_width_read_from_the_stream_blocks_the_stream_before_surgery():
+    """With renormalisation allowed, MaxViT-T's residual stream looked prunable and the pruned model
+    failed at this reshape; the graph now blocks it, naming the reshape."""
+    model, x = HardCodedHeads().eval(), torch.randn(1, 6, 3)
+    g = C.build_dependency_graph(model, x)
+    stream = next(i for i, m in enumerate(g.members) if m.module == "stem" and m.kind == "linear_out")
+    assert g.blocked[g.member_atoms(stream)].all()
+    assert {g.block_reason[int(a)] for a in g.member_atoms(stream)} == {
+        "reshape of unprunable channels to a size read from prunable ones at node 'reshape_3' (reshape)"}
+    with pytest.raises(C.UnprunableModelError, match="reshape of unprunable channels"):
+        C.pruning.prune_model(model, x, random_config(allow_renormalization=True))
+
+
+def test_maxvit_with_renormalization_prunes_what_its_attention_allows():
+    model, x = build("maxvit_t"), images(1, (3, 224, 224))
+    result = C.pruning.prune_model(model, x, random_config(allow_renormalization=True))
+    assert any("reshape of unprunable channels to a size read from prunable ones" in r for r in result.graph.unsupported)
+    assert count_params(result.model) < count_params(model)
+    out = run_eval(result.model, x)
+    assert out.shape == (1, 1000) and torch.isfinite(out).all()
+
+
 # ---- the coverage report ----------------------------------------------------------------------------
 
 
@@ -189,8 +246,8 @@ def test_coverage_script_reports_a_row_per_model(tmp_path, capsys):
     out = tmp_path / "coverage.json"
     assert coverage.main(["--models", "squeezenet1_1", "lraspp_mobilenet_v3_large", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| squeezenet1_1 | classification | pruned, parity OK |" in table
-    assert "| lraspp_mobilenet_v3_large | segmentation | pruned, parity OK |" in table
+    assert "| squeezenet1_1 | classification | pruned, parity OK, trains |" in table
+    assert "| lraspp_mobilenet_v3_large | segmentation | pruned, parity OK, trains |" in table
     data = json.loads(out.read_text())
     assert data["schema_version"] == 1 and data["ratio"] == 0.3
     rows = {r["model"]: r for r in data["rows"]}
