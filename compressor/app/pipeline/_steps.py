@@ -425,6 +425,15 @@ def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
         return _evaluate_detector(config, ctx)
     eval_set = _spec(ctx, config.data).eval_sets()[0]
     results: dict[str, dict[str, float]] = {}
+    for key, path, runtime in _bundles_to_evaluate(config, ctx):
+        results.setdefault(key, {})[runtime] = _top1(path, eval_set, runtime=runtime, threads=ctx.pipeline.threads)
+        ctx.log(f"    {key} on {runtime}: top-1 {results[key][runtime]:.2%}")
+    return {"results": {"top1": results}}
+
+
+def _bundles_to_evaluate(config: EvaluateStep, ctx: StepContext) -> list[tuple[str, Path, str]]:
+    """``(state key, bundle path, runtime)`` for every bundle and runtime the step evaluates."""
+    jobs = []
     keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
     for key in keys:
         path = ctx.path(key)
@@ -433,26 +442,18 @@ def evaluate_step(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
             if runtime not in available:
                 raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
                                     f"(it has {available}); add it to the export step's 'to'")
-            results.setdefault(key, {})[runtime] = _top1(path, eval_set, runtime=runtime, threads=ctx.pipeline.threads)
-            ctx.log(f"    {key} on {runtime}: top-1 {results[key][runtime]:.2%}")
-    return {"results": {"top1": results}}
+            jobs.append((key, path, runtime))
+    return jobs
 
 
 def _evaluate_detector(config: EvaluateStep, ctx: StepContext) -> dict[str, Any]:
     """COCO mAP of the deployed detector bundles on each runtime (decoded output, then NMS)."""
     _, test_set = _detect_sets(ctx, config.data)
     results: dict[str, dict[str, Any]] = {}
-    keys = ["bundle"] + (["baseline_bundle"] if config.baseline and ctx.state.get("baseline_bundle") else [])
-    for key in keys:
-        path = ctx.path(key)
-        available = [TARGET_RUNTIME[t] for t in load_bundle(path).manifest.get("artifacts", {}) if t in TARGET_RUNTIME]
-        for runtime in config.runtimes or available:
-            if runtime not in available:
-                raise PipelineError(f"step {ctx.step_name}: the {key.replace('_', ' ')} has no {runtime} artifact "
-                                    f"(it has {available}); add it to the export step's 'to'")
-            metrics = evaluate_detection(path, test_set, runtime=runtime, threads=ctx.pipeline.threads)
-            results.setdefault(key, {})[runtime] = metrics.to_dict()
-            ctx.log(f"    {key} on {runtime}: mAP@[.5:.95] {metrics.map:.3f}, mAP@0.5 {metrics.map50:.3f}")
+    for key, path, runtime in _bundles_to_evaluate(config, ctx):
+        metrics = evaluate_detection(path, test_set, runtime=runtime, threads=ctx.pipeline.threads)
+        results.setdefault(key, {})[runtime] = metrics.to_dict()
+        ctx.log(f"    {key} on {runtime}: mAP@[.5:.95] {metrics.map:.3f}, mAP@0.5 {metrics.map50:.3f}")
     return {"results": {"map": results}}
 
 
