@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from compressor.app._evaluate_detect import evaluate_detection
+from compressor.app import evaluate_detection
 from compressor.app.pipeline._base import PipelineError
 from compressor.app.pipeline._core import load_pipeline, run_pipeline
 from compressor.training import digits_detect_dataset

@@ -90,7 +90,7 @@ def write_run_summary(pipeline: Any, result: Any) -> Path:
     lines += [f"From `{pipeline.source}`{' (quick mode)' if pipeline.quick else ''}; steps run: "
               f"{', '.join(result.executed) or 'none'}; skipped (unchanged): {', '.join(result.skipped) or 'none'}.", ""]
     for title, rows in tables.items():
-        lines += [f"## {title.capitalize()}", "", "| " + " | ".join(HEADERS[title]) + " |",
+        lines += [f"## {title[:1].upper()}{title[1:]}", "", "| " + " | ".join(HEADERS[title]) + " |",
                   "|" + "---|" * len(HEADERS[title])]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
