@@ -391,6 +391,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     claim_output(args.output, "export", force=args.force, inputs=(args.model, args.weights))
     model, name = _load_source(args)
     size = _input_size(args.input_size, name, model)
+    view = network_view(model)
+    if view is not None:  # a detector ships its deployable network; say what runs after it
+        print(f"{view.family} detector: exporting its deployable network; runs after it, outside the bundle: "
+              f"{view.postprocess_note}")
+        model = deployable_module(model)
     try:
         exported = export_bundle(model, args.output, tuple(size), bundle_config, export_config,
                                  fold=not args.no_fold, source=name, weights=_weights_provenance(args, model),
