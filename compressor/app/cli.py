@@ -393,8 +393,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     size = _input_size(args.input_size, name, model)
     view = network_view(model)
     if view is not None:  # a detector ships its deployable network; say what runs after it
-        print(f"{view.family} detector: exporting its deployable network; runs after it, outside the bundle: "
-              f"{view.postprocess_note}")
+        print(f"{view.family} detector: the bundle holds {view.deploy_note}")
         model = deployable_module(model)
     try:
         exported = export_bundle(model, args.output, tuple(size), bundle_config, export_config,

@@ -73,6 +73,11 @@ class NetworkView(nn.Module):
     input_note = "a normalised (B, 3, H, W) float batch"
     postprocess_note = ""
 
+    @property
+    def deploy_note(self) -> str:
+        """What :meth:`deployable` ships and what runs after it."""
+        return f"the network's raw outputs; after it: {self.postprocess_note}"
+
     def network_input(self, example_inputs: Any) -> tuple[torch.Tensor]:
         """The network's input for a detector's example input: a batch tensor is taken as the
         network input itself; a list of images goes through the detector's own transform."""
@@ -223,6 +228,9 @@ class RCNNView(_TorchvisionView):
             outputs.append(heads.keypoint_predictor(heads.keypoint_head(self.keypoint_pool(features, images))))
         return tuple(outputs)
 
+    deploy_note = ("the first stage (backbone, FPN, RPN head: feature maps and RPN outputs); after it, in "
+                   "PyTorch: anchors, proposal selection and NMS, RoI pooling, the RoI heads, box decoding and NMS")
+
     def deployable(self) -> nn.Module:
         """The first stage, which runs on the whole image: backbone (+FPN) and RPN head, giving the
         feature maps and the RPN's raw outputs. The RoI heads run on features pooled at the
@@ -315,6 +323,9 @@ class YOLOView(NetworkView):
             raw = head.forward_head(feats, **head.one2one)
             outputs += [raw["boxes"], raw["scores"]]
         return tuple(outputs)
+
+    deploy_note = ("the whole model, one output (B, 4 + nc, anchors) with boxes decoded inside it; after it: "
+                   "class-aware NMS (compressor.training.yolo_postprocess)")
 
     def deployable(self) -> nn.Module:
         """The whole Ultralytics model in export mode: one output ``(B, 4 + nc, anchors)``, boxes
