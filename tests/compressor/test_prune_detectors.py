@@ -238,12 +238,12 @@ EXPORTED = [
     ("torchvision:fasterrcnn_mobilenet_v3_large_fpn", 256, 3 + 3 + 3),  # feature maps, objectness, deltas x 3 levels
     ("ultralytics:yolov8n.yaml", 160, 1),
     pytest.param("ultralytics:yolo11n.yaml", 160, 1, marks=pytest.mark.slow),
-    pytest.param("torchvision:retinanet_resnet50_fpn", 192, 2, marks=pytest.mark.slow),
-    pytest.param("torchvision:fcos_resnet50_fpn", 192, 3, marks=pytest.mark.slow),
+    pytest.param("torchvision:retinanet_resnet50_fpn", 160, 2, marks=pytest.mark.slow),
+    pytest.param("torchvision:fcos_resnet50_fpn", 160, 3, marks=pytest.mark.slow),
     pytest.param("torchvision:ssd300_vgg16", 300, 2, marks=pytest.mark.slow),
-    pytest.param("torchvision:fasterrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
-    pytest.param("torchvision:maskrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
-    pytest.param("torchvision:keypointrcnn_resnet50_fpn", 192, 5 + 5 + 5, marks=pytest.mark.slow),
+    pytest.param("torchvision:fasterrcnn_resnet50_fpn", 160, 5 + 5 + 5, marks=pytest.mark.slow),
+    pytest.param("torchvision:maskrcnn_resnet50_fpn", 160, 5 + 5 + 5, marks=pytest.mark.slow),
+    pytest.param("torchvision:keypointrcnn_resnet50_fpn", 160, 5 + 5 + 5, marks=pytest.mark.slow),
 ]
 
 
