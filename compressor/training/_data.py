@@ -100,7 +100,9 @@ class _ImageSpec:
         try:
             with Image.open(path) as img:
                 img = img.convert("RGB" if self.channels == 3 else "L")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # ImportError: a decoder plugin another package registered with PIL (Ultralytics' HEIF opener)
+        # may try to import its library on a file PIL's own decoders refused
+        except (OSError, SyntaxError, ValueError, ImportError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
         height, width = self.size
         if img.size != (width, height):

@@ -43,7 +43,10 @@ def test_pipeline_runs_end_to_end_in_quick_mode(path, tmp_path, request):
             if target[0] == "target_flops":
                 assert r["flops_ratio"] <= target[1] + 0.05
         if name.endswith("_evaluate"):
-            for by_runtime in r["top1"].values():
+            # classification: top-1 per bundle and runtime; detection: COCO mAP@0.5
+            scores = r["top1"] if "top1" in r else {bundle: {rt: m["map50"] for rt, m in by_rt.items()}
+                                                        for bundle, by_rt in r["map"].items()}
+            for by_runtime in scores.values():
                 assert all(0 <= v <= 1 for v in by_runtime.values())
                 assert max(by_runtime.values()) - min(by_runtime.values()) < 0.02  # the runtimes agree
         if name.endswith("_bench"):
