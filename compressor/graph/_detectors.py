@@ -128,10 +128,6 @@ def _grid_boxes(height: int, width: int, count: int) -> torch.Tensor:
     return torch.stack([x0, y0, x0 + bw, y0 + bh], dim=1).float()
 
 
-def _shape_only(tensor: torch.Tensor) -> bool:
-    return tensor.device.type == "meta" or type(tensor).__name__ == "FakeTensor"
-
-
 class _FixedRoIPool(nn.Module):
     """A detector's RoI pooling on ``count`` fixed proposals per image, scaled to the batch's image
     size (the real proposals come from the RPN and NMS, which are data-dependent). On meta or fake
@@ -144,7 +140,7 @@ class _FixedRoIPool(nn.Module):
 
     def forward(self, features: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         height, width, batch = int(images.shape[-2]), int(images.shape[-1]), int(images.shape[0])
-        if _shape_only(images):
+        if _ops.shape_only(images):
             first = features[self.pool.featmap_names[0]]
             size = tuple(self.pool.output_size)
             return first.new_zeros((batch * self.count, first.shape[1], *size))
@@ -162,6 +158,10 @@ def _box_predictor(predictor: nn.Module, features: torch.Tensor) -> tuple[torch.
 
 
 class _TorchvisionView(NetworkView):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._transforms = (model.transform,)  # not a child: it is not part of the network
+
     def _transform(self, images: list[torch.Tensor]) -> torch.Tensor:
         """The detector's own GeneralizedRCNNTransform (resize, normalise, pad to a batch)."""
         transform = self._transforms[0]
@@ -201,8 +201,7 @@ class RCNNView(_TorchvisionView):
         post-NMS count, 1000 for most models); ``detections``: boxes per image the mask and
         keypoint heads run on (default ``detections_per_img``, 100). They weigh the RoI heads'
         FLOPs as the deployed model runs them; tests pass small counts to run fast."""
-        super().__init__()
-        self._transforms = (model.transform,)  # not a child: it is not part of the network
+        super().__init__(model)
         self.backbone = model.backbone
         self.rpn = model.rpn
         self.roi_heads = model.roi_heads
@@ -268,8 +267,7 @@ class DenseHeadView(_TorchvisionView):
     postprocess_note = "GeneralizedRCNNTransform / SSD transform (resize, normalise), anchors, box decoding and NMS"
 
     def __init__(self, model: nn.Module, keys: tuple[str, ...]):
-        super().__init__()
-        self._transforms = (model.transform,)  # not a child: it is not part of the network
+        super().__init__(model)
         self.backbone = model.backbone
         self.head = model.head
         self._keys = keys
