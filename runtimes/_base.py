@@ -28,7 +28,7 @@ __all__ = [
 
 DEVICES = ("cpu", "cuda", "gpu")
 HINTS = ("latency", "throughput")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _check_choice(field: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -50,8 +50,9 @@ class SessionConfig(JsonConfig):
             plugin; an alias of ``"cuda"`` for the CUDA runtimes).
         threads: intra-op CPU threads, set explicitly when given; ``None`` keeps the runtime default.
         hint: ``"latency"`` or ``"throughput"`` (OpenVINO's PERFORMANCE_HINT; others record None).
-        precision: ``"fp32"`` or ``"fp16"``: OpenVINO's inference precision; for onnxruntime and
-            TensorRT it must match the precision the artifact was built with.
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: the precision the artifact was built
+            with (every runtime refuses a mismatch), except that OpenVINO runs an FP32 IR in
+            ``"fp16"`` as its inference precision.
     """
 
     device: str = "cpu"
@@ -264,7 +265,8 @@ class Runtime(abc.ABC):
         """The devices usable now (``[]`` when the SDK is missing), e.g. ``["cpu", "cuda"]``."""
 
     @abc.abstractmethod
-    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig) -> Path: ...
+    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig,
+               calibration: Any = None) -> Path: ...
 
     @abc.abstractmethod
     def _load(self, sdk: Any, artifact: Any, config: SessionConfig) -> Session: ...
@@ -300,7 +302,7 @@ class Runtime(abc.ABC):
         return sdk
 
     def build(self, onnx_path: str | Path, out_dir: str | Path, precision: str = "fp32", min_batch: int = 1,
-              opt_batch: int = 8, max_batch: int = 64) -> Path:
+              opt_batch: int = 8, max_batch: int = 64, calibration: Any = None) -> Path:
         """Build this runtime's artifact from an exported model and return its path.
 
         Args:
@@ -308,18 +310,25 @@ class Runtime(abc.ABC):
                 returned unchanged).
             out_dir: where to write the artifact (created if missing). Files are written under a
                 temporary name and renamed, so a failed build leaves no half-written artifact.
-            precision: ``"fp32"`` or ``"fp16"``.
+            precision: ``"fp32"``, ``"fp16"`` or ``"int8"``.
             min_batch, opt_batch, max_batch: batch range (TensorRT's optimisation profile).
+            calibration: a :class:`runtimes.Calibration`, needed for (and only for) ``"int8"``.
 
         Raises:
-            ValueError: bad arguments, or a precision this runtime cannot build.
+            ValueError: bad arguments, a precision this runtime cannot build, INT8 without
+                calibration data, or calibration samples that do not fit the model.
             RuntimeUnavailable: the SDK (or TensorRT's CUDA device) is missing.
             ArtifactError: the source file is missing, corrupt or truncated.
         """
         config = BuildConfig(precision=precision, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch)
         self._check_precision(precision)
+        if (precision == "int8") != (calibration is not None):
+            raise ValueError("an int8 build needs calibration data (calibration=runtimes.Calibration(...))"
+                             if precision == "int8" else f"calibration data is for int8 builds, not {precision}")
         sdk = self.require(self.build_device) if self.build_device else self._sdk()
-        return self._build(sdk, self._as_source(onnx_path), Path(out_dir), config)
+        if calibration is None:
+            return self._build(sdk, self._as_source(onnx_path), Path(out_dir), config)
+        return self._build(sdk, self._as_source(onnx_path), Path(out_dir), config, calibration)
 
     def load(self, artifact: Any, config: SessionConfig | None = None) -> Session:
         """Open a session on a built artifact.

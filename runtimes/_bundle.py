@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from compressor.common.files import file_sha256 as _sha256, read_versioned_json
-from runtimes._parity import compare_outputs, ParityError, ParityResult
+from runtimes._parity import compare_outputs, floors_for, ParityError, ParityResult
 from compressor.common.outputs import atomic_directory
 from runtimes._base import RuntimeUnavailable, SessionConfig, get_runtime
 from runtimes._manifest_check import MANIFEST, SCHEMA_VERSION, TARGET_RUNTIME, BundleError, verify_manifest
@@ -51,8 +51,8 @@ class BundleConfig:
         unknown = [t for t in self.targets if t not in TARGET_RUNTIME]
         if unknown or not self.targets:
             raise ValueError(f"unknown export targets {unknown or '(none)'}; choose from {sorted(TARGET_RUNTIME)}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'int8', got {self.precision!r}")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise ValueError(f"batch_sizes must be positive, got {self.batch_sizes}")
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
@@ -120,10 +120,26 @@ def _declared_shape(outputs: dict[int, np.ndarray]) -> list[int | str]:
     return ["batch" if tracks else int(first.shape[0]), *map(int, first.shape[1:])] if first.ndim else []
 
 
+def _copy_artifact(built: Path, dest_dir: Path) -> Path:
+    """Copy a prebuilt artifact and its side files (an IR's .bin, an engine's .json, external
+    weights: the files named ``<stem>.*`` beside it) into ``dest_dir``."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    for file in sorted(built.parent.glob(built.stem + ".*")):
+        if file.is_file():
+            shutil.copyfile(file, dest_dir / file.name)
+    return dest_dir / built.name
+
+
+def _held_out_batches(held_out: np.ndarray, batch: int) -> list[np.ndarray]:
+    return [held_out[i:i + batch] for i in range(0, len(held_out), batch)]
+
+
 def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], Outputs],
                  input_shape: tuple[int, ...], config: BundleConfig = BundleConfig(),
                  extra: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
-                 torch_model_dir: str | Path | None = None) -> Bundle:
+                 torch_model_dir: str | Path | None = None, *,
+                 prebuilt: Mapping[str, tuple[str | Path, str]] | None = None,
+                 held_out: np.ndarray | None = None, floors: dict[str, float] | None = None) -> Bundle:
     """Build every target's artifact from ``onnx_file``, verify parity, and write the bundle.
 
     Args:
@@ -138,6 +154,14 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
         progress: called with a short message before each long step.
         torch_model_dir: a directory written by ``compressor.save_model`` (the same model as
             ``reference``); needed for the ``"torch"`` target, copied to ``torch/``.
+        prebuilt: ``{target: (artifact path, precision)}``: artifacts already built (an INT8
+            build chosen by the accuracy budget and the speed guard, or its FP32 fallback),
+            copied in instead of built; the manifest's ``artifact_precision`` records each
+            target's precision.
+        held_out: real input samples (not calibration data) on which INT8 artifacts are
+            compared with the reference; required when an artifact is INT8.
+        floors: INT8's parity floors ``{"cosine": .., "top1_agreement": ..}`` (default 0.99 and
+            0.98), recorded under ``int8.floors``.
 
     Raises:
         RuntimeUnavailable: a target's runtime (package or device) is missing; nothing written.
@@ -153,6 +177,17 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
             raise ValueError(f"the 'torch' target needs torch_model_dir, a directory saved by compressor.save_model; "
                              f"got {torch_model_dir!r}")
     runtimes = {t: get_runtime(TARGET_RUNTIME[t]) for t in config.targets}
+    prebuilt = dict(prebuilt or {})
+    # an INT8 bundle's torch target is the folded FP32 model (PyTorch has no INT8 artifact here)
+    precisions = {t: prebuilt[t][1] if t in prebuilt else "fp32" if (t, config.precision) == ("torch", "int8")
+                  else config.precision for t in config.targets}
+    if "int8" in precisions.values() and (held_out is None or len(held_out) == 0):
+        raise ValueError("INT8 artifacts are checked on held-out samples; pass held_out (real inputs, not the "
+                         "calibration set)")
+    unbuilt = [t for t, p in precisions.items() if p == "int8" and t not in prebuilt]
+    if unbuilt:
+        raise ValueError(f"INT8 artifacts are built from calibration data before the bundle is written; give "
+                         f"prebuilt artifacts for {unbuilt}")
     for target, runtime in runtimes.items():
         device = "cuda" if target == "tensorrt" else config.device
         reason = runtime.is_available(device=device)
@@ -171,6 +206,10 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
                 shutil.copytree(torch_model_dir, tmp / "torch")
                 artifacts[target] = "torch"
                 continue
+            if target in prebuilt:
+                copied = _copy_artifact(Path(prebuilt[target][0]), tmp / target if target != "onnx" else tmp)
+                artifacts[target] = str(copied.relative_to(tmp))
+                continue
             built = runtime.build(onnx_path, tmp / target if target != "onnx" else tmp, precision=config.precision,
                                   min_batch=config.min_batch, opt_batch=config.opt_batch, max_batch=config.max_batch)
             artifacts[target] = str(Path(built).relative_to(tmp))
@@ -182,16 +221,24 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
             if len(outs) != len(names):
                 raise ValueError(f"the reference returns {len(outs)} outputs but {onnx_file} has {len(names)}: "
                                  f"{names}")
+        held = _held_out_reference(reference, held_out, max(config.batch_sizes)) if held_out is not None else None
         for target, runtime in runtimes.items():
             device = "cuda" if target == "tensorrt" else config.device
+            precision = precisions[target]
             say(f"checking {target} parity")
             session = runtime.load(tmp / artifacts[target], SessionConfig(device=device, threads=config.threads,
-                                                                          precision=config.precision))
+                                                                          precision=precision))
             try:
+                if precision == "int8":  # the same answers on real data, not the same numbers on noise
+                    outputs = [np.concatenate(parts) for parts in zip(*(
+                        _in_order(session, session.run_all(x), names) for x in held[0]))]
+                    results.extend(compare_outputs(held[1], outputs, names, runtime=TARGET_RUNTIME[target],
+                                                   device=device, precision=precision, floors=floors))
+                    continue
                 for bs, x in batches.items():
                     outputs = _in_order(session, session.run_all(x), names)
                     results.extend(compare_outputs(expected[bs], outputs, names, runtime=TARGET_RUNTIME[target],
-                                                   device=device, precision=config.precision))
+                                                   device=device, precision=precision))
             finally:
                 session.close()
         output = next(iter(expected.values()))[0]
@@ -205,11 +252,15 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
                         for i, name in enumerate(names)],
             "precision": config.precision,
             "artifacts": artifacts,
+            "artifact_precision": precisions,
             "versions": package_versions(),
             "parity": [r.to_dict() for r in results],
             "parity_passed": all(r.passed for r in results),
             **(extra or {}),
         })
+        if "int8" in precisions.values():
+            manifest["int8"] = {**(manifest.get("int8") or {}), "floors": dict(zip(
+                ("cosine", "top1_agreement"), floors_for("int8", floors)[1:])), "held_out_samples": len(held_out)}
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest["files"] = {str(p.relative_to(tmp)): _sha256(p) for p in files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
@@ -218,6 +269,14 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
     if not manifest["parity_passed"]:
         raise ParityError(results)
     return Bundle(Path(path), manifest, manifest["parity"])
+
+
+def _held_out_reference(reference: Callable[[np.ndarray], Outputs], held_out: np.ndarray,
+                        batch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The held-out samples in batches, and the reference's outputs on all of them (one array per output)."""
+    batches = _held_out_batches(np.ascontiguousarray(held_out, dtype=np.float32), batch)
+    outputs = [np.concatenate(parts) for parts in zip(*(_as_outputs(reference(x)) for x in batches))]
+    return batches, outputs
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

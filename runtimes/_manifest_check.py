@@ -12,7 +12,7 @@ impossible is a bundle that *disagrees with itself*:
   graph (conv, Gemm, MatMul; FLOPs = 2 x MACs per sample, ``count_cost``'s convention) within
   :data:`FLOPS_TOLERANCE`, where the graph's shapes are static and it has no control flow;
 * the parity record must agree with itself: each run's ``passed`` with its errors and the
-  tolerances of its precision, ``parity_passed`` with the runs, and every artifact's runtime
+  tolerances of its precision (INT8: the floors recorded under ``int8.floors``), ``parity_passed`` with the runs, and every artifact's runtime
   must have been checked, on every declared output where ``outputs`` is present.
 
 Not covered (provenance and hints, not re-derivable from the files): ``versions``, ``source``,
@@ -28,7 +28,7 @@ import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable
 
-from runtimes._parity import TOLERANCES
+from runtimes._parity import TOLERANCES, floors_for, judge
 from runtimes._onnx import read_onnx
 from runtimes._base import ArtifactError
 from compressor.common.errors import CompressorError
@@ -281,18 +281,25 @@ def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
     parity = manifest.get("parity")
     if not isinstance(parity, list) or not all(isinstance(r, dict) for r in parity):
         raise error(f"bundle {root}: manifest.json parity must be a list of parity runs, got {parity!r}")
+    floors = (manifest.get("int8") or {}).get("floors") if isinstance(manifest.get("int8"), dict) else None
     for i, run in enumerate(parity):
-        tolerances = TOLERANCES.get(run.get("precision"))
-        if tolerances is None or (run.get("tolerance_rel"), run.get("tolerance_cosine")) != tolerances:
-            raise error(f"bundle {root}: manifest.json parity[{i}] has tolerances "
-                        f"{(run.get('tolerance_rel'), run.get('tolerance_cosine'))} for precision "
-                        f"{run.get('precision')!r}; the parity check uses {tolerances}")
-        rel, cosine = run.get("max_rel_error"), run.get("cosine_similarity")
-        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rel, cosine))
-        holds = numbers and rel <= tolerances[0] and cosine >= tolerances[1]
+        precision = run.get("precision")
+        expected = floors_for(precision, floors) if precision in TOLERANCES else None
+        recorded = (run.get("tolerance_rel"), run.get("tolerance_cosine"))
+        top1_floor = run.get("tolerance_top1")
+        if expected is None or recorded != expected[:2] or top1_floor not in (None, expected[2]):
+            raise error(f"bundle {root}: manifest.json parity[{i}] has tolerances {recorded} (top-1 floor "
+                        f"{top1_floor!r}) for precision {precision!r}; the parity check uses "
+                        f"{expected[:2] if expected else None}"
+                        + (f" (top-1 floor {expected[2]})" if expected and expected[2] is not None else ""))
+        cosine_key = "mean_cosine_similarity" if precision == "int8" else "cosine_similarity"
+        rel, cosine, top1 = run.get("max_rel_error"), run.get(cosine_key), run.get("top1_agreement", 0.0)
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (rel, cosine, top1))
+        holds = numbers and judge(rel, cosine, top1, (*expected[:2], top1_floor), top1_floor is not None)
         if run.get("passed") is not holds:
             raise error(f"bundle {root}: manifest.json parity[{i}] says passed={run.get('passed')!r} but its errors "
-                        f"(rel {rel!r}, cosine {cosine!r}) say {'pass' if holds else 'fail'}")
+                        f"(rel {rel!r}, cosine {cosine!r}, top-1 agreement {top1!r}) say "
+                        f"{'pass' if holds else 'fail'}")
     passed = all(r["passed"] for r in parity)
     if manifest.get("parity_passed") is not passed:
         raise error(f"bundle {root}: manifest.json parity_passed is {manifest.get('parity_passed')!r} but its parity "

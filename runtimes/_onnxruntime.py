@@ -10,8 +10,10 @@ from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavaila
                     cuda_device_reason, import_sdk, register_runtime)
 from compressor.common.files import require_file, short_error
 from runtimes._onnx import onnx_precision, read_onnx, write_fp16_onnx
+from runtimes._quantize import Calibration, write_qdq_onnx
 
 FP16_FILE = "model.fp16.onnx"
+INT8_FILE = "model.int8.onnx"
 _CUDA_PROVIDER = "CUDAExecutionProvider"
 _CPU_PROVIDER = "CPUExecutionProvider"
 # onnxruntime's exception classes that mean "this file is not a model it can load"
@@ -72,8 +74,9 @@ def _config_entry(options: Any, key: str, default: str) -> str:
 @register_runtime("onnxruntime")
 class OnnxRuntime(Runtime):
     """onnxruntime with explicit threads (``intra_op_num_threads``; ``inter_op_num_threads=1``)
-    and all graph optimisations. ``build`` returns the ONNX file itself for fp32, and writes
-    ``model.fp16.onnx`` (FP16 weights and compute, float32 IO) for fp16.
+    and all graph optimisations. ``build`` returns the ONNX file itself for fp32, writes
+    ``model.fp16.onnx`` (FP16 weights and compute, float32 IO) for fp16, and ``model.int8.onnx``
+    (static QDQ quantization from a calibration set, :mod:`runtimes._quantize`) for int8.
 
     Args:
         allow_spinning: whether the intra-op worker threads busy-wait for work between ops
@@ -108,13 +111,16 @@ class OnnxRuntime(Runtime):
             return []
         return ["cpu"] + ([] if self._device_reason(sdk, "cuda") else ["cuda"])
 
-    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig) -> Path:
+    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig,
+               calibration: Calibration | None = None) -> Path:
         model = read_onnx(source)  # fails early, naming the file, if it is truncated or corrupt
         built = onnx_precision({p.key: p.value for p in model.metadata_props})
-        if config.precision == built:
+        if config.precision == built and calibration is None:
             return source
-        if config.precision == "fp32":
-            raise ValueError(f"{source} computes in {built}; export an fp32 ONNX for an fp32 build")
+        if built != "fp32":
+            raise ValueError(f"{source} computes in {built}; export an fp32 ONNX for a {config.precision} build")
+        if config.precision == "int8":
+            return write_qdq_onnx(source, out_dir / INT8_FILE, calibration)
         return write_fp16_onnx(source, out_dir / FP16_FILE)
 
     def _load(self, sdk: Any, artifact: Path, config: SessionConfig) -> Session:

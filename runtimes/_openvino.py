@@ -11,11 +11,14 @@ from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavaila
                     import_sdk, register_runtime)
 from compressor.common.files import require_file, short_error, staging_dir
 from runtimes._onnx import read_onnx
+from runtimes._quantize import Calibration, check_calibration, quantize_openvino_model
 
 IR_FILE = "model.xml"
 # Always set explicitly: on CPUs with AMX/AVX512-BF16 the CPU plugin otherwise computes in bf16,
 # and where the CPU has no native f16 it maps an f16 request to bf16 (read back in settings).
-_PRECISION_HINTS = {"fp32": "f32", "fp16": "f16"}
+# An INT8 IR runs its quantized ops in int8 whatever the hint; the hint sets the rest (f32).
+_PRECISION_HINTS = {"fp32": "f32", "fp16": "f16", "int8": "f32"}
+_PRECISION_INFO = ["runtimes", "precision"]  # where an IR records what it was built for (rt_info)
 _PLUGINS = {"cpu": "CPU", "gpu": "GPU"}
 
 
@@ -87,7 +90,9 @@ class OpenVinoSession(Session):
 class OpenVinoRuntime(Runtime):
     """OpenVINO. ``build`` converts the ONNX (``openvino.convert_model``) and saves the IR with
     FP32 weights, or FP16 weights for ``precision="fp16"`` (``save_model`` would compress to FP16
-    by default). The IR keeps the ONNX's dynamic batch, so the batch range is not needed.
+    by default), or for ``precision="int8"`` quantized by NNCF from a calibration set
+    (:mod:`runtimes._quantize`). The IR keeps the ONNX's dynamic batch, so the batch range is not
+    needed, and records its precision in its rt_info, which ``load`` checks.
     ``load`` also accepts an .onnx file directly."""
 
     install = "pip install openvino"
@@ -112,12 +117,19 @@ class OpenVinoRuntime(Runtime):
         plugins = {d.split(".")[0] for d in sdk.Core().available_devices}
         return [name for name, plugin in _PLUGINS.items() if plugin in plugins]
 
-    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig) -> Path:
+    def _build(self, sdk: Any, source: Path, out_dir: Path, config: BuildConfig,
+               calibration: Calibration | None = None) -> Path:
         read_onnx(source)  # names the file if it is truncated or corrupt, before OpenVINO guesses its format
+        if calibration is not None:
+            check_calibration(source, calibration)
         try:
             model = sdk.convert_model(str(source))
         except Exception as err:
             raise ArtifactError(f"{source}: OpenVINO cannot convert this ONNX model ({short_error(err)})") from err
+        if calibration is not None:
+            model = quantize_openvino_model(model, calibration)
+            model.set_rt_info(calibration.sha256(), ["runtimes", "calibration_sha256"])
+        model.set_rt_info(config.precision, _PRECISION_INFO)
         xml = out_dir / IR_FILE
         with staging_dir(out_dir) as tmp:
             sdk.save_model(model, str(tmp / IR_FILE), compress_to_fp16=config.precision == "fp16")
@@ -142,6 +154,10 @@ class OpenVinoRuntime(Runtime):
             culprit = weights if about_weights else artifact
             raise ArtifactError(f"{culprit}: OpenVINO cannot read the model; the file may be truncated or corrupt "
                                 f"({short_error(err)})") from err
+        built = model.get_rt_info(_PRECISION_INFO).astype(str) if model.has_rt_info(_PRECISION_INFO) else "fp32"
+        if (built == "int8") != (config.precision == "int8"):
+            raise ValueError(f"{artifact} was built for {built}; load it with SessionConfig(precision={built!r}) "
+                             f"or build a {config.precision} artifact")
         plugin = _PLUGINS[config.device]  # require() has refused "cuda"
         properties: dict[str, Any] = {"PERFORMANCE_HINT": config.hint.upper(),
                                       "INFERENCE_PRECISION_HINT": _PRECISION_HINTS[config.precision]}

@@ -9,6 +9,13 @@ cuda-python is needed. FP16 differs between the two majors:
   declares. The ONNX is therefore converted to FP16 first (``_onnx.write_fp16_onnx``: float16
   weights and compute, float32 IO) and parsed into a STRONGLY_TYPED network.
 
+INT8 is explicit quantization on both majors: the ONNX gets Q/DQ pairs from a calibration set
+(``_quantize.write_qdq_onnx`` with symmetric int8 activations, as TensorRT requires) and is parsed
+into a STRONGLY_TYPED network, so the Q/DQ pairs fix where the engine computes in int8 and no
+precision flag is set (TensorRT's guidance for explicit quantization; the calibrator API of
+implicit quantization is deprecated in 10 and gone in 11). Layers kept in FP32 by the
+accuracy budget simply have no Q/DQ pair.
+
 For FP32, TF32 is switched off so that the engine matches PyTorch to FP32 tolerances.
 ``build`` writes ``model.engine`` and ``model.engine.json`` (precision, batch range,
 TensorRT version, GPU), which ``load`` uses to refuse a precision the engine was not built for.
@@ -32,6 +39,7 @@ from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavaila
                     cuda_device_reason, import_sdk, register_runtime)
 from compressor.common.files import atomic_write_bytes, require_file, staging_dir
 from runtimes._onnx import read_onnx, write_fp16_onnx
+from runtimes._quantize import Calibration, write_qdq_onnx
 
 ENGINE_FILE = "model.engine"
 METADATA_SUFFIX = ".json"
@@ -188,13 +196,14 @@ class TensorRTRuntime(Runtime):
             return []
         return [] if cuda_device_reason() else ["cuda"]
 
-    def _build(self, trt: Any, source: Path, out_dir: Path, config: BuildConfig) -> Path:
+    def _build(self, trt: Any, source: Path, out_dir: Path, config: BuildConfig,
+               calibration: Calibration | None = None) -> Path:
         import torch  # optional SDK: torch
 
         read_onnx(source)  # names the file if it is truncated or corrupt
         logger = _make_logger(trt)
         builder = trt.Builder(logger)
-        strongly = strongly_typed_only(trt)
+        strongly = strongly_typed_only(trt) or config.precision == "int8"
         flags = 0
         if strongly and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
             flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)  # ignored (always on) in 11
@@ -205,6 +214,8 @@ class TensorRTRuntime(Runtime):
             parsed_file = source
             if strongly and config.precision == "fp16":
                 parsed_file = write_fp16_onnx(source, tmp / "model.fp16.onnx")
+            elif config.precision == "int8":
+                parsed_file = write_qdq_onnx(source, tmp / "model.int8.onnx", calibration, symmetric_activations=True)
             if not parser.parse_from_file(str(parsed_file)):
                 errors = [f"{parser.get_error(i).desc()}" for i in range(parser.num_errors)] or logger.errors
                 raise ArtifactError(f"{source}: TensorRT's ONNX parser failed:\n  " + "\n  ".join(errors))
@@ -230,6 +241,7 @@ class TensorRTRuntime(Runtime):
                 "max_batch": config.max_batch, "tensorrt_version": trt.__version__, "strongly_typed": strongly,
                 "tf32": bool(tf32), "workspace_bytes": self.workspace_bytes, "source": str(source),
                 "gpu": torch.cuda.get_device_name(),
+                **({"calibration": calibration.to_dict()} if calibration is not None else {}),
             }
             staged = tmp / ENGINE_FILE
             staged.write_bytes(bytes(serialized))

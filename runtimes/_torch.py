@@ -125,6 +125,7 @@ class TorchRuntime(Runtime):
 
     install = "pip install torch"
     source_format = "torch"
+    precisions = ("fp32", "fp16")  # INT8 artifacts are onnxruntime's, OpenVINO's and TensorRT's
     loader_modules = ("compressor",)  # compressor.load_model reads the saved-model format
 
     def __init__(self, allow_pickle: bool = False):

@@ -17,6 +17,7 @@ from torch import nn
 
 from compressor.graph import count_cost
 from compressor.deploy import export_onnx, ExportConfig, flatten_outputs, fold_batchnorm, FoldReport, save_model
+from compressor.app._int8 import Int8Config, Int8Data, quantize_targets, TargetDecision
 from runtimes import get_runtime, TARGET_RUNTIME, write_bundle
 
 
@@ -24,6 +25,7 @@ from runtimes import get_runtime, TARGET_RUNTIME, write_bundle
 class ExportedBundle:
     bundle: Any  # runtimes.Bundle
     fold: FoldReport | None
+    int8: dict[str, TargetDecision] | None = None  # per target, where an INT8 export decided
 
 
 def missing_runtimes(targets: tuple[str, ...]) -> dict[str, str]:
@@ -40,7 +42,8 @@ def missing_runtimes(targets: tuple[str, ...]) -> dict[str, str]:
 def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, ...], bundle_config: Any,
                   export_config: ExportConfig | None = None, *, fold: bool = True, source: str = "",
                   weights: dict[str, Any] | None = None,
-                  progress: Callable[[str], None] | None = None) -> ExportedBundle:
+                  progress: Callable[[str], None] | None = None,
+                  int8: tuple[Int8Config, Int8Data] | None = None) -> ExportedBundle:
     """Fold ``model``'s BatchNorms, export it to ONNX and write a verified bundle at ``output``.
 
     A model returning several tensors (a tuple, list or dict: a detector's raw heads) gets one ONNX
@@ -54,6 +57,9 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
         export_config: ONNX opset and exporter.
         fold: fold BatchNorm into the convolutions first (the deployed form).
         source, weights: provenance recorded in the manifest.
+        int8: for ``bundle_config.precision == "int8"``: the INT8 options and the calibration and
+            evaluation data (:func:`compressor.app._int8.load_int8_data`). Each target ships INT8
+            or FP32 as the accuracy budget and the speed guard decide; the manifest records it.
 
     Raises:
         runtimes.RuntimeUnavailable, runtimes.ArtifactError, runtimes.BundleError; and
@@ -89,9 +95,39 @@ def export_bundle(model: nn.Module, output: str | Path, input_size: tuple[int, .
             "recipe": getattr(model, "compressor_metadata", None),
             "alignment": pruning_alignment(getattr(model, "compressor_metadata", None)),
         }
+        decisions, int8_args = None, {}
+        if bundle_config.precision == "int8":
+            if int8 is None:
+                raise ValueError("an int8 bundle needs calibration data: pass int8=(Int8Config, Int8Data)")
+            decisions, int8_args = _quantize(info.path, bundle_config, int8, Path(tmp) / "int8", extra, progress)
         bundle = write_bundle(info.path, output, reference, tuple(input_size), bundle_config, extra,
-                              progress=progress, torch_model_dir=torch_dir)
-    return ExportedBundle(bundle, fold_report)
+                              progress=progress, torch_model_dir=torch_dir, **int8_args)
+    return ExportedBundle(bundle, fold_report, decisions)
+
+
+def _quantize(onnx_path: Path, bundle_config: Any, int8: tuple[Int8Config, Int8Data], work: Path,
+              extra: dict[str, Any], progress: Callable[[str], None] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Decide INT8 or FP32 per target; the manifest entries (``int8``, ``accuracy``) go into
+    ``extra``; returns the decisions and write_bundle's INT8 arguments."""
+    config, data = int8
+    build = {"min_batch": bundle_config.min_batch, "opt_batch": bundle_config.opt_batch,
+             "max_batch": bundle_config.max_batch}
+    decisions = quantize_targets(onnx_path, bundle_config.targets, data, config, work,
+                                 threads=bundle_config.threads, build=build, progress=progress)
+    calibration = {k: v for k, v in data.calibration.to_dict().items() if k != "fp32_layers"}
+    extra["int8"] = {"calibration": calibration, "config": config.to_dict(),
+                     "targets": {t: d.to_dict() for t, d in decisions.items()}}
+    measured = {TARGET_RUNTIME[t]: d for t, d in decisions.items() if d.accuracy}
+    if measured:
+        extra["accuracy"] = {
+            "metric": "top1", "split": f"{config.calib_data} evaluation split",
+            "samples": next(iter(measured.values())).accuracy["samples"],
+            "fp32": {rt: d.accuracy["fp32"] for rt, d in measured.items()},
+            "shipped": {rt: d.accuracy["int8"] if d.precision == "int8" else d.accuracy["fp32"]
+                        for rt, d in measured.items()}}
+    prebuilt = {t: (d.artifact, d.precision) for t, d in decisions.items()}
+    return decisions, {"prebuilt": prebuilt, "held_out": data.eval_x[:config.held_out_samples],
+                       "floors": config.floors}
 
 
 def pruning_alignment(metadata: dict[str, Any] | None) -> dict[str, Any] | None:

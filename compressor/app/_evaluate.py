@@ -131,7 +131,8 @@ def open_predictor(source: nn.Module | str | Path, *, runtime: str | None = None
             if target not in bundle.manifest.get("artifacts", {}):
                 raise ValueError(f"bundle {path} has no {target!r} artifact for runtime {name!r}; it has "
                                  f"{sorted(bundle.manifest.get('artifacts', {}))}")
-            precision = bundle.manifest.get("precision", "fp32")
+            precision = (bundle.manifest.get("artifact_precision") or {}).get(
+                target, bundle.manifest.get("precision", "fp32"))  # an INT8 bundle may ship FP32 on a runtime
             session = get_runtime(name).load(bundle.artifact(target),
                                              SessionConfig(device=device, threads=threads, precision=precision))
 

@@ -36,6 +36,7 @@ import compressor.app._alignment as _alignment
 from compressor.app._speed_guard import speed_check
 from runtimes import BundleConfig, ParityError
 from compressor.app._bundle import export_bundle, missing_runtimes
+from compressor.app._int8 import Int8Config, Int8Error, load_int8_data
 from compressor.app.pipeline._core import load_pipeline, run_pipeline
 from compressor.app.pipeline._report import deployed_accuracy, HEADERS, summary_rows
 import importlib.metadata
@@ -388,9 +389,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     for target, reason in missing_runtimes(targets).items():  # fail before any work
         print(f"error: cannot export to {target}: {reason}", file=sys.stderr)
         return 2
-    claim_output(args.output, "export", force=args.force, inputs=(args.model, args.weights))
+    int8_config = _int8_config(args)
     model, name = _load_source(args)
     size = _input_size(args.input_size, name, model)
+    int8 = (int8_config, load_int8_data(int8_config, size)) if int8_config else None  # bad data: before any write
+    claim_output(args.output, "export", force=args.force, inputs=(args.model, args.weights))
     view = network_view(model)
     if view is not None:  # a detector ships its deployable network; say what runs after it
         print(f"{view.family} detector: the bundle holds {view.deploy_note}")
@@ -398,7 +401,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         exported = export_bundle(model, args.output, tuple(size), bundle_config, export_config,
                                  fold=not args.no_fold, source=name, weights=_weights_provenance(args, model),
-                                 progress=lambda m: print(f"... {m}", file=sys.stderr))
+                                 progress=lambda m: print(f"... {m}", file=sys.stderr), int8=int8)
     except ParityError as exc:  # its code is the table's (3); the message adds where the failure is recorded
         print(f"error: {exc}\n(the bundle was written with the failure recorded in manifest.json)", file=sys.stderr)
         return exc.exit_code
@@ -407,12 +410,43 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"folded {len(fold_report.folded)} BatchNorms, kept {len(fold_report.kept)}"
               + "".join(f"\n  kept {bn}: {why}" for bn, why in list(fold_report.kept.items())[:10]))
     for result in bundle.parity:
-        print(f"parity {result['runtime']}/{result['device']}/{result['precision']} batch {result['batch_size']}: "
-              f"max abs {result['max_abs_error']:.2e}, rel {result['max_rel_error']:.2e}, "
-              f"cosine {result['cosine_similarity']:.6f}, top-1 {result['top1_agreement']:.0%}: "
+        int8 = result["precision"] == "int8"
+        cosine = f"mean cosine {result['mean_cosine_similarity']:.6f}" if int8 else \
+            f"cosine {result['cosine_similarity']:.6f}"
+        print(f"parity {result['runtime']}/{result['device']}/{result['precision']} "
+              f"{'on ' + str(result['batch_size']) + ' held-out samples' if int8 else 'batch ' + str(result['batch_size'])}"
+              f": max abs {result['max_abs_error']:.2e}, rel {result['max_rel_error']:.2e}, {cosine}, "
+              f"top-1 {'agreement ' if int8 else ''}{result['top1_agreement']:.1%}: "
               f"{'ok' if result['passed'] else 'FAILED'}")
+    _print_int8(exported.int8)
     print(f"bundle written to {bundle.path}/ ({', '.join(sorted(bundle.manifest['artifacts'].values()))}, manifest.json)")
     return 0
+
+
+def _int8_config(args: argparse.Namespace) -> Int8Config | None:
+    """The INT8 options, or None for another precision (where INT8 flags are an error, not ignored)."""
+    flags = {"--calib-data": args.calib_data, "--max-accuracy-drop": args.max_accuracy_drop}
+    if args.precision != "int8":
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise Int8Error(f"{', '.join(given)} apply to --precision int8, not {args.precision}")
+        return None
+    if args.calib_data is None:
+        raise Int8Error("--precision int8 needs --calib-data (digits, folder:PATH, digits-detect or npy:FILE): "
+                        "the calibration set INT8 ranges are taken from")
+    return Int8Config(calib_data=args.calib_data, calib_samples=args.calib_samples, calib_method=args.calib_method,
+                      max_accuracy_drop=args.max_accuracy_drop, min_int8_speedup=args.min_int8_speedup,
+                      guard_batch_size=args.deploy_batch_size, min_cosine=args.min_cosine,
+                      min_top1_agreement=args.min_top1_agreement)
+
+
+def _print_int8(decisions: dict[str, Any] | None) -> None:
+    console = Console()
+    for target, d in (decisions or {}).items():
+        colour = "green" if d.precision == "int8" else "yellow"
+        console.print(f"[{colour}]{target}: ships {d.precision.upper()}: {d.reason}[/{colour}]")
+        for layer in d.fp32_layers:
+            console.print(f"  kept in FP32: {layer['layer']}: {layer['why']}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -651,7 +685,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a weights file, no for random initialisation)")
     e.add_argument("--output", required=True, help="bundle directory (replaced atomically)")
     e.add_argument("--force", action="store_true", help=FORCE_HELP)
-    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    e.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                   help="int8: post-training quantization per runtime (onnxruntime QDQ, OpenVINO NNCF, TensorRT "
+                        "Q/DQ) from --calib-data; each target keeps INT8 only if within --max-accuracy-drop and "
+                        "at least --min-int8-speedup faster than FP32, else ships FP32 (the manifest says why)")
+    e.add_argument("--calib-data", help="INT8 calibration data: digits, digits:0-4, folder:PATH, digits-detect or "
+                                        "npy:FILE (an (N, C, H, W) float array); its evaluation split scores "
+                                        "accuracy and checks parity")
+    e.add_argument("--calib-samples", type=positive_int, default=300, help="calibration samples (default 300)")
+    e.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+                   help="onnxruntime's calibrator (NNCF always uses min/max statistics)")
+    e.add_argument("--max-accuracy-drop", type=fraction_below_one,
+                   help="top-1 (a fraction, e.g. 0.01) INT8 may lose against FP32 on each runtime; over it, the "
+                        "most sensitive layers stay FP32")
+    e.add_argument("--min-int8-speedup", type=positive_float, default=1.1,
+                   help="INT8 ships only if at least this much faster than FP32 on the runtime (default 1.1)")
+    e.add_argument("--deploy-batch-size", type=positive_int, default=1,
+                   help="the batch size the INT8 speed guard times at (default 1)")
+    e.add_argument("--min-cosine", type=fraction, default=0.99, help="INT8 parity floor: cosine against FP32")
+    e.add_argument("--min-top1-agreement", type=fraction, default=0.98,
+                   help="INT8 parity floor: fraction of held-out samples with FP32's top-1")
     e.add_argument("--opset", type=positive_int, default=18)
     e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
     e.add_argument("--batch-sizes", type=positive_int_list, default=(1, 8),
