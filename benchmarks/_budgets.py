@@ -10,12 +10,15 @@ A budgets file::
         runtime: openvino       # one of runtimes.list_runtimes()
         device: cpu             # cpu (default) or cuda
         batch_size: 1
+        precision: int8         # optional: fp32, fp16 or int8; the target must be measured at it
         max_p90_ms: 12.5
         min_speedup: 1.3
         max_accuracy_drop: 0.005
 
-Each rule needs at least one budget key (:data:`METRICS`). Every error is a :class:`BudgetError`
-whose message starts with ``file:line:`` and names the key, e.g.
+Each rule needs at least one budget key (:data:`METRICS`). A rule that names a ``precision``
+fails when its target was measured at another one (an INT8 bundle ships FP32 on a runtime whose
+INT8 artifact was refused); without it, the rule takes the target at whatever precision it ran.
+Every error is a :class:`BudgetError` whose message starts with ``file:line:`` and names the key, e.g.
 ``budgets.yaml:7: rules[1].max_p90_ms must be a number > 0, got -3``. The same value checks run
 in :class:`Rule` and :class:`Budgets` ``__post_init__``, so rules built in Python are validated too.
 """
@@ -31,6 +34,7 @@ import yaml
 
 from compressor.common.errors import CompressorError
 from benchmarks._decision import DECISIONS, DEFAULT_DECISION
+from benchmarks._precision import PRECISIONS
 from runtimes import list_runtimes
 
 __all__ = ["DEFAULT_CONFIDENCE", "METRICS", "BudgetError", "Budgets", "Metric", "Rule", "load_budgets",
@@ -74,7 +78,8 @@ METRICS: dict[str, Metric] = {m.key: m for m in (
     Metric("min_speedup", "min", "x", False, "practical speedup over the baseline (median of paired ratios)"),
 )}
 TARGET_KEYS = ("name", "bundle", "runtime", "device", "batch_size")
-RULE_KEYS = (*TARGET_KEYS, *METRICS)
+OPTIONAL_KEYS = ("precision", *METRICS)  # None in a Rule: not set (an explicit YAML null is still an error)
+RULE_KEYS = (*TARGET_KEYS, *METRICS, "precision")
 TOP_KEYS = ("confidence", "decision", "rules")
 
 # ----------------------------------------------------------------------------- value checks
@@ -105,6 +110,8 @@ def _field_problem(key: str, value: Any) -> str | None:
     if key == "batch_size":
         ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
         return None if ok else f"must be an integer >= 1, got {value!r}"
+    if key == "precision":
+        return None if value in PRECISIONS else f"must be one of {', '.join(PRECISIONS)}, got {value!r}"
     if key == "runtime":
         # lazily, and only the registry: importing runtimes imports no runtime SDK
 
@@ -146,7 +153,10 @@ class Rule:
         runtime: a registered runtime name.
         batch_size: samples per batch of the measurement (accuracy budgets ignore it).
         device: ``"cpu"`` or ``"cuda"``.
-        name: how the rule is shown; ``""`` becomes ``bundle/runtime/device/bsN``.
+        name: how the rule is shown; ``""`` becomes ``bundle/runtime/device/bsN`` (``/int8`` added
+            when the rule names a precision).
+        precision: ``"fp32"``, ``"fp16"`` or ``"int8"``: the target must have been measured at this
+            precision, or every budget of the rule fails; None takes it at any precision.
         max_p50_ms, max_p90_ms, max_p99_ms: latency budgets per batch, in ms.
         min_throughput_sps: samples per second.
         max_memory_mb: measured TRM in MB (2**20 bytes).
@@ -162,6 +172,7 @@ class Rule:
     batch_size: int
     device: str = "cpu"
     name: str = ""
+    precision: str | None = None
     max_p50_ms: float | None = None
     max_p90_ms: float | None = None
     max_p99_ms: float | None = None
@@ -173,8 +184,11 @@ class Rule:
 
     def __post_init__(self) -> None:
         if self.name == "":
-            object.__setattr__(self, "name", f"{self.bundle}/{self.runtime}/{self.device}/bs{self.batch_size}")
+            suffix = f"/{self.precision}" if self.precision is not None else ""
+            object.__setattr__(self, "name", f"{self.bundle}/{self.runtime}/{self.device}/bs{self.batch_size}{suffix}")
         for key in RULE_KEYS:
+            if key in OPTIONAL_KEYS and getattr(self, key) is None:
+                continue
             problem = _field_problem(key, getattr(self, key))
             if problem:
                 raise BudgetError(f"{key} {problem}")
@@ -192,8 +206,9 @@ class Rule:
         return self.bundle, self.runtime, self.device, self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML/JSON form: the target, the name and the budgets that are set."""
-        return {**{k: getattr(self, k) for k in TARGET_KEYS}, **self.budgets}
+        """The YAML/JSON form: the target, the name, the precision if set and the budgets that are set."""
+        precision = {"precision": self.precision} if self.precision is not None else {}
+        return {**{k: getattr(self, k) for k in TARGET_KEYS}, **precision, **self.budgets}
 
 
 @dataclass(frozen=True)

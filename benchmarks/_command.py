@@ -25,6 +25,7 @@ from compressor.common.outputs import claim_output, FORCE_HELP
 from benchmarks._cli_types import (non_negative_float, non_negative_int, parse_assignments, positive_float,
                                    positive_int, seed)
 from benchmarks._completeness import describe_failure, EXIT_MEASUREMENT_FAILED, failed_measurements
+from benchmarks._precision import REQUESTS, row_precision, speedup_precision
 from benchmarks._sweep import BenchConfig, run_benchmark
 from benchmarks._timing import TimingConfig
 from benchmarks._report import write_report
@@ -58,7 +59,10 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     b.add_argument("--threads", type=positive_int, help="intra-op CPU threads of every session (default: the cores "
                                                "available to this process)")
     b.add_argument("--hint", default="latency", choices=["latency", "throughput"], help="OpenVINO performance hint")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "fp16"])
+    b.add_argument("--precision", default="auto", choices=list(REQUESTS),
+                   help="auto (default): open each bundle's artifact at the precision it computes in (an INT8 "
+                        "bundle ships FP32 where its INT8 artifact was refused); fp32, fp16 or int8 force it on "
+                        "every artifact (OpenVINO runs an FP32 IR in fp16; the other runtimes refuse a mismatch)")
     b.add_argument("--warmup", type=non_negative_int, default=3, help="untimed calls per bundle at each batch size")
     b.add_argument("--min-runs", type=positive_int, default=10, help="timed rounds per batch size, at least")
     b.add_argument("--max-runs", type=positive_int, default=500, help="timed rounds per batch size, at most")
@@ -163,26 +167,35 @@ def report_failures(results: dict[str, Any], *, oom_is_failure: bool, out: Path)
 def print_speedups(results: dict[str, Any]) -> None:
     """The practical vs theoretical speedups (or, without a baseline, the median latencies)."""
 
+    left = ("runtime", "device", "candidate", "bundle", "precision")
     if results["speedup"]:
         table = Table(title="practical vs theoretical speedup (median of interleaved per-round ratios)")
-        for col in ("runtime", "device", "batch", "candidate", "practical", "theoretical", "efficiency"):
-            table.add_column(col, justify="left" if col in ("runtime", "device", "candidate") else "right")
+        for col in ("runtime", "device", "batch", "candidate", "precision", "practical", "theoretical", "int8 factor",
+                    "efficiency"):
+            table.add_column(col, justify="left" if col in left else "right")
         for r in results["speedup"]:
-            practical = r["practical"]
-            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"],
+            practical, factor = r["practical"], r.get("int8_factor")
+            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"], _speedup_precision(results, r),
                           f"{practical['speedup_median']:.2f}x" if practical else "-",
                           f"{r['theoretical']:.2f}x" if r["theoretical"] else "-",
+                          f"{factor:.2f}x" if factor else "-",
                           f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-")
     else:
         table = Table(title="median latency per batch")
-        for col in ("runtime", "device", "batch", "bundle", "median ms", "samples/s"):
-            table.add_column(col, justify="left" if col in ("runtime", "device", "bundle") else "right")
+        for col in ("runtime", "device", "batch", "bundle", "precision", "median ms", "samples/s"):
+            table.add_column(col, justify="left" if col in left else "right")
         for r in results["latency"]:
             stats = r["stats"]
-            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"],
+            table.add_row(r["runtime"], r["device"], str(r["batch_size"]), r["bundle"], row_precision(results, r),
                           f"{stats['latency_ms_median']:.3f}" if stats else r["status"],
                           f"{stats['throughput_sps']:.1f}" if stats else "-")
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # logs do not wrap: never truncate names
+
+
+def _speedup_precision(results: dict[str, Any], row: dict[str, Any]) -> str:
+    """``int8`` when candidate and baseline share it, else ``int8 vs fp32`` (candidate vs baseline)."""
+    p = speedup_precision(results, row)
+    return f"{p.precision} vs {p.baseline}" if p.differs else p.precision
 
 
 def print_speed_warnings(results: dict[str, Any]) -> None:

@@ -15,6 +15,17 @@ p90/p99 -> a seeded percentile bootstrap over ``samples_ms``; throughput -> ``ba
 latency`` at the median and at the ends of its interval; speedup -> ``practical.speedup_ci``.
 Memory (``measured_bytes``) and accuracy are single values, compared as they are.
 
+Precision: every check records the precision its target was measured at (the row's; for accuracy,
+the precision of the artifact the bundle ships on that runtime). A rule that names a
+``precision`` fails, whatever its numbers, when that differs: an INT8 bundle whose INT8 artifact
+was refused on a runtime ships FP32 there, and an INT8 budget must not pass on FP32 timings.
+
+Accuracy comes from the accuracy given (an ``--accuracy`` file or a pipeline summary) and, for a
+bundle it does not cover, from the bundle's manifest as the report recorded it (``accuracy.shipped``:
+the top-1 of the shipped artifact on that runtime). ``max_accuracy_drop`` is measured from the
+baseline's top-1 (given, or its manifest's), or, without one, from the bundle's own FP32 top-1
+(``accuracy.fp32``: the drop its precision costs). Each check says where its numbers came from.
+
 Exit codes (:attr:`GateReport.exit_code`): any failed check -> :data:`EXIT_VIOLATED` (a definite
 violation is the actionable verdict, and an unmeasured rule must not hide it); otherwise any
 unmeasured check (missing row, an ``oom``/``error`` row, no accuracy given) or an incomplete
@@ -37,6 +48,7 @@ from benchmarks._budgets import METRICS, Budgets, Rule
 from compressor.common.errors import EXIT_NOT_MEASURED, EXIT_OK, EXIT_VIOLATED
 from benchmarks._completeness import absent_rows, describe_rows
 from benchmarks._decision import check_decision, decide
+from benchmarks._precision import bundle_artifact_precision, row_precision
 from benchmarks._report import _num, validate_results
 from benchmarks._stats import DEFAULT_RESAMPLES, bootstrap_median_ci
 from compressor.common.files import atomic_write_bytes
@@ -47,11 +59,13 @@ __all__ = ["EXIT_PASS", "EXIT_UNMEASURED", "EXIT_VIOLATED", "GATE_SCHEMA_VERSION
 EXIT_PASS, EXIT_UNMEASURED = EXIT_OK, EXIT_NOT_MEASURED  # the table is compressor.common.errors
 GATE_SCHEMA_VERSION = 2  # 2: decision rule, ci_low/ci_high and compared replace bound; report completeness
 PASS, FAIL, UNMEASURED = "pass", "fail", "unmeasured"
-TABLE_HEADERS = ("rule", "metric", "estimate", "CI low", "CI high", "budget", "margin", "status")
+TABLE_HEADERS = ("rule", "metric", "precision", "estimate", "CI low", "CI high", "budget", "margin", "status")
 _MB = 2 ** 20
 _PERCENTILE = {"max_p50_ms": ("latency_ms_median", 50.0), "max_p90_ms": ("latency_ms_p90", 90.0),
                "max_p99_ms": ("latency_ms_p99", 99.0)}
 _TABLES = ("latency", "speedup", "memory")
+_ACCURACY = ("min_accuracy", "max_accuracy_drop")
+_TABLE_OF = {"min_speedup": "speedup", "max_memory_mb": "memory"}  # the other timed metrics read "latency"
 _CHUNK_ELEMENTS = 2_000_000  # bootstrap resamples are drawn in blocks of at most this many values
 # characters XML 1.0 cannot hold even escaped (an ANSI colour code in a runtime's error, ...)
 _NOT_XML = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -71,11 +85,13 @@ class Check:
             interval (memory, accuracy) or was not measured.
         margin: headroom of the value the decision rule compared (``compared``), in the metric's
             unit; >= 0 exactly when the check passed: ``budget - value`` for max-budgets,
-            ``value - budget`` for min-budgets.
+            ``value - budget`` for min-budgets. None when unmeasured or failed on precision.
         marginal: the budget lies inside the interval: another decision rule could decide otherwise.
         detail: why, in words (the reason for an unmeasured check).
         decision: the decision rule applied (:data:`benchmarks._decision.DECISIONS`).
         compared: ``"estimate"``, ``"upper bound"`` or ``"lower bound"``.
+        precision: the precision the target was measured at (None when nothing says); when the
+            rule names another, the check failed on it.
     """
 
     rule: Rule
@@ -90,6 +106,7 @@ class Check:
     detail: str = ""
     decision: str = "point"
     compared: str = "estimate"
+    precision: str | None = None
 
     def show(self, value: float | None) -> str:
         """``value`` rounded for printing, with the metric's unit; a dash for None."""
@@ -99,7 +116,7 @@ class Check:
     def summary(self) -> str:
         """One line: the estimate, both bounds, budget and margin with units, the rule, then the detail."""
         if self.measured is None:
-            return f"unmeasured (budget {self.show(self.budget)}): {self.detail}"
+            return f"{self.status} (budget {self.show(self.budget)}): {self.detail}"
         interval = (f"CI [{self.show(self.low)}, {self.show(self.high)}]" if self.low is not None
                     else "no CI (exact value)")
         return (f"estimate {self.show(self.measured)}, {interval}, budget {self.show(self.budget)}, "
@@ -112,7 +129,8 @@ class Check:
                 "batch_size": rule.batch_size, "metric": self.metric, "direction": metric.direction,
                 "unit": metric.unit, "status": self.status, "measured": self.measured, "ci_low": self.low,
                 "ci_high": self.high, "budget": self.budget, "margin": self.margin, "compared": self.compared,
-                "decision": self.decision, "marginal": self.marginal, "detail": self.detail}
+                "decision": self.decision, "marginal": self.marginal, "detail": self.detail,
+                "precision": self.precision, "required_precision": rule.precision}
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,7 @@ class _Lookup:
         self.confidence = confidence
         self.rows = {t: {_row_key(r): r for r in results[t]} for t in _TABLES}
         self.bundles = [b["name"] for b in results["bundles"]]
+        self.entries = {b["name"]: b for b in results["bundles"]}
         self.report_baseline = next((b["name"] for b in results["bundles"] if b["role"] == "baseline"), None)
         self.accuracy = _accuracy_table(accuracy)
 
@@ -238,12 +257,83 @@ class _Lookup:
             raise _NotMeasured(f"the {table} measurement ended with {row['status']}: {row['error']}")
         return row
 
-    def top1(self, bundle: str, runtime: str, what: str) -> float:
-        value = self.accuracy.get(bundle, {}).get(runtime)
+    # --- precision ---------------------------------------------------------------------------
+    def shipped_precision(self, bundle: str, runtime: str) -> str | None:
+        """The precision of the artifact ``bundle`` ships for ``runtime``; None for an unknown bundle."""
+        entry = self.entries.get(bundle)
+        if entry is None:
+            return None
+        if "artifact_precision" in entry:
+            return bundle_artifact_precision(entry, runtime)
+        return row_precision(self.results, {"bundle": bundle, "runtime": runtime})  # a version 1 report
+
+    def precision(self, rule: Rule, metric: str) -> str | None:
+        """The precision ``metric`` of ``rule`` was measured at: its row's, or for accuracy the
+        shipped artifact's; None when there is no row to say."""
+        if metric in _ACCURACY:
+            return self.shipped_precision(rule.bundle, rule.runtime)
+        row = self.rows[_TABLE_OF.get(metric, "latency")].get(rule.target)
+        return row_precision(self.results, row) if row is not None else None
+
+    def precision_mismatch(self, rule: Rule, measured: str) -> str:
+        """Why the target's precision is not the rule's, e.g. ``bundle b ships fp32 on openvino (its
+        INT8 artifact was refused: ...), rule asks int8``."""
+        shipped = self.shipped_precision(rule.bundle, rule.runtime)
+        if shipped is not None and shipped != measured:
+            what = (f"bundle {rule.bundle} was measured at {measured} on {rule.runtime} (the benchmark forced "
+                    f"--precision {measured}; the artifact computes in {shipped})")
+        else:
+            what = f"bundle {rule.bundle} ships {measured} on {rule.runtime}{self._why_not_int8(rule, measured)}"
+        return f"{what}, rule asks {rule.precision}"
+
+    def _why_not_int8(self, rule: Rule, measured: str) -> str:
+        """Why a bundle ships no INT8 artifact that a rule asks for: refused at export (with the
+        manifest's reason), or never asked for; empty when the rule asks for something else."""
+        if measured == "int8" or rule.precision != "int8":
+            return ""
+        entry = self.entries.get(rule.bundle) or {}
+        decision = (entry.get("int8_decision") or {}).get(rule.runtime) or {}
+        if decision.get("decision") == "fp32" or entry.get("precision") == "int8":
+            reason = decision.get("reason")
+            return f" (its INT8 artifact was refused: {reason})" if reason else " (its INT8 artifact was refused)"
+        return f" (the bundle was exported in {entry.get('precision') or measured})"
+
+    # --- accuracy ----------------------------------------------------------------------------
+    def _manifest_top1(self, bundle: str | None, kind: str, runtime: str) -> tuple[float, str] | None:
+        """``accuracy[kind][runtime]`` of a bundle entry (its manifest's), and where it came from."""
+        accuracy = (self.entries.get(bundle) or {}).get("accuracy") or {}
+        value = (accuracy.get(kind) or {}).get(runtime)
         if value is None:
+            return None
+        split = f", {accuracy['split']} split" if accuracy.get("split") else ""
+        samples = f", {accuracy['samples']} samples" if accuracy.get("samples") else ""
+        return value, f"{bundle} {kind} top-1 {value:.4f} from its manifest{split}{samples}"
+
+    def _given(self, bundle: str | None, runtime: str) -> tuple[float, str] | None:
+        value = self.accuracy.get(bundle, {}).get(runtime) if bundle else None
+        return None if value is None else (value, f"{bundle} top-1 {value:.4f} as given")
+
+    def top1(self, bundle: str, runtime: str) -> tuple[float, str]:
+        """A bundle's top-1 on ``runtime`` and where it came from: the accuracy given, else the
+        shipped artifact's that its manifest records."""
+        found = self._given(bundle, runtime) or self._manifest_top1(bundle, "shipped", runtime)
+        if found is None:
             given = ", ".join(f"{b}/{r}" for b, by in self.accuracy.items() for r in by) or "none"
-            raise _NotMeasured(f"no {what} accuracy for {bundle} on {runtime} (given: {given})")
-        return value
+            raise _NotMeasured(f"no top-1 accuracy for {bundle} on {runtime} (given: {given}; its manifest records "
+                               "none)")
+        return found
+
+    def baseline_top1(self, bundle: str, runtime: str) -> tuple[float, str]:
+        """The top-1 ``bundle``'s drop is measured from, and where it came from: the baseline's given
+        (``"baseline"``, else the report's baseline bundle), else the report baseline's manifest
+        figure, else ``bundle``'s own FP32 top-1 from its manifest (the drop its precision costs)."""
+        found = (self._given("baseline", runtime) or self._given(self.report_baseline, runtime)
+                 or self._manifest_top1(self.report_baseline, "shipped", runtime)
+                 or self._manifest_top1(bundle, "fp32", runtime))
+        if found is None:
+            raise _NotMeasured(f"no baseline accuracy on {runtime}: give accuracy['baseline'], or a report whose "
+                               f"baseline bundle has one, or a bundle whose manifest records its fp32 accuracy")
+        return found
 
 
 def _accuracy_table(accuracy: dict[str, Any] | None) -> dict[str, dict[str, float]]:
@@ -305,17 +395,32 @@ def _measure(lookup: _Lookup, rule: Rule, metric: str) -> _Measurement:
         if row["measured_bytes"] is None:
             raise _NotMeasured("the memory row has no measured TRM")
         return _Measurement(row["measured_bytes"] / _MB, None, "measured TRM, no interval")
-    top1 = lookup.top1(rule.bundle, rule.runtime, "top-1")
+    top1, source = lookup.top1(rule.bundle, rule.runtime)
     if metric == "min_accuracy":
-        return _Measurement(top1, None, "top-1")
-    baseline = "baseline" if "baseline" in lookup.accuracy else lookup.report_baseline
-    if baseline is None:
-        raise _NotMeasured("no baseline accuracy: give accuracy['baseline'] or a report with a baseline bundle")
-    base = lookup.top1(baseline, rule.runtime, "baseline top-1")
-    return _Measurement(base - top1, None, f"baseline top-1 {base:.4f} - top-1 {top1:.4f}")
+        return _Measurement(top1, None, source)
+    base, base_source = lookup.baseline_top1(rule.bundle, rule.runtime)
+    return _Measurement(base - top1, None, f"{base_source} - {source}")
 
 
-def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float, decision: str) -> Check:
+def _check(lookup: _Lookup, rule: Rule, metric: str, confidence: float, decision: str) -> Check:
+    """One budget of one rule: fail on the wrong precision, unmeasured without a measurement, else decided."""
+    budget, precision = rule.budgets[metric], lookup.precision(rule, metric)
+    try:
+        m: _Measurement | None = _measure(lookup, rule, metric)
+        why = ""
+    except _NotMeasured as exc:
+        m, why = None, str(exc)
+    if rule.precision is not None and precision is not None and precision != rule.precision:
+        low, high = m.interval if m is not None and m.interval is not None else (None, None)
+        return Check(rule, metric, FAIL, budget, m.value if m else None, low, high,
+                     detail=lookup.precision_mismatch(rule, precision), decision=decision, precision=precision)
+    if m is None:
+        return Check(rule, metric, UNMEASURED, budget, detail=why, decision=decision, precision=precision)
+    return _decide(rule, metric, m, confidence, decision, precision)
+
+
+def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float, decision: str,
+            precision: str | None = None) -> Check:
     """Apply ``decision`` (:func:`benchmarks._decision.decide`) to one measurement."""
     budget = rule.budgets[metric]
     direction = METRICS[metric].direction
@@ -328,7 +433,7 @@ def _decide(rule: Rule, metric: str, m: _Measurement, confidence: float, decisio
     detail = f"{detail} ({m.note})" if m.note else detail
     low, high = m.interval if m.interval is not None else (None, None)
     return Check(rule, metric, PASS if verdict.within else FAIL, budget, m.value, low, high, verdict.margin,
-                 verdict.budget_in_interval, detail, decision, verdict.compared)
+                 verdict.budget_in_interval, detail, decision, verdict.compared, precision)
 
 
 def _incomplete(results: dict[str, Any]) -> tuple[str, ...]:
@@ -353,7 +458,9 @@ def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str,
         results: a ``results.json`` dict (``benchmarks/results.schema.json``).
         accuracy: top-1 fractions ``{bundle: {runtime: top1}}``, optionally with ``"baseline":
             {runtime: top1}`` for ``max_accuracy_drop`` (without it the report's baseline bundle's
-            entry is used); a pipeline evaluate step's ``{"top1": {...}}`` is accepted as well.
+            entry is used); a pipeline evaluate step's ``{"top1": {...}}`` is accepted as well. A
+            bundle it does not cover is judged on the accuracy its manifest recorded (see the
+            module docstring).
         decision: ``"point"``, ``"strict"`` or ``"lenient"`` (:mod:`benchmarks._decision`);
             None takes the budgets file's (``point`` unless it says otherwise).
 
@@ -368,13 +475,8 @@ def evaluate_gate(budgets: Budgets, results: dict[str, Any], accuracy: dict[str,
     decision = check_decision(budgets.decision if decision is None else decision)
     validate_results(results)
     lookup = _Lookup(results, accuracy, budgets.confidence)
-    checks = []
-    for rule in budgets.rules:
-        for metric, budget in rule.budgets.items():
-            try:
-                checks.append(_decide(rule, metric, _measure(lookup, rule, metric), budgets.confidence, decision))
-            except _NotMeasured as why:
-                checks.append(Check(rule, metric, UNMEASURED, budget, detail=str(why), decision=decision))
+    checks = [_check(lookup, rule, metric, budgets.confidence, decision)
+              for rule in budgets.rules for metric in rule.budgets]
     return GateReport(tuple(checks), budgets.confidence, budgets.source, decision, _incomplete(results))
 
 
@@ -412,9 +514,16 @@ def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def table_rows(report: GateReport) -> list[tuple[str, ...]]:
     """One row of strings per check, for :data:`TABLE_HEADERS` (plain text or a rich table)."""
-    return [(c.rule.name, c.metric, c.show(c.measured), c.show(c.low), c.show(c.high), c.show(c.budget),
-             c.show(c.margin), c.status.upper() + (" (budget inside CI)" if c.marginal else ""))
+    return [(c.rule.name, c.metric, _precision_cell(c), c.show(c.measured), c.show(c.low), c.show(c.high),
+             c.show(c.budget), c.show(c.margin), c.status.upper() + (" (budget inside CI)" if c.marginal else ""))
             for c in report.checks]
+
+
+def _precision_cell(check: Check) -> str:
+    """``int8``; ``fp32 (rule: int8)`` when the rule asks for another one."""
+    shown = check.precision or "—"
+    asked = check.rule.precision
+    return shown if asked is None or asked == check.precision else f"{shown} (rule: {asked})"
 
 
 def format_table(report: GateReport) -> str:

@@ -11,7 +11,7 @@ that holds nothing else, so :func:`measure_memory` starts a child Python
 2. records the baseline: ``VmRSS`` from ``/proc/self/status`` (and resets the peak ``VmHWM`` to
    it by writing ``5`` to ``/proc/self/clear_refs``) and, on CUDA, the process's device memory,
 3. loads the artifact with ``runtimes.get_runtime(name).load(path, SessionConfig(device=...,
-   threads=N))`` and samples both again,
+   threads=N, precision=P))`` and samples both again,
 4. creates a random normal float32 batch and runs it ``runs`` times (sampling after each run),
 5. reports ``VmHWM`` and the device peak, and the session's settings, as one JSON line.
 
@@ -214,7 +214,7 @@ def _check_positive_int(name: str, value: Any) -> None:
 
 def measure_memory(runtime: str, artifact: str | Path, input_shape: Sequence[Any], batch_size: int,
                    threads: int = 1, runs: int = 3, timeout_s: float = 300, *, device: str = "cpu",
-                   seed: int = 0) -> MemoryResult:
+                   seed: int = 0, precision: str = "fp32") -> MemoryResult:
     """Measure a session's memory in a fresh subprocess (see the module docstring).
 
     Args:
@@ -230,6 +230,8 @@ def measure_memory(runtime: str, artifact: str | Path, input_shape: Sequence[Any
         device: ``"cpu"`` (resident memory) or ``"cuda"`` (device memory; torch, onnxruntime
             with the CUDA provider, tensorrt). OpenVINO's ``"gpu"`` plugin is not measured.
         seed: seed of the random normal input batch.
+        precision: what the artifact is loaded as (``SessionConfig.precision``): the precision it
+            was built with (an INT8 artifact needs ``"int8"``), or ``"fp16"`` for an OpenVINO FP32 IR.
 
     Raises:
         ValueError: bad arguments, an unknown runtime (the message lists the known ones), or a
@@ -253,6 +255,7 @@ def measure_memory(runtime: str, artifact: str | Path, input_shape: Sequence[Any
     if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
             or timeout_s <= 0:
         raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    SessionConfig(device=device, precision=precision)  # a bad precision fails here, named, not in the child
     path = Path(artifact).resolve()
     if not path.exists():
         raise FileNotFoundError(f"artifact {path} does not exist; cannot measure {runtime} memory")
@@ -263,7 +266,7 @@ def measure_memory(runtime: str, artifact: str | Path, input_shape: Sequence[Any
 
     cmd = [sys.executable, "-m", "benchmarks._memory", "--runtime", runtime, "--artifact", str(path),
            "--shape", ",".join(map(str, shape)), "--batch-size", str(batch_size), "--threads", str(threads),
-           "--runs", str(runs), "--seed", str(seed), "--device", device]
+           "--runs", str(runs), "--seed", str(seed), "--device", device, "--precision", precision]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     what = f"{runtime} {device} memory measurement of {path} (batch {batch_size})"
@@ -409,7 +412,7 @@ def _engine_device_memory_bytes(session: Any) -> int | None:
 
 
 def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int, threads: int, runs: int,
-           seed: int, device: str = "cpu") -> dict[str, Any]:
+           seed: int, device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     """The measurement itself; runs in the fresh subprocess."""
 
     rt = get_runtime(runtime)
@@ -425,7 +428,7 @@ def _child(runtime: str, artifact: Path, shape: tuple[int, ...], batch_size: int
             probe.sample()
             probe.reset_peak()
         peak_reset = _reset_peak_rss()
-        session = rt.load(artifact, SessionConfig(device=device, threads=threads))
+        session = rt.load(artifact, SessionConfig(device=device, threads=threads, precision=precision))
         try:
             loaded = read_proc_status_bytes("VmRSS")["VmRSS"]
             if probe:
@@ -460,11 +463,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--precision", default="fp32", help="SessionConfig.precision of the artifact")
     args = parser.parse_args(argv)
     shape = tuple(int(d) for d in args.shape.split(","))
     try:
         report = _child(args.runtime, args.artifact, shape, args.batch_size, args.threads, args.runs, args.seed,
-                        args.device)
+                        args.device, args.precision)
     except Exception as err:  # noqa: BLE001 - any failure is reported to the parent, which raises it
         traceback.print_exc()
         # one marked line with the error itself, which the parent quotes in its exception

@@ -1,7 +1,8 @@
 """Turn a ``compressor bench`` results dict into a report directory.
 
-The results dict follows ``benchmarks/results.schema.json`` (schema_version 1). A report is a
-directory holding :data:`REPORT_FILES`:
+The results dict follows ``benchmarks/results.schema.json`` (schema_version 2; a version 1 report
+still reads, every artifact at its ``config.precision``). A report is a directory holding
+:data:`REPORT_FILES`:
 
 * ``results.json``: the results, unrounded (indent 1);
 * ``results.csv``: one row per latency row, joined with its speedup and memory rows;
@@ -16,6 +17,18 @@ directory holding :data:`REPORT_FILES`:
 The directory is written with :func:`compressor.deploy._serialize.atomic_directory`: a failure leaves
 an older report in place, never a half-written one, and Ctrl-C waits until the report is written.
 Numbers are rounded only when printed.
+
+Precision is a column of every table: the precision each artifact was opened at
+(:func:`benchmarks._precision.row_precision`). Theoretical speedup stays FLOPs-based, the FLOPs
+ratio baseline / candidate. When a candidate's precision differs from its baseline's at the same
+runtime and batch size, the speedup it should show is not the FLOPs ratio alone: an INT8
+candidate over an FP32 baseline also gains what quantisation gains. That gain, the *INT8 factor*,
+is the INT8-over-FP32 speedup the candidate's export measured on that runtime (its manifest's
+``int8.targets[target].speed.speedup``, recorded per runtime in its bundle entry as
+``int8_factor``). It is reported in its own column (``int8_factor`` in the CSV), and where it is
+known efficiency = practical / (theoretical x int8_factor). Where the precisions differ and no
+factor is known (no guard figures, or a baseline in INT8 and a candidate not), efficiency stays
+practical / theoretical and is marked "precision differs": it then mixes pruning and precision.
 """
 from __future__ import annotations
 
@@ -34,21 +47,23 @@ from typing import Any
 
 from compressor.common.outputs import atomic_directory, deferred_sigint
 
+from benchmarks._precision import bundle_artifact_precision, row_precision, RowPrecision, speedup_precision
 from benchmarks._speed_verdict import EFFICIENCY_FLOOR, speed_warnings
 from jsonschema import Draft202012Validator
 
 __all__ = ["PLOT_FILES", "REPORT_FILES", "SCHEMA_VERSION", "render_markdown", "validate_results", "write_report"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the version written; results.schema.json reads 1 as well
 SCHEMA_FILE = "results.schema.json"
 PLOT_FILES = ("latency_vs_batch.png", "throughput_vs_batch.png", "speedup_vs_batch.png", "memory_vs_batch.png")
 REPORT_FILES = ("results.json", "results.csv", "summary.md", *PLOT_FILES, "report.html")
 CSV_COLUMNS = (
-    "runtime", "device", "batch_size", "bundle", "role", "status",
+    "runtime", "device", "batch_size", "bundle", "role", "status", "precision",
     "latency_ms_median", "latency_ms_ci_low", "latency_ms_ci_high", "latency_ms_p90", "latency_ms_p95",
     "latency_ms_p99", "latency_ms_mean", "latency_ms_std", "latency_ms_min", "latency_ms_max", "n",
     "per_sample_ms_median", "throughput_sps",
     "speedup_practical", "speedup_ci_low", "speedup_ci_high", "speedup_theoretical", "efficiency",
+    "baseline_precision", "int8_factor",
     "memory_measured_bytes", "memory_peak_bytes", "memory_theoretical_bytes", "error",
 )
 _STATS_COLUMNS = ("latency_ms_median", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean",
@@ -135,6 +150,7 @@ class _Row:
     memory: dict[str, Any] | None
     stats: dict[str, Any] | None  # latency["stats"]
     practical: dict[str, Any] | None  # speedup["practical"]
+    precision: RowPrecision
 
 
 def _sort_key(results: dict[str, Any]) -> Callable[[dict[str, Any]], tuple]:
@@ -152,7 +168,8 @@ def _joined(results: dict[str, Any]) -> list[_Row]:
     out = []
     for r in rows:
         sp = speedup.get(_key(r))
-        out.append(_Row(r, roles[r["bundle"]], sp, memory.get(_key(r)), r["stats"], sp and sp["practical"]))
+        precision = speedup_precision(results, sp) if sp else RowPrecision(row_precision(results, r))
+        out.append(_Row(r, roles[r["bundle"]], sp, memory.get(_key(r)), r["stats"], sp and sp["practical"], precision))
     return out
 
 
@@ -195,15 +212,25 @@ def _main_table(rows: list[_Row]) -> _Table:
         s, p, lat = r.stats, r.practical, r.latency
         median = f"{_num(s['latency_ms_median'])} [{', '.join(map(_num, s['median_ci_ms']))}]" if s else _DASH
         speedup = "{:.2f}x [{:.2f}, {:.2f}]".format(p["speedup_median"], *p["speedup_ci"]) if p else _DASH
-        theoretical = efficiency = _DASH
+        theoretical = efficiency = factor = _DASH
         if r.speedup:
             theoretical = _fmt("{:.2f}x", r.speedup["theoretical"])
-            efficiency = _fmt("{:.0%}", r.speedup["efficiency"])
+            efficiency, factor = _efficiency_cells(r.precision)
         out.append((lat["runtime"], lat["device"], str(lat["batch_size"]), lat["bundle"], r.role, lat["status"],
-                    median, _num(s and s["latency_ms_p90"]), _num(s and s["latency_ms_p99"]),
-                    _num(s and s["throughput_sps"]), speedup, theoretical, efficiency))
-    return _Table(("runtime", "device", "batch", "bundle", "role", "status", f"median ms [{level}]", "p90 ms",
-                   "p99 ms", "throughput sps", f"speedup [{speedup_level}]", "theoretical", "efficiency"), out)
+                    r.precision.precision, median, _num(s and s["latency_ms_p90"]), _num(s and s["latency_ms_p99"]),
+                    _num(s and s["throughput_sps"]), speedup, theoretical, efficiency, factor))
+    return _Table(("runtime", "device", "batch", "bundle", "role", "status", "precision", f"median ms [{level}]",
+                   "p90 ms", "p99 ms", "throughput sps", f"speedup [{speedup_level}]", "theoretical", "efficiency",
+                   "INT8 factor"), out)
+
+
+def _efficiency_cells(p: RowPrecision) -> tuple[str, str]:
+    """The efficiency and INT8-factor cells of a candidate row; a mixed-precision efficiency without
+    a factor is marked, since it then credits pruning with what the precision did."""
+    efficiency = _fmt("{:.0%}", p.efficiency)
+    if p.differs and p.int8_factor is None and p.efficiency is not None:
+        efficiency += f" (precision differs: {p.precision} vs {p.baseline})"
+    return efficiency, _fmt("{:.2f}x", p.int8_factor)
 
 
 def _memory_table(results: dict[str, Any]) -> _Table:
@@ -211,18 +238,56 @@ def _memory_table(results: dict[str, Any]) -> _Table:
     for m in sorted(results["memory"], key=_sort_key(results)):
         measured, theoretical = m["measured_bytes"], m["theoretical_bytes"]
         ratio = measured / theoretical if measured is not None and theoretical else None
-        out.append((m["runtime"], m["device"], str(m["batch_size"]), m["bundle"], m["status"], _mib(measured),
-                    _mib(theoretical), _fmt("{:.2f}", ratio), _mib(m["peak_bytes"])))
-    return _Table(("runtime", "device", "batch", "bundle", "status", "measured TRM MiB", "theoretical TRM MiB",
-                   "measured / theoretical", "peak RSS MiB"), out)
+        out.append((m["runtime"], m["device"], str(m["batch_size"]), m["bundle"], m["status"],
+                    row_precision(results, m), _mib(measured), _mib(theoretical), _fmt("{:.2f}", ratio),
+                    _mib(m["peak_bytes"])))
+    return _Table(("runtime", "device", "batch", "bundle", "status", "precision", "measured TRM MiB",
+                   "theoretical TRM MiB", "measured / theoretical", "peak RSS MiB"), out)
 
 
 def _bundle_table(results: dict[str, Any]) -> _Table:
     trained = {True: "yes", False: "no", None: "unknown"}
     out = [(b["name"], b["role"], b["source"] or _DASH, _num(b["flops"] and b["flops"] / 1e6), _fmt("{:,}", b["params"]),
-            _mib(b["mps_bytes"]), trained[b["weights_trained"]], b["path"]) for b in results["bundles"]]
-    return _Table(("bundle", "role", "source", "MFLOPs / sample", "params", "MPS MiB", "weights trained", "path"),
-                  out)
+            _mib(b["mps_bytes"]), trained[b["weights_trained"]], _artifact_precisions(b), b["path"])
+           for b in results["bundles"]]
+    return _Table(("bundle", "role", "source", "MFLOPs / sample", "params", "MPS MiB", "weights trained",
+                   "artifact precision", "path"), out)
+
+
+def _artifact_precisions(bundle: dict[str, Any]) -> str:
+    """``onnx int8, openvino fp32``; a dash for a report written before bundles recorded it."""
+    return ", ".join(f"{t} {p}" for t, p in (bundle.get("artifact_precision") or {}).items()) or _DASH
+
+
+def _int8_lines(results: dict[str, Any]) -> list[str]:
+    """Per bundle and runtime, what its export decided: the precision shipped (and why INT8 was
+    refused), the INT8 factor its guard measured, and the accuracy it recorded."""
+    out = []
+    for b in results["bundles"]:
+        decisions, accuracy = b.get("int8_decision") or {}, b.get("accuracy") or {}
+        for runtime in dict.fromkeys([*decisions, *accuracy.get("shipped", {})]):
+            out.append("; ".join([_shipped(b, runtime, decisions.get(runtime) or {}),
+                                  *_accuracy_parts(accuracy, runtime)]))
+    return out
+
+
+def _shipped(bundle: dict[str, Any], runtime: str, decision: dict[str, Any]) -> str:
+    """``pruned/openvino: ships fp32 (INT8 refused: ...); INT8 factor 1.10x at batch 8``."""
+    refused = "INT8 refused: " if decision.get("decision") == "fp32" else ""
+    text = f"{bundle['name']}/{runtime}: ships {bundle_artifact_precision(bundle, runtime)}"
+    text += f" ({refused}{decision['reason']})" if decision.get("reason") else ""
+    speed = decision.get("speed") or {}
+    if speed.get("speedup"):
+        text += f"; INT8 factor {speed['speedup']:.2f}x at batch {speed.get('batch_size', '?')}"
+    return text
+
+
+def _accuracy_parts(accuracy: dict[str, Any], runtime: str) -> list[str]:
+    shipped, fp32 = accuracy.get("shipped", {}).get(runtime), accuracy.get("fp32", {}).get(runtime)
+    if shipped is None:
+        return []
+    where = f" ({accuracy['split']}, {accuracy['samples']} samples)" if accuracy.get("split") else ""
+    return [f"top-1 {shipped:.4f} shipped" + (f", {fp32:.4f} fp32" if fp32 is not None else "") + where]
 
 
 def _environment(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -263,7 +328,9 @@ def _failures(results: dict[str, Any]) -> list[str]:
 
 _NOTES = ("Latency is per batch; its CI is a bootstrap interval of the median. The practical speedup is the "
           "median of the per-round baseline/candidate latency ratios of interleaved rounds; theoretical is the "
-          "FLOPs ratio; efficiency = practical / theoretical.")
+          "FLOPs ratio; efficiency = practical / theoretical, or practical / (theoretical x INT8 factor) for an "
+          "INT8 candidate over a baseline that is not, where its export measured the INT8 factor (its INT8-over-"
+          "FP32 speedup on that runtime). Precision is the precision each artifact was opened at.")
 
 
 def _speed_warning_table(results: dict[str, Any]) -> _Table:
@@ -288,11 +355,13 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, _Table | list[str] | s
     The speed warnings come first, and only when there are some."""
     rows = _joined(results)
     warned = _speed_warning_table(results)
+    int8 = _int8_lines(results)
     return [
         *([(SPEED_WARNINGS, warned, _SPEED_NOTE)] if warned.rows else []),
         ("Environment", [f"{k}: {v}" for k, v in _environment(results)], ""),
         ("Bundles", _bundle_table(results) if results["bundles"] else "No bundles.", ""),
         ("Latency and speedup", _main_table(rows) if rows else "No latency rows.", _NOTES if rows else ""),
+        *([("INT8 decisions and accuracy (from the manifests)", int8, "")] if int8 else []),
         ("Memory (TRM)", _memory_table(results) if results["memory"] else
          "No memory rows (memory measurement was off or did not run).", ""),
         ("Failed runs", _failures(results) or "None.", ""),
@@ -343,12 +412,13 @@ def _csv_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         ci, speedup_ci = s.get("median_ci_ms", (None, None)), p.get("speedup_ci", (None, None))
         out.append({
             "runtime": lat["runtime"], "device": lat["device"], "batch_size": lat["batch_size"],
-            "bundle": lat["bundle"], "role": r.role, "status": lat["status"],
+            "bundle": lat["bundle"], "role": r.role, "status": lat["status"], "precision": r.precision.precision,
             **{c: s.get(c) for c in _STATS_COLUMNS}, "latency_ms_ci_low": ci[0], "latency_ms_ci_high": ci[1],
             "speedup_practical": p.get("speedup_median"), "speedup_ci_low": speedup_ci[0],
             "speedup_ci_high": speedup_ci[1],
             "speedup_theoretical": r.speedup["theoretical"] if r.speedup else None,
-            "efficiency": r.speedup["efficiency"] if r.speedup else None,
+            "efficiency": r.precision.efficiency if r.speedup else None,
+            "baseline_precision": r.precision.baseline, "int8_factor": r.precision.int8_factor,
             "memory_measured_bytes": m.get("measured_bytes"), "memory_peak_bytes": m.get("peak_bytes"),
             "memory_theoretical_bytes": m.get("theoretical_bytes"), "error": "; ".join(errors),
         })
@@ -506,7 +576,7 @@ def _plots(results: dict[str, Any]) -> dict[str, bytes]:
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:110em}table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}th{background:#eee}
-td:nth-child(-n+6){text-align:left}img{max-width:100%;margin:.5em 0}
+td:nth-child(-n+7){text-align:left}img{max-width:100%;margin:.5em 0}
 .speed-warnings{border:3px solid #c00;background:#fee;padding:0 1em;margin:1em 0}
 .speed-warnings h2{color:#c00}.speed-warnings td:last-child{text-align:left}"""
 

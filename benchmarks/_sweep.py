@@ -9,6 +9,12 @@ judged against the FLOPs ratio (:func:`benchmarks._speed_verdict.speed_verdict`)
 measured afterwards, one fresh subprocess per runtime x batch size x bundle
 (:func:`benchmarks._memory.measure_memory`), next to the theoretical TRM = MPS + FM * 4 * BS.
 
+Precision is a dimension of every row: by default (``precision="auto"``) each bundle's artifact
+is opened at the precision it computes in (an INT8 bundle may ship an FP32 artifact for a runtime
+whose INT8 one was refused; :mod:`benchmarks._precision`), so a candidate may be INT8 where its
+baseline is FP32. Its speedup row then carries the INT8 factor its export measured, and its
+efficiency and speed verdict are judged against FLOPs ratio x INT8 factor.
+
 The latency of one call is what a deployed numpy-in, numpy-out call costs: on a GPU it includes
 copying the input to the device and the outputs back. Every output is fetched
 (``Session.run_all``): a detector's several head outputs are all part of its inference.
@@ -29,6 +35,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from benchmarks._env import available_cores, collect_environment
+from benchmarks._precision import (applied_int8_factor, artifact_precision, DEFAULT_PRECISION, int8_by_runtime,
+                                   manifest_accuracy, precision_problem, REQUESTS)
 from benchmarks._records import check_known_keys
 from benchmarks._speed_verdict import speed_verdict
 from benchmarks._stats import efficiency, paired_speedup, summarize
@@ -40,7 +48,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 __all__ = ["BenchBundle", "BenchConfig", "DEFAULT_BATCH_SIZES", "SCHEMA_VERSION", "load_bench_bundles",
            "run_benchmark"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: precision on every row, artifact precision, accuracy and INT8 factor per bundle
 BENCH_DEVICES = ("cpu", "cuda")
 DEFAULT_BATCH_SIZES = {"cpu": (1, 2, 4, 8, 16, 32, 64), "cuda": (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)}
 DEFAULT_TIMING = TimingConfig(warmup=3, min_runs=10, max_runs=500, min_seconds=2.0, max_seconds=20.0)
@@ -70,7 +78,10 @@ class BenchConfig:
         threads: intra-op CPU threads of every session; ``None`` uses the cores available to this
             process. Always recorded.
         hint: OpenVINO's performance hint, ``"latency"`` or ``"throughput"``.
-        precision: ``"fp32"`` or ``"fp16"`` (the bundles must have been built for it).
+        precision: ``"auto"`` opens each bundle's artifact at its own precision
+            (:meth:`BenchBundle.artifact_precision`); ``"fp32"``, ``"fp16"`` or ``"int8"`` forces
+            it on every artifact (the runtimes refuse an artifact built otherwise, but OpenVINO runs
+            an FP32 IR in FP16).
         timing: warm-up and the bounds of the interleaved timed rounds at each batch size.
         memory: measure runtime memory in fresh subprocesses (one per runtime x batch x bundle).
         memory_runs: batches run in each memory subprocess.
@@ -90,7 +101,7 @@ class BenchConfig:
     batch_sizes: tuple[int, ...] | None = None
     threads: int | None = None
     hint: str = "latency"
-    precision: str = "fp32"
+    precision: str = "auto"
     timing: TimingConfig = DEFAULT_TIMING
     memory: bool = True
     memory_runs: int = 2
@@ -133,8 +144,8 @@ class BenchConfig:
             _check_positive_int("threads", self.threads)
         if self.hint not in ("latency", "throughput"):
             raise ValueError(f"hint must be 'latency' or 'throughput', got {self.hint!r}")
-        if self.precision not in ("fp32", "fp16"):
-            raise ValueError(f"precision must be 'fp32' or 'fp16', got {self.precision!r}")
+        if self.precision not in REQUESTS:
+            raise ValueError(f"precision must be one of {', '.join(map(repr, REQUESTS))}, got {self.precision!r}")
         if not isinstance(self.timing, TimingConfig):
             raise TypeError(f"timing must be a TimingConfig, got {type(self.timing).__name__}")
         _check_positive_int("memory_runs", self.memory_runs)
@@ -182,6 +193,19 @@ class BenchBundle:
         rel = (self.manifest.get("artifacts") or {}).get(_runtime_target(runtime))
         return self.path / rel if rel is not None else None
 
+    def artifact_precision(self, runtime: str) -> str:
+        """The precision ``runtime``'s artifact computes in (``artifact_precision`` of the manifest,
+        else its ``precision``, else fp32): an INT8 bundle ships FP32 where its INT8 was refused."""
+        return artifact_precision(self.manifest, _runtime_target(runtime))
+
+    def precision_for(self, runtime: str, requested: str = "auto") -> str:
+        """The precision to open ``runtime``'s artifact at: its own for ``"auto"``, else ``requested``."""
+        return self.artifact_precision(runtime) if requested == "auto" else requested
+
+    def int8_factor(self, runtime: str) -> float | None:
+        """The INT8-over-FP32 speedup the export's speed guard measured on ``runtime``, or None."""
+        return (int8_by_runtime(self.manifest)[0] or {}).get(runtime)
+
     @property
     def alignment(self) -> int | None:
         """The channel multiple the recipe's pruning steps rounded to (the smallest over the steps);
@@ -198,12 +222,16 @@ class BenchBundle:
 
     def to_dict(self) -> dict[str, Any]:
         weights = self.manifest.get("weights") or {}
+        factors, decisions = int8_by_runtime(self.manifest)
         return {
             "name": self.name, "role": self.role, "path": str(self.path), "input_shape": list(self.input_shape),
             **{key: _as_int(self.cost.get(key)) for key in ("flops", "params", "mps_bytes", "fm_elements")},
             "weights_trained": weights.get("trained"),
             "source": self.manifest.get("source"),
             "artifacts": dict(self.manifest.get("artifacts") or {}),
+            "precision": self.manifest.get("precision") or DEFAULT_PRECISION,
+            "artifact_precision": {t: artifact_precision(self.manifest, t) for t in self.manifest.get("artifacts", {})},
+            "accuracy": manifest_accuracy(self.manifest), "int8_factor": factors, "int8_decision": decisions,
         }
 
 
@@ -246,6 +274,9 @@ def load_bench_bundles(candidates: Sequence[str | Path], baseline: str | Path | 
         shape = manifest.get("input", {}).get("shape")
         if not isinstance(shape, list) or len(shape) < 2:
             raise BundleError(f"{path}/manifest.json has no input shape (input.shape)")
+        problem = precision_problem(manifest)
+        if problem:
+            raise BundleError(f"{path}/manifest.json: {problem}")
         name, k = path.name, 2
         while name in names:
             name, k = f"{path.name}-{k}", k + 1
@@ -409,11 +440,11 @@ class _Sweep:
                       "(each one's spinning pool would slow the next); a lone deployed session may be faster at "
                       "small batches with it on (runtime_options={'onnxruntime': {'allow_spinning': True}})")
         rt = get_runtime(runtime, **options)
-        session_config = SessionConfig(device=device, threads=self.threads if device == "cpu" else None,
-                                       hint=self.config.hint, precision=self.config.precision)
         sessions: dict[str, Any] = {}
         try:
             for bundle in self.bundles:
+                session_config = SessionConfig(device=device, threads=self.threads if device == "cpu" else None,
+                                               hint=self.config.hint, precision=self.precision(bundle, runtime))
                 sessions[bundle.name] = rt.load(bundle.artifact(runtime), session_config)
         except BaseException:
             for session in sessions.values():
@@ -425,8 +456,17 @@ class _Sweep:
                           "models may be distorted")
         return sessions
 
+    def precision(self, bundle: BenchBundle, runtime: str) -> str:
+        """The precision ``bundle``'s artifact is opened at on ``runtime``."""
+        return bundle.precision_for(runtime, self.config.precision)
+
     def _row(self, device: str, runtime: str, batch_size: int, bundle: str, **fields: Any) -> dict[str, Any]:
         return {"runtime": runtime, "device": device, "batch_size": batch_size, "bundle": bundle, **fields}
+
+    def _bundle_row(self, device: str, runtime: str, batch_size: int, bundle: BenchBundle,
+                    **fields: Any) -> dict[str, Any]:
+        """A latency or memory row: its key and the precision the artifact was opened at."""
+        return self._row(device, runtime, batch_size, bundle.name, precision=self.precision(bundle, runtime), **fields)
 
     def latency(self, device: str, runtime: str, progress: _Progress) -> dict[int, str]:
         """Time every batch size; returns ``{batch size: "oom" | "error"}`` for those that failed."""
@@ -463,8 +503,8 @@ class _Sweep:
 
     def _record_failure(self, device: str, runtime: str, bs: int, status: str, error: str) -> None:
         for b in self.bundles:
-            self.results["latency"].append(self._row(device, runtime, bs, b.name, status=status, error=error,
-                                                     stats=None, settings=None))
+            self.results["latency"].append(self._bundle_row(device, runtime, bs, b, status=status, error=error,
+                                                            stats=None, settings=None))
 
     def _time_batch(self, device: str, runtime: str, bs: int, sessions: dict[str, Any]) -> str:
         x = self.inputs.batch(bs)
@@ -485,31 +525,42 @@ class _Sweep:
 
                 torch.cuda.empty_cache()
             return status
-        for name, session in sessions.items():
-            stats = summarize(samples[name], bs, seed=self.config.seed)
-            self.results["latency"].append(self._row(device, runtime, bs, name, status="ok", error=None,
-                                                     stats=stats.to_dict(), settings=session.settings))
+        for bundle in self.bundles:
+            stats = summarize(samples[bundle.name], bs, seed=self.config.seed)
+            self.results["latency"].append(self._bundle_row(device, runtime, bs, bundle, status="ok", error=None,
+                                                            stats=stats.to_dict(),
+                                                            settings=sessions[bundle.name].settings))
         if self.baseline is not None:
-            base_flops = self.baseline.cost.get("flops")
             for cand in self.bundles[1:]:
-                speed = paired_speedup(samples[self.baseline.name], samples[cand.name], seed=self.config.seed)
-                flops = cand.cost.get("flops")
-                theoretical = base_flops / flops if base_flops and flops else None
-                verdict = speed_verdict(speed.speedup_median, theoretical, ci=speed.speedup_ci, runtime=runtime,
-                                        batch_size=bs, alignment=cand.alignment) if theoretical else None
-                self.results["speedup"].append(self._row(
-                    device, runtime, bs, cand.name, baseline=self.baseline.name, practical=speed.to_dict(),
-                    theoretical=theoretical,
-                    efficiency=efficiency(speed.speedup_median, theoretical) if theoretical else None,
-                    verdict=verdict.to_dict() if verdict else None))
+                self.results["speedup"].append(self._speedup_row(device, runtime, bs, cand, samples))
         return "ok"
+
+    def _speedup_row(self, device: str, runtime: str, bs: int, cand: BenchBundle,
+                     samples: dict[str, Any]) -> dict[str, Any]:
+        """The paired speedup of ``cand`` over the baseline, set against the FLOPs ratio and, when the
+        candidate computes in INT8 and the baseline does not, its INT8 factor too."""
+        base = self.baseline
+        speed = paired_speedup(samples[base.name], samples[cand.name], seed=self.config.seed)
+        base_flops, flops = base.cost.get("flops"), cand.cost.get("flops")
+        theoretical = base_flops / flops if base_flops and flops else None
+        precision, base_precision = self.precision(cand, runtime), self.precision(base, runtime)
+        factor = applied_int8_factor(precision, base_precision, cand.int8_factor(runtime))
+        expected = theoretical * (factor or 1.0) if theoretical else None
+        verdict = speed_verdict(speed.speedup_median, expected, ci=speed.speedup_ci, runtime=runtime,
+                                batch_size=bs, alignment=cand.alignment) if expected else None
+        return self._row(device, runtime, bs, cand.name, baseline=base.name, practical=speed.to_dict(),
+                         theoretical=theoretical,
+                         efficiency=efficiency(speed.speedup_median, expected) if expected else None,
+                         verdict=verdict.to_dict() if verdict else None, precision=precision,
+                         baseline_precision=base_precision, int8_factor=factor)
 
     # --- memory --------------------------------------------------------------------------------
     def memory(self, device: str, runtime: str, failed: dict[int, str], progress: _Progress) -> None:
         for bs in self.config.batch_sizes_for(device):
             for bundle in self.bundles:
                 progress.describe(f"{runtime}/{device} memory, batch {bs}, {bundle.name}")
-                row = self._row(device, runtime, bs, bundle.name, theoretical_bytes=bundle.theoretical_trm_bytes(bs))
+                row = self._bundle_row(device, runtime, bs, bundle,
+                                       theoretical_bytes=bundle.theoretical_trm_bytes(bs))
                 if bs in failed:
                     row.update(status=failed[bs],
                                error="not measured: the latency run at this batch size failed",
@@ -524,7 +575,7 @@ class _Sweep:
         try:
             result = measure(runtime, bundle.artifact(runtime), bundle.input_shape, bs, threads=self.threads,
                              runs=self.config.memory_runs, timeout_s=self.config.memory_timeout_s, device=device,
-                             seed=self.config.seed)
+                             seed=self.config.seed, precision=self.precision(bundle, runtime))
         except KeyboardInterrupt:
             raise
         except Exception as err:  # noqa: BLE001 - recorded, the sweep goes on

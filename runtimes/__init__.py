@@ -19,7 +19,7 @@ import runtimes._tensorrt  # noqa: F401
 import runtimes._torch  # noqa: F401
 from runtimes._bundle import Bundle, BundleConfig, load_bundle, package_versions, write_bundle
 from runtimes._manifest_check import MANIFEST, RUNTIME_TARGET, SCHEMA_VERSION, TARGET_RUNTIME, BundleError
-from runtimes._quantize import Calibration, quantizable_layers
+from runtimes._quantize import CALIBRATION_METHODS, Calibration, check_calibration, quantizable_layers
 from runtimes._parity import ParityError, ParityResult, compare, compare_outputs
 from runtimes._base import (ArtifactError, BuildConfig, Runtime, RuntimeUnavailable, Session, SessionConfig, get_runtime,
                     list_runtimes, register_runtime)
@@ -31,4 +31,4 @@ __all__ = [
     "list_runtimes", "register_runtime",
 ]
 
-__all__ += ["Calibration", "quantizable_layers", "MANIFEST", "RUNTIME_TARGET", "SCHEMA_VERSION", "TARGET_RUNTIME"]
+__all__ += ["CALIBRATION_METHODS", "Calibration", "check_calibration", "quantizable_layers", "MANIFEST", "RUNTIME_TARGET", "SCHEMA_VERSION", "TARGET_RUNTIME"]

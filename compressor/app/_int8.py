@@ -32,8 +32,8 @@ from benchmarks import flush_denormals, interleaved, paired_speedup, TimingConfi
 from compressor.common.config import JsonConfig
 from compressor.common.errors import CompressorError
 from compressor.training import DatasetError, digits_detect_dataset, parse_data_spec
-from runtimes import Calibration, get_runtime, SessionConfig, TARGET_RUNTIME
-from runtimes._quantize import CALIBRATION_METHODS, check_calibration, quantizable_layers
+from runtimes import (CALIBRATION_METHODS, Calibration, check_calibration, get_runtime, quantizable_layers,
+                      SessionConfig, TARGET_RUNTIME)
 
 __all__ = ["Int8Config", "Int8Data", "Int8Error", "TargetDecision", "load_int8_data", "quantize_targets"]
 

@@ -126,7 +126,8 @@ def _set(path: list, value):
     (_set(["latency", 1, "status"], "crashed"), ["$.latency[1].status", "'crashed' is not one of"]),
     (_set(["bundles", 0, "role"], "reference"), ["$.bundles[0].role", "is not one of"]),
     (_set(["config", "devices"], ["tpu"]), ["$.config.devices[0]", "'tpu'"]),
-    (_set(["schema_version"], 2), ["$.schema_version", "1 was expected"]),
+    (_set(["schema_version"], 3), ["$.schema_version", "3 is not one of [1, 2]"]),
+    (_set(["schema_version"], 2), ["$.latency[0]", "'precision' is a required property"]),  # version 2 rows say it
     (_set(["latency", 0, "stats"], None), ["$.latency[0].stats", "None is not of type 'object'"]),
     (_set(["memory", 0, "status"], "error"), ["$.memory[0].error", "None is not of type 'string'"]),
     (_set(["surprise"], 1), ["$:", "'surprise' was unexpected"]),
@@ -169,7 +170,7 @@ def test_schema_file_is_package_data():
 
     schema = json.loads(resources.files("benchmarks").joinpath("results.schema.json").read_text())
     assert schema["$schema"].endswith("2020-12/schema")
-    assert schema["properties"]["schema_version"] == {"const": 1}
+    assert schema["properties"]["schema_version"] == {"enum": [1, 2]}  # writes 2, reads 1
 
 
 # ----------------------------------------------------------------------------- the report

@@ -78,7 +78,7 @@ def test_results_json_validates_against_the_schema(sweep):
     validate_results(data)
     schema = json.loads((PROJECT / "benchmarks" / "results.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(data)
-    assert data["schema_version"] == 1 and data["complete"] is True and data["interrupted"] is False
+    assert data["schema_version"] == 2 and data["complete"] is True and data["interrupted"] is False
     env = data["environment"]
     assert env["cpu_cores_available"] >= 1 and env["versions"]["onnxruntime"] and env["versions"]["openvino"]
     assert data["config"]["threads"] == 2
