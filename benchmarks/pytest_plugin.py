@@ -135,7 +135,9 @@ def _make_runner(benchmark: Any) -> Callable[..., LatencyStats | None]:
             threads = available_cores()
         x = _Inputs(bundle.input_shape, None, seed).batch(batch_size)
         described = bundle.to_dict()
-        with rt.load(artifact, SessionConfig(device=device, threads=threads if device == "cpu" else None)) as session:
+        config = SessionConfig(device=device, threads=threads if device == "cpu" else None,
+                               precision=bundle.artifact_precision(runtime))  # an INT8 bundle's artifact is INT8
+        with rt.load(artifact, config) as session:
             settings = session.settings
             if device == "cpu" and settings.get("flush_denormal") is False:
                 warnings.warn(f"{runtime} does not flush subnormal floats for {bundle.name}; CPU timings of a "

@@ -167,11 +167,62 @@ def write_qdq_onnx(source: Path, dest: Path, calibration: Calibration, *, symmet
         except Exception as err:  # onnxruntime raises its own and generic errors for models it cannot handle
             raise ArtifactError(f"{source}: onnxruntime cannot quantize this model ({short_error(err)})") from err
         model = onnx.load(str(staged))
+        _float_where_asked(model, calibration.exclude)
         props = {p.key: p.value for p in model.metadata_props}
         onnx.helper.set_model_props(model, {**props, PRECISION_KEY: "int8", CALIBRATION_KEY: calibration.sha256()})
         onnx.save_model(model, str(staged))
         os.replace(staged, dest)
     return dest
+
+
+def _pair_source(dq: Any, producer: dict[str, Any]) -> str | None:
+    """The float tensor in front of ``dq``'s Quantize/Dequantize pair, or None where ``dq`` is not fed
+    by a QuantizeLinear (a weight's DequantizeLinear reads an int8 initializer)."""
+    q = producer.get(dq.input[0])
+    return q.input[0] if q is not None and q.op_type == "QuantizeLinear" else None
+
+
+def _float_where_asked(model: Any, exclude: tuple[str, ...]) -> None:
+    """Take the Q/DQ pairs off what must stay float, which ``quantize_static`` leaves on:
+
+    * the data input of a layer kept in FP32 (onnxruntime quantizes it when the producer is
+      quantized, so the layer would still read 8-bit activations);
+    * the model's outputs (quantized logits tie: two classes on one of 256 levels).
+    """
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        if node.name in exclude and node.input:
+            dq = producer.get(node.input[0])
+            if dq is not None and dq.op_type == "DequantizeLinear":
+                source = _pair_source(dq, producer)
+                if source is not None:
+                    node.input[0] = source
+    for output in graph.output:
+        dq = producer.get(output.name)
+        source = _pair_source(dq, producer) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if source is None or any(o.name == source for o in graph.output):
+            continue
+        graph.node.remove(dq)
+        for node in graph.node:  # the float tensor takes the output's name
+            node.output[:] = [output.name if o == source else o for o in node.output]
+            node.input[:] = [output.name if i == source else i for i in node.input]
+    _remove_dead_qdq(graph)
+
+
+def _remove_dead_qdq(graph: Any) -> None:
+    """Drop Quantize/DequantizeLinear nodes whose outputs nothing reads any more."""
+    while True:
+        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in used for o in n.output)]
+        if not dead:
+            unused = [t for t in graph.initializer if t.name not in used]
+            for tensor in unused:  # the removed pairs' scales and zero points
+                graph.initializer.remove(tensor)
+            return
+        for node in dead:
+            graph.node.remove(node)
 
 
 def _ignored_scope(nncf: Any, exclude: tuple[str, ...]) -> Any:

@@ -425,7 +425,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _int8_config(args: argparse.Namespace) -> Int8Config | None:
     """The INT8 options, or None for another precision (where INT8 flags are an error, not ignored)."""
-    flags = {"--calib-data": args.calib_data, "--max-accuracy-drop": args.max_accuracy_drop}
+    flags = {"--calib-data": args.calib_data, "--calib-samples": args.calib_samples,
+             "--calib-method": args.calib_method, "--max-accuracy-drop": args.max_accuracy_drop,
+             "--min-int8-speedup": args.min_int8_speedup, "--deploy-batch-size": args.deploy_batch_size,
+             "--min-cosine": args.min_cosine, "--min-top1-agreement": args.min_top1_agreement}
     if args.precision != "int8":
         given = [flag for flag, value in flags.items() if value is not None]
         if given:
@@ -434,10 +437,11 @@ def _int8_config(args: argparse.Namespace) -> Int8Config | None:
     if args.calib_data is None:
         raise Int8Error("--precision int8 needs --calib-data (digits, folder:PATH, digits-detect or npy:FILE): "
                         "the calibration set INT8 ranges are taken from")
-    return Int8Config(calib_data=args.calib_data, calib_samples=args.calib_samples, calib_method=args.calib_method,
-                      max_accuracy_drop=args.max_accuracy_drop, min_int8_speedup=args.min_int8_speedup,
-                      guard_batch_size=args.deploy_batch_size, min_cosine=args.min_cosine,
-                      min_top1_agreement=args.min_top1_agreement)
+    given = {field: value for field, value in (
+        ("calib_samples", args.calib_samples), ("calib_method", args.calib_method),
+        ("min_int8_speedup", args.min_int8_speedup), ("guard_batch_size", args.deploy_batch_size),
+        ("min_cosine", args.min_cosine), ("min_top1_agreement", args.min_top1_agreement)) if value is not None}
+    return Int8Config(calib_data=args.calib_data, max_accuracy_drop=args.max_accuracy_drop, **given)
 
 
 def _print_int8(decisions: dict[str, Any] | None) -> None:
@@ -692,18 +696,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--calib-data", help="INT8 calibration data: digits, digits:0-4, folder:PATH, digits-detect or "
                                         "npy:FILE (an (N, C, H, W) float array); its evaluation split scores "
                                         "accuracy and checks parity")
-    e.add_argument("--calib-samples", type=positive_int, default=300, help="calibration samples (default 300)")
-    e.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"],
+    e.add_argument("--calib-samples", type=positive_int, help="calibration samples (default 300)")
+    e.add_argument("--calib-method", choices=["minmax", "entropy", "percentile"],
                    help="onnxruntime's calibrator (NNCF always uses min/max statistics)")
     e.add_argument("--max-accuracy-drop", type=fraction_below_one,
                    help="top-1 (a fraction, e.g. 0.01) INT8 may lose against FP32 on each runtime; over it, the "
                         "most sensitive layers stay FP32")
-    e.add_argument("--min-int8-speedup", type=positive_float, default=1.1,
+    e.add_argument("--min-int8-speedup", type=positive_float,
                    help="INT8 ships only if at least this much faster than FP32 on the runtime (default 1.1)")
-    e.add_argument("--deploy-batch-size", type=positive_int, default=1,
+    e.add_argument("--deploy-batch-size", type=positive_int,
                    help="the batch size the INT8 speed guard times at (default 1)")
-    e.add_argument("--min-cosine", type=fraction, default=0.99, help="INT8 parity floor: cosine against FP32")
-    e.add_argument("--min-top1-agreement", type=fraction, default=0.98,
+    e.add_argument("--min-cosine", type=fraction, help="INT8 parity floor: cosine against FP32")
+    e.add_argument("--min-top1-agreement", type=fraction,
                    help="INT8 parity floor: fraction of held-out samples with FP32's top-1")
     e.add_argument("--opset", type=positive_int, default=18)
     e.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])

@@ -147,7 +147,7 @@ def test_get_runtime_returns_a_new_configured_instance():
     ({"threads": True}, "threads must be a positive int, got True"),
     ({"threads": 2.0}, "threads must be a positive int, got 2.0"),
     ({"hint": "fast"}, "hint must be one of 'latency', 'throughput', got 'fast'"),
-    ({"precision": "int8"}, "precision must be one of 'fp32', 'fp16', got 'int8'"),
+    ({"precision": "int4"}, "precision must be one of 'fp32', 'fp16', 'int8', got 'int4'"),
 ])
 def test_session_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -155,7 +155,7 @@ def test_session_config_rejects_bad_values(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"precision": "bf16"}, "precision must be one of 'fp32', 'fp16', got 'bf16'"),
+    ({"precision": "bf16"}, "precision must be one of 'fp32', 'fp16', 'int8', got 'bf16'"),
     ({"min_batch": 0}, "min_batch must be a positive int, got 0"),
     ({"min_batch": 4, "opt_batch": 2}, "need min_batch <= opt_batch <= max_batch, got 4, 2, 64"),
     ({"opt_batch": 128}, "need min_batch <= opt_batch <= max_batch, got 1, 128, 64"),

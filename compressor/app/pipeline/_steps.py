@@ -28,6 +28,7 @@ from compressor.app._evaluate_detect import evaluate_detection
 from compressor.app._model_entry import build_model
 from compressor.criteria import get_criterion
 from compressor.app._bundle import export_bundle, missing_runtimes, pruning_alignment
+from compressor.app._int8 import Int8Config, load_int8_data
 from runtimes import BundleConfig, list_runtimes, load_bundle, ParityError, TARGET_RUNTIME
 from benchmarks import (BenchConfig, describe_failure, evaluate_gate, EXIT_MEASUREMENT_FAILED, failed_measurements,
                         format_table, load_budgets, parse_budgets, run_benchmark, TimingConfig, write_junit,
@@ -348,6 +349,15 @@ class ExportStep:
     batch_sizes: tuple[int, ...] = (1, 8)
     max_batch: int = 64
     baseline: bool = True
+    # INT8 (precision: int8): calibration data (default: the pipeline's data) and the decisions' limits
+    calib_data: str | None = None
+    calib_samples: int = 300
+    max_accuracy_drop: float | None = None
+    min_int8_speedup: float = 1.1
+    deploy_batch_size: int = 1
+
+
+_INT8_KEYS = ("calib_data", "calib_samples", "max_accuracy_drop", "min_int8_speedup", "deploy_batch_size")
 
 
 def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
@@ -357,16 +367,35 @@ def _parse_export(raw: dict[str, Any], where: str) -> ExportStep:
     bad = [t for t in to if t not in TARGET_RUNTIME]
     if bad or not to:
         raise ValueError(f"'to' has unknown target(s) {bad}; allowed: {sorted(TARGET_RUNTIME)}")
-    if own["precision"] not in ("fp32", "fp16"):
-        raise ValueError(f"'precision' must be 'fp32' or 'fp16', got {own['precision']!r}")
+    if own["precision"] not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"'precision' must be 'fp32', 'fp16' or 'int8', got {own['precision']!r}")
+    given = [k for k in _INT8_KEYS if k in raw]
+    if own["precision"] != "int8" and given:
+        raise ValueError(f"{given} apply to precision: int8, not {own['precision']}")
     sizes = tuple(own["batch_sizes"])
     if not sizes or not all(isinstance(b, int) and b >= 1 for b in sizes):
         raise ValueError(f"'batch_sizes' must be integers >= 1, got {own['batch_sizes']!r}")
-    return ExportStep(to, own["precision"], int(own["opset"]), own["exporter"], sizes, int(own["max_batch"]),
-                      bool(own["baseline"]))
+    step = ExportStep(to, own["precision"], int(own["opset"]), own["exporter"], sizes, int(own["max_batch"]),
+                      bool(own["baseline"]), **{k: own[k] for k in _INT8_KEYS})
+    if step.precision == "int8":
+        _int8_config(step, "digits")  # named errors for bad INT8 values now, not after training
+    return step
 
 
-@register_step("export", _parse_export, quick=lambda raw: {**raw, "batch_sizes": [1, 2]})
+def _int8_config(step: ExportStep, data: str) -> Int8Config:
+    return Int8Config(calib_data=step.calib_data or data, calib_samples=step.calib_samples,
+                      max_accuracy_drop=step.max_accuracy_drop, min_int8_speedup=step.min_int8_speedup,
+                      guard_batch_size=step.deploy_batch_size)
+
+
+def _quick_export(raw: dict[str, Any]) -> dict[str, Any]:
+    quick = {**raw, "batch_sizes": [1, 2]}
+    if raw.get("precision") == "int8":  # a smaller calibration set: the quick run checks the path, not the ranges
+        quick["calib_samples"] = min(int(raw.get("calib_samples", 300)), 64)
+    return quick
+
+
+@register_step("export", _parse_export, quick=_quick_export)
 def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     """Fold, export to ONNX and the runtimes, and verify each artifact's parity (pruned and baseline)."""
 
@@ -379,23 +408,39 @@ def export_step(config: ExportStep, ctx: StepContext) -> dict[str, Any]:
     export_config = ExportConfig(opset=config.opset, exporter=config.exporter)
     updates: dict[str, Any] = {}
     parity: dict[str, Any] = {}
+    int8 = None
+    if config.precision == "int8":
+        int8_config = _int8_config(config, str(ctx.state.get("data") or ctx.pipeline.data))
+        int8 = (int8_config, load_int8_data(int8_config, _input_size(ctx)))
     jobs = [("bundle", "model")]
     if config.baseline and ctx.state.get("pruned"):
         jobs.append(("baseline_bundle", "baseline_model"))
     for out_key, model_key in jobs:
         model = deployable_module(_current(ctx, model_key))  # a detector ships its deployable network
+        # the baseline stays FP32: the unpruned FP32 model is what pruning and INT8 are measured against
+        own_config = bundle_config if out_key == "bundle" else dataclasses.replace(bundle_config, precision="fp32")
         try:
-                exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), bundle_config, export_config,
+            exported = export_bundle(model, ctx.step_dir / out_key, _input_size(ctx), own_config, export_config,
                                      source=ctx.state.get(model_key) or ctx.pipeline.model,
                                      weights=(model.compressor_metadata or {}).get("weights"),
-                                     progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"))
+                                     progress=lambda m, k=out_key: ctx.log(f"    {k.replace('_', ' ')}: {m}"),
+                                     int8=int8 if out_key == "bundle" else None)
         except ParityError as exc:
             raise StepFailed(f"{out_key.replace('_', ' ')}: {exc} (the bundle is in {ctx.step_dir / out_key}, "
                              "the failure recorded in its manifest.json)", 3) from exc
         updates[out_key] = ctx.output(out_key)
-        parity[out_key] = [{k: r[k] for k in ("runtime", "batch_size", "max_abs_error", "max_rel_error", "passed")}
+        parity[out_key] = [{k: r[k] for k in ("runtime", "precision", "batch_size", "max_abs_error", "max_rel_error",
+                                              "passed")}
                            for r in exported.bundle.parity]
-    return {**updates, "results": {"parity": parity}}
+        if exported.int8:
+            for target, decision in exported.int8.items():
+                ctx.log(f"    {target}: ships {decision.precision.upper()}: {decision.reason}")
+    results: dict[str, Any] = {"parity": parity}
+    if int8:
+        manifest = json.loads((ctx.step_dir / "bundle" / "manifest.json").read_text())
+        results["int8"] = {t: {k: v for k, v in d.items() if k != "speed"} | {"speedup": d["speed"].get("speedup")}
+                           for t, d in manifest["int8"]["targets"].items()}
+    return {**updates, "results": results}
 
 
 @dataclass(frozen=True)
