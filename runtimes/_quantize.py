@@ -16,7 +16,9 @@ says which data its ranges came from.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -121,6 +123,24 @@ def _input_name(onnx_path: Path) -> str:
     return next(i.name for i in model.graph.input if i.name not in initializers)
 
 
+class _PreprocessAdvice(logging.Filter):
+    """Drops onnxruntime's advice to run its pre-processing (shape inference and graph
+    optimisation): the exported graph is already folded and shaped, so the advice is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_advice() -> Iterator[None]:
+    root, advice = logging.getLogger(), _PreprocessAdvice()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
+
+
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over a calibration set, one sample per batch."""
 
@@ -156,7 +176,7 @@ def write_qdq_onnx(source: Path, dest: Path, calibration: Calibration, *, symmet
     check_calibration(source, calibration)
     reader = _Reader(_input_name(source), calibration)
     activation = q.QuantType.QInt8 if symmetric_activations else q.QuantType.QUInt8
-    with staging_dir(dest.parent) as tmp:
+    with staging_dir(dest.parent) as tmp, _quiet_advice():
         staged = tmp / dest.name
         try:
             q.quantize_static(str(source), str(staged), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,

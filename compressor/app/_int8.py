@@ -10,7 +10,9 @@ calibration set (onnxruntime: static QDQ; OpenVINO: NNCF; TensorRT: explicit Q/D
    error of its logits against FP32's is taken on a ranking subset. The most sensitive layers
    go back to FP32, the smallest such set that holds the budget (doubling, then bisection),
    until the budget holds or every layer is FP32, in which case FP32 ships.
-2. **Speed guard** (``min_int8_speedup``): INT8 and FP32 are timed interleaved on the runtime at
+2. **Parity floors**: INT8 must agree with FP32 on held-out samples (mean cosine, top-1
+   agreement: the floors the bundle's parity check applies); below them FP32 ships.
+3. **Speed guard** (``min_int8_speedup``): INT8 and FP32 are timed interleaved on the runtime at
    the deployment batch size (median of per-round ratios, bootstrap CI). INT8 ships only if it
    is at least that much faster; the idea is ModelOpt's, which keeps a quantization only when it
    pays.
@@ -32,8 +34,8 @@ from benchmarks import flush_denormals, interleaved, paired_speedup, TimingConfi
 from compressor.common.config import JsonConfig
 from compressor.common.errors import CompressorError
 from compressor.training import DatasetError, digits_detect_dataset, parse_data_spec
-from runtimes import (CALIBRATION_METHODS, Calibration, check_calibration, get_runtime, quantizable_layers,
-                      SessionConfig, TARGET_RUNTIME)
+from runtimes import (CALIBRATION_METHODS, Calibration, check_calibration, compare, get_runtime,
+                      quantizable_layers, SessionConfig, TARGET_RUNTIME)
 
 __all__ = ["Int8Config", "Int8Data", "Int8Error", "TargetDecision", "load_int8_data", "quantize_targets"]
 
@@ -289,6 +291,13 @@ def _hold_budget(t: _Target, data: Int8Data, config: Int8Config, fp32_top1: floa
     return artifact, top1, kept, len(layers)
 
 
+def _agreement(t: _Target, artifact: Path, x: np.ndarray, config: Int8Config) -> Any:
+    """INT8 against FP32 on held-out samples, judged by the parity floors (what the bundle's own
+    check will demand): below them, INT8 is not shipped on this runtime."""
+    return compare(t.outputs(t.fp32, "fp32", x), t.outputs(artifact, "int8", x), runtime=t.runtime_name,
+                   device=t.device, precision="int8", floors=config.floors)
+
+
 def measure_speed(fp32_session: Any, int8_session: Any, x: np.ndarray,
                   timing: TimingConfig = GUARD_TIMING) -> dict[str, Any]:
     """INT8 against FP32, interleaved rounds on one runtime: medians and the paired speedup."""
@@ -321,6 +330,10 @@ def _decide(t: _Target, data: Int8Data, config: Int8Config, progress: Callable[[
                                       f"{config.max_accuracy_drop:.2%} top-1 until all {count} layers are FP32; "
                                       "FP32 ships", t.fp32, accuracy)
         accuracy.update({"int8": int8_top1, "drop": fp32_top1 - int8_top1})
+    agreement = _agreement(t, artifact, data.eval_x[:config.held_out_samples], config)
+    if not agreement.passed:
+        return TargetDecision(t.target, "fp32", f"parity floor: INT8 {agreement.describe()}; FP32 ships", t.fp32,
+                              accuracy, {}, kept)
     x = data.eval_x[:config.guard_batch_size]
     if len(x) < config.guard_batch_size:
         x = np.resize(data.eval_x, (config.guard_batch_size, *data.eval_x.shape[1:])).astype(np.float32)

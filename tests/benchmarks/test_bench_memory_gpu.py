@@ -234,7 +234,7 @@ def test_parent_reports_the_device_increase_on_cuda(monkeypatch, patch_everywher
     patch_everywhere(runtimes, "get_runtime", lambda name: SimpleNamespace(is_available=lambda device: None))
     monkeypatch.setattr(_memory.subprocess, "run", run)
     r = measure_memory("tensorrt", tmp_path, SHAPE, 8, device="cuda")
-    assert commands[0][-2:] == ["--device", "cuda"]
+    assert commands[0][-4:] == ["--device", "cuda", "--precision", "fp32"]
     assert (r.device, r.device_increase_bytes, r.increase_bytes) == ("cuda", 400, 400)
     assert (r.peak_rss_bytes - r.baseline_rss_bytes, r.engine_device_memory_bytes) == (3000, 4096)
     assert (r.device_method, r.device_loaded_bytes) == ("nvml-process", 700)

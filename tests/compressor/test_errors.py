@@ -30,7 +30,7 @@ DOCUMENTED: dict[str, int | None] = {
     "CompressorError": 2, "TraceError": 2, "UnprunableModelError": 2, "UnreachableTargetError": 2,
     "ModelFormatError": 2, "ModelEntryError": 2, "RuntimeUnavailable": 2, "ArtifactError": 2,
     "OutputRefused": 2, "DuplicateNameError": 2, "UnknownNameError": 2, "DatasetError": 2, "CheckpointError": 2,
-    "LayerMismatch": 2, "BundleError": 2, "ParityError": 3, "BudgetError": 2, "AgreementError": 2,
+    "LayerMismatch": 2, "BundleError": 2, "ParityError": 3, "Int8Error": 2, "BudgetError": 2, "AgreementError": 2,
     "ProbeError": 2, "MemoryOOM": 4, "InfoError": 2, "PipelineError": 2, "StepFailed": None, "GateFailed": None,
 }
 # Exceptions that are signals, not errors: raised and caught inside one module, never out of a command.
