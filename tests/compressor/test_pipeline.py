@@ -63,6 +63,14 @@ def test_pipeline_runs_end_to_end_in_quick_mode(path, tmp_path, request):
         assert set(alignment["auto"]["runtimes"]) >= {"onnxruntime", "openvino"}
         manifest = json.loads((tmp_path / "run" / state["bundle"] / "manifest.json").read_text())
         assert manifest["alignment"] == alignment
+        # the demo exports INT8: each runtime's decision, its reason and the shipped precision are recorded
+        decisions = results["04_export"]["int8"]
+        assert set(decisions) == {"onnx", "openvino"} and all(d["reason"] for d in decisions.values())
+        assert {t: d["decision"] for t, d in decisions.items()} == {
+            t: p for t, p in manifest["artifact_precision"].items() if t != "torch"}
+        assert manifest["artifact_precision"]["torch"] == "fp32"
+        baseline = json.loads((tmp_path / "run" / state["baseline_bundle"] / "manifest.json").read_text())
+        assert set(baseline["artifact_precision"].values()) == {"fp32"}  # the reference stays FP32
 
 
 def test_resume_skips_unchanged_steps_and_redoes_changed_ones(tmp_path):
@@ -122,6 +130,10 @@ def test_another_runs_directory_is_refused_without_force(tmp_path, capsys):
     ({"steps": [{"bench": {"batch_sizes": [0]}}]}, "steps[0] (bench):"),
     ({"data": "digits:0-12"}, "'data': digits subset"),
     ({"steps": [{"evaluate": {"runtimes": ["tflite"]}}]}, "unknown runtime(s) ['tflite']"),
+    ({"steps": [{"export": {"calib_samples": 100}}]}, "steps[0] (export): ['calib_samples'] apply to precision: int8"),
+    ({"steps": [{"export": {"precision": "int4"}}]}, "'precision' must be 'fp32', 'fp16' or 'int8', got 'int4'"),
+    ({"steps": [{"export": {"precision": "int8", "calib_samples": 8}}]},
+     "steps[0] (export): --calib-samples must be at least 32"),
 ])
 def test_invalid_pipeline_names_the_key(change, message):
     with pytest.raises(PipelineError) as exc:
