@@ -88,7 +88,7 @@ def _cause_and_fix(alignment: int | None) -> str:
 
 def speed_verdict(practical: float, theoretical: float, *, ci: tuple[float, float] | None = None,
                   runtime: str = "", batch_size: int | None = None, alignment: int | None = None,
-                  floor: float = EFFICIENCY_FLOOR) -> SpeedVerdict:
+                  floor: float = EFFICIENCY_FLOOR, int8_factor: float | None = None) -> SpeedVerdict:
     """Judge a measured speedup against the FLOPs speedup it was meant to deliver.
 
     Args:
@@ -100,6 +100,9 @@ def speed_verdict(practical: float, theoretical: float, *, ci: tuple[float, floa
         alignment: the multiple the kept channel widths were rounded to (``--round-to``); ``None``
             when unknown. ``None`` or 1 blames the alignment, a larger value per-call overhead.
         floor: the efficiency below which a faster candidate is ``"inefficient"``.
+        int8_factor: for an INT8 candidate against an FP32 baseline, the INT8/FP32 speedup its
+            export measured; ``theoretical`` is then the FLOPs ratio times it, and the message
+            says so and where a shortfall may come from.
 
     Returns:
         The :class:`SpeedVerdict`.
@@ -119,18 +122,26 @@ def speed_verdict(practical: float, theoretical: float, *, ci: tuple[float, floa
     where = " ".join(part for part in (f"on {runtime}" if runtime else "",
                                        f"at batch {batch_size}" if batch_size is not None else "") if part)
     interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci is not None else ""
-    measured = (f"Measured {practical:.2f}x{interval} against a theoretical {theoretical:.2f}x "
+    against = (f"an expected {theoretical:.2f}x (FLOPs {theoretical / int8_factor:.2f}x times the INT8 factor "
+               f"{int8_factor:.2f}x its export measured)" if int8_factor else f"a theoretical {theoretical:.2f}x")
+    measured = (f"Measured {practical:.2f}x{interval} against {against} "
                 f"(efficiency {efficiency:.0%}){' ' + where if where else ''}")
+    cause = _cause_and_fix(alignment)
+    if int8_factor:
+        flops = theoretical / int8_factor
+        cause = (("" if flops <= 1 + UNPRUNED_TOLERANCE else cause + " ")
+                 + "The INT8 factor comes from the export's speed guard (its batch size, a separate run): "
+                 "INT8 may gain less at this batch size or under these session settings.")
     if theoretical <= 1 + UNPRUNED_TOLERANCE:
         level, message = "ok", f"{measured}: nothing was pruned, so no speedup is expected."
     elif practical < 1.0:
         level = "slower"
         message = (f"{measured}: the candidate is slower, it takes {1 / practical:.3g}x its baseline's time. "
-                   f"{_cause_and_fix(alignment)}")
+                   f"{cause}")
     elif efficiency < floor:
         level = "inefficient"
-        message = (f"{measured}: faster, but under {floor:.0%} of the FLOPs speedup. "
-                   f"{_cause_and_fix(alignment)}")
+        message = (f"{measured}: faster, but under {floor:.0%} of the "
+                   f"{'expected' if int8_factor else 'FLOPs'} speedup. {cause}")
     else:
         level, message = "ok", f"{measured}."
     return SpeedVerdict(level, float(practical), float(theoretical), efficiency, message)

@@ -547,7 +547,7 @@ class _Sweep:
         factor = applied_int8_factor(precision, base_precision, cand.int8_factor(runtime))
         expected = theoretical * (factor or 1.0) if theoretical else None
         verdict = speed_verdict(speed.speedup_median, expected, ci=speed.speedup_ci, runtime=runtime,
-                                batch_size=bs, alignment=cand.alignment) if expected else None
+                                batch_size=bs, alignment=cand.alignment, int8_factor=factor) if expected else None
         return self._row(device, runtime, bs, cand.name, baseline=base.name, practical=speed.to_dict(),
                          theoretical=theoretical,
                          efficiency=efficiency(speed.speedup_median, expected) if expected else None,

@@ -237,3 +237,14 @@ def test_report_written_before_verdicts_still_warns(bundles, tmp_path, capsys):
     bad["speedup"][0]["verdict"]["level"] = "fine"
     with pytest.raises(ValueError, match=r"\$\.speedup\[0\]\.verdict\.level"):
         validate_results(bad)
+
+
+def test_int8_verdict_names_the_int8_factor_and_no_alignment_cause_when_nothing_was_pruned():
+    # an unpruned INT8 candidate against its FP32 baseline: expected = FLOPs 1.0 x INT8 factor 1.96
+    verdict = speed_verdict(1.46, 1.96, ci=(1.43, 1.49), runtime="onnxruntime", batch_size=1, int8_factor=1.96)
+    assert verdict.level == "inefficient" and verdict.efficiency == pytest.approx(1.46 / 1.96)
+    assert "against an expected 1.96x (FLOPs 1.00x times the INT8 factor 1.96x its export measured)" in verdict.message
+    assert "export's speed guard" in verdict.message and "round-to" not in verdict.message
+    # pruned and INT8: the alignment advice stays, the INT8 cause is added
+    pruned = speed_verdict(2.0, 4.0, runtime="openvino", batch_size=1, int8_factor=2.0)
+    assert "FLOPs 2.00x times the INT8 factor 2.00x" in pruned.message and "round-to" in pruned.message
