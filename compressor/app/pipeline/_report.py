@@ -59,11 +59,18 @@ def summary_rows(state: dict[str, Any]) -> dict[str, list[list[str]]]:
         elif kind == "bench":
             for row in r["speedup"]:
                 tables.setdefault("practical vs theoretical speedup", []).append(
-                    [row["runtime"], str(row["batch_size"]),
+                    [row["runtime"], str(row["batch_size"]), _precision(row),
                      "—" if row["practical"] is None else f"{row['practical']:.2f}x",
                      "—" if row["theoretical"] is None else f"{row['theoretical']:.2f}x",
+                     "—" if row.get("int8_factor") is None else f"{row['int8_factor']:.2f}x",
                      "—" if row["efficiency"] is None else f"{row['efficiency']:.2f}"])
     return tables
+
+
+def _precision(row: dict[str, Any]) -> str:
+    """``int8 vs fp32`` where the candidate's precision differs from the baseline's, else the one."""
+    cand, base = row.get("precision") or "fp32", row.get("baseline_precision") or "fp32"
+    return cand if cand == base else f"{cand} vs {base}"
 
 
 HEADERS = {
@@ -73,7 +80,9 @@ HEADERS = {
     "pruning": ["step", "criterion", "strategy", "FLOPs", "params", "top-1 (torch)"],
     "deployed accuracy": ["bundle", "runtime", "top-1"],
     "baselines at the pruned FLOPs": ["model", "FLOPs vs unpruned", "params", "top-1", "training epochs"],
-    "practical vs theoretical speedup": ["runtime", "batch", "practical", "theoretical", "efficiency"],
+    # theoretical is the FLOPs ratio; an INT8 candidate's efficiency is practical / (FLOPs ratio x INT8 factor)
+    "practical vs theoretical speedup": ["runtime", "batch", "precision", "practical", "theoretical", "int8 factor",
+                                         "efficiency"],
 }
 
 

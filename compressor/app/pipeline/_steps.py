@@ -551,7 +551,9 @@ def bench_step(config: BenchStep, ctx: StepContext) -> dict[str, Any]:
                          + f" (report: {ctx.step_dir / 'report'}/summary.md)", EXIT_MEASUREMENT_FAILED)
     speedups = [{"runtime": r["runtime"], "device": r["device"], "batch_size": r["batch_size"],
                  "practical": (r["practical"] or {}).get("speedup_median"), "theoretical": r["theoretical"],
-                 "efficiency": r["efficiency"]} for r in results["speedup"]]
+                 "efficiency": r["efficiency"], "precision": r.get("precision"),
+                 "baseline_precision": r.get("baseline_precision"), "int8_factor": r.get("int8_factor")}
+                for r in results["speedup"]]
     latency = [{"bundle": r["bundle"], "runtime": r["runtime"], "batch_size": r["batch_size"],
                 "latency_ms_median": (r["stats"] or {}).get("latency_ms_median"),
                 "throughput_sps": (r["stats"] or {}).get("throughput_sps")} for r in results["latency"]]
