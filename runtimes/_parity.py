@@ -44,7 +44,9 @@ class ParityResult:
     def describe(self) -> str:
         verdict = "ok" if self.passed else "FAILED"
         which = f"output {self.output!r} on " if self.output is not None else ""
-        return (f"{which}{self.runtime}/{self.device}/{self.precision} batch {self.batch_size}: "
+        # INT8 runs are over the held-out samples, in batches: their count, not a batch size
+        size = f"on {self.batch_size} held-out samples" if self.precision == "int8" else f"batch {self.batch_size}"
+        return (f"{which}{self.runtime}/{self.device}/{self.precision} {size}: "
                 f"max abs {self.max_abs_error:.2e}, "
                 f"rel {self.max_rel_error:.2e}{_tol(self.tolerance_rel)}, {self._cosine()} "
                 f"(tol {self.tolerance_cosine:g}), top-1 agreement {self.top1_agreement:.1%}"

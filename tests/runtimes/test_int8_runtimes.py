@@ -328,7 +328,7 @@ def test_an_int8_bundle_below_its_floor_is_written_failed(tiny, int8_artifacts, 
     def wrong(x):  # another model's answers
         return -tiny.reference(x)
 
-    with pytest.raises(ParityError, match=r"onnxruntime/cpu/int8 batch 32: .*mean cosine -"):
+    with pytest.raises(ParityError, match=r"onnxruntime/cpu/int8 on 32 held-out samples: .*mean cosine -"):
         write_bundle(tiny.onnx, tmp_path / "b", wrong, tiny.input_size,
                      BundleConfig(targets=("onnx",), precision="int8", threads=2),
                      prebuilt={"onnx": (int8_artifacts["onnxruntime"], "int8")}, held_out=tiny.batch(32))
