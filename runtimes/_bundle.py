@@ -130,8 +130,9 @@ def _copy_artifact(built: Path, dest_dir: Path) -> Path:
     return dest_dir / built.name
 
 
-def _held_out_batches(held_out: np.ndarray, batch: int) -> list[np.ndarray]:
-    return [held_out[i:i + batch] for i in range(0, len(held_out), batch)]
+def _over_batches(run: Callable[[np.ndarray], list[np.ndarray]], batches: list[np.ndarray]) -> list[np.ndarray]:
+    """Every output of ``run`` over ``batches``, each concatenated along the batch dim."""
+    return [np.concatenate(parts) for parts in zip(*(run(x) for x in batches))]
 
 
 def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable[[np.ndarray], Outputs],
@@ -230,8 +231,7 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
                                                                           precision=precision))
             try:
                 if precision == "int8":  # the same answers on real data, not the same numbers on noise
-                    outputs = [np.concatenate(parts) for parts in zip(*(
-                        _in_order(session, session.run_all(x), names) for x in held[0]))]
+                    outputs = _over_batches(lambda x: _in_order(session, session.run_all(x), names), held[0])
                     results.extend(compare_outputs(held[1], outputs, names, runtime=TARGET_RUNTIME[target],
                                                    device=device, precision=precision, floors=floors))
                     continue
@@ -274,9 +274,9 @@ def write_bundle(onnx_file: str | Path, out_dir: str | Path, reference: Callable
 def _held_out_reference(reference: Callable[[np.ndarray], Outputs], held_out: np.ndarray,
                         batch: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The held-out samples in batches, and the reference's outputs on all of them (one array per output)."""
-    batches = _held_out_batches(np.ascontiguousarray(held_out, dtype=np.float32), batch)
-    outputs = [np.concatenate(parts) for parts in zip(*(_as_outputs(reference(x)) for x in batches))]
-    return batches, outputs
+    held_out = np.ascontiguousarray(held_out, dtype=np.float32)
+    batches = [held_out[i:i + batch] for i in range(0, len(held_out), batch)]
+    return batches, _over_batches(lambda x: _as_outputs(reference(x)), batches)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

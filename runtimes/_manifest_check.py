@@ -281,7 +281,7 @@ def _check_parity_record(root: Path, manifest: dict[str, Any]) -> None:
     parity = manifest.get("parity")
     if not isinstance(parity, list) or not all(isinstance(r, dict) for r in parity):
         raise error(f"bundle {root}: manifest.json parity must be a list of parity runs, got {parity!r}")
-    floors = (manifest.get("int8") or {}).get("floors") if isinstance(manifest.get("int8"), dict) else None
+    floors = manifest["int8"].get("floors") if isinstance(manifest.get("int8"), dict) else None
     for i, run in enumerate(parity):
         precision = run.get("precision")
         expected = floors_for(precision, floors) if precision in TOLERANCES else None

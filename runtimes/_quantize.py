@@ -35,7 +35,6 @@ from runtimes._onnx import PRECISION_KEY, read_onnx
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 CALIBRATION_KEY = "runtimes.calibration_sha256"
-MIN_CALIBRATION_SAMPLES = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +60,7 @@ class Calibration:
             got = f"an array of shape {samples.shape} and dtype {samples.dtype}" if isinstance(samples, np.ndarray) \
                 else type(samples).__name__
             raise ValueError(f"calibration samples must be a float array (N, *input_shape), got {got}")
-        if len(samples) < MIN_CALIBRATION_SAMPLES:
+        if len(samples) == 0:
             raise ValueError("the calibration set is empty")
         if self.method not in CALIBRATION_METHODS:
             raise ValueError(f"calibration method must be one of {sorted(CALIBRATION_METHODS)}, got {self.method!r}")
@@ -87,11 +86,20 @@ class Calibration:
             yield self.samples[start:start + batch_size]
 
 
+def _graph_inputs(model: Any) -> list[Any]:
+    """A graph's real inputs (older exporters also list the initializers as inputs)."""
+    initializers = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in initializers]
+
+
+def _quantizable(model: Any) -> list[str]:
+    return [node.name for node in model.graph.node if node.op_type in QUANTIZABLE_OPS and node.name]
+
+
 def quantizable_layers(onnx_path: Path) -> list[str]:
     """The names of the nodes an INT8 build quantizes (convolutions and matrix products), in graph
     order: what :attr:`Calibration.exclude` can name."""
-    model = read_onnx(Path(onnx_path))
-    return [node.name for node in model.graph.node if node.op_type in QUANTIZABLE_OPS and node.name]
+    return _quantizable(read_onnx(Path(onnx_path)))
 
 
 def check_calibration(onnx_path: Path, calibration: Calibration) -> None:
@@ -102,7 +110,7 @@ def check_calibration(onnx_path: Path, calibration: Calibration) -> None:
             node the model does not have.
     """
     model = read_onnx(Path(onnx_path))
-    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    inputs = _graph_inputs(model)
     if len(inputs) == 1:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
         shape = calibration.samples.shape
@@ -110,17 +118,11 @@ def check_calibration(onnx_path: Path, calibration: Calibration) -> None:
             want = "(" + ", ".join("batch" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(dims)) + ")"
             raise ValueError(f"calibration samples have shape {tuple(shape)} but {onnx_path} takes input "
                              f"{inputs[0].name!r} of shape {want}")
-    known = set(quantizable_layers(Path(onnx_path)))
+    known = set(_quantizable(model))
     unknown = [name for name in calibration.exclude if name not in known]
     if unknown:
         raise ValueError(f"layers to keep in FP32 {unknown} are not quantizable nodes of {onnx_path}; "
                          f"it has {len(known)}, e.g. {sorted(known)[:5]}")
-
-
-def _input_name(onnx_path: Path) -> str:
-    model = read_onnx(onnx_path)
-    initializers = {t.name for t in model.graph.initializer}
-    return next(i.name for i in model.graph.input if i.name not in initializers)
 
 
 class _PreprocessAdvice(logging.Filter):
@@ -174,7 +176,7 @@ def write_qdq_onnx(source: Path, dest: Path, calibration: Calibration, *, symmet
     import onnx  # optional SDK: onnx (a dependency, imported on first use to keep `import runtimes` light)
     source, dest = Path(source), Path(dest)
     check_calibration(source, calibration)
-    reader = _Reader(_input_name(source), calibration)
+    reader = _Reader(_graph_inputs(read_onnx(source))[0].name, calibration)
     activation = q.QuantType.QInt8 if symmetric_activations else q.QuantType.QUInt8
     with staging_dir(dest.parent) as tmp, _quiet_advice():
         staged = tmp / dest.name

@@ -196,8 +196,9 @@ def _npy_data(path: Path, config: Int8Config, size: tuple[int, ...]) -> Int8Data
     if len(array) < config.calib_samples:
         raise Int8Error(f"--calib-data npy:{path} has {len(array)} samples; --calib-samples asks for "
                         f"{config.calib_samples}")
-    x = array[_subset(len(array), config.calib_samples, config.seed)].astype(np.float32)
-    held = array[np.setdiff1d(np.arange(len(array)), _subset(len(array), config.calib_samples, config.seed))]
+    chosen = _subset(len(array), config.calib_samples, config.seed)
+    x = array[chosen].astype(np.float32)
+    held = array[np.setdiff1d(np.arange(len(array)), chosen)]
     return Int8Data(_calibration(x, config, f"npy:{path}", size), (held if len(held) else x).astype(np.float32), None)
 
 
@@ -241,61 +242,57 @@ def _top1(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(axis=1) == y).mean())
 
 
-def _rank_layers(t: _Target, calibration: Calibration, layers: list[str], x: np.ndarray,
-                 reference: np.ndarray, progress: Callable[[str], None]) -> list[tuple[str, float]]:
+def _rank_layers(t: _Target, calibration: Calibration, layers: list[str], x: np.ndarray, reference: np.ndarray,
+                 all_int8: np.ndarray, progress: Callable[[str], None]) -> list[tuple[str, float]]:
     """``(layer, error reduction)`` by how much keeping that layer alone in FP32 brings the INT8
-    logits closer to FP32's (mean squared error on ``x``), most sensitive first."""
-    def error(exclude: tuple[str, ...]) -> float:
-        out = t.outputs(t.int8(calibration.with_exclude(exclude)), "int8", x)
+    logits closer to FP32's (``reference``; mean squared error on ``x``), most sensitive first.
+    ``all_int8``: the fully quantized model's logits on ``x``, the error to reduce."""
+    def error(out: np.ndarray) -> float:
         return float(np.mean((out - reference) ** 2))
 
-    base = error(())
+    base = error(all_int8)
     gains = []
     for i, layer in enumerate(layers):
         progress(f"{t.target}: sensitivity of layer {i + 1}/{len(layers)} ({layer})")
-        gains.append((layer, (base - error((layer,))) / base if base > 0 else 0.0))
+        alone = error(t.outputs(t.int8(calibration.with_exclude((layer,))), "int8", x))
+        gains.append((layer, (base - alone) / base if base > 0 else 0.0))
     return sorted(gains, key=lambda g: -g[1])
 
 
-def _hold_budget(t: _Target, data: Int8Data, config: Int8Config, fp32_top1: float,
-                 progress: Callable[[str], None]) -> tuple[Path | None, float, list[dict[str, Any]], int]:
+def _hold_budget(t: _Target, data: Int8Data, config: Int8Config, fp32_out: np.ndarray, int8_out: np.ndarray,
+                 progress: Callable[[str], None]) -> tuple[Path | None, np.ndarray | None, list[dict[str, Any]], int]:
     """Move the most sensitive layers to FP32 until the drop holds the budget.
 
-    Returns ``(artifact or None when every layer had to go back, its top-1, the layers kept in FP32
-    with their reason, the number of layers)``.
+    ``fp32_out``, ``int8_out``: the FP32 and the fully quantized model's logits on the evaluation
+    split. Returns ``(artifact, its logits on the evaluation split, the layers kept in FP32 with
+    their reason, the number of layers)``; artifact and logits are None when every layer had to go back.
     """
     layers = quantizable_layers(t.onnx_path)
-    rank_x = data.eval_x[:RANKING_SAMPLES]
-    ranked = _rank_layers(t, data.calibration, layers, rank_x, t.outputs(t.fp32, "fp32", rank_x), progress)
-    tried: dict[int, tuple[Path, float]] = {}
+    fp32_top1 = _top1(fp32_out, data.eval_y)
+    rank = slice(0, RANKING_SAMPLES)
+    ranked = _rank_layers(t, data.calibration, layers, data.eval_x[rank], fp32_out[rank], int8_out[rank], progress)
+    tried: dict[int, tuple[Path, np.ndarray]] = {}
 
     def attempt(k: int) -> bool:
         exclude = tuple(layer for layer, _ in ranked[:k])
         artifact = t.int8(data.calibration.with_exclude(exclude))
-        top1 = _top1(t.outputs(artifact, "int8", data.eval_x), data.eval_y)
-        tried[k] = (artifact, top1)
+        tried[k] = (artifact, t.outputs(artifact, "int8", data.eval_x))
+        top1 = _top1(tried[k][1], data.eval_y)
         progress(f"{t.target}: {k} layer(s) in FP32 -> top-1 {top1:.2%} (FP32 {fp32_top1:.2%})")
         return fp32_top1 - top1 <= config.max_accuracy_drop
 
     lo, k = 0, 1  # attempt(lo) failed (lo = 0: the full INT8 model, measured before)
     while not attempt(k):
         if k >= len(layers) - 1:
-            return None, fp32_top1, [], len(layers)
+            return None, None, [], len(layers)
         lo, k = k, min(2 * k, len(layers) - 1)
     while k - lo > 1:
         mid = (lo + k) // 2
         lo, k = (lo, mid) if attempt(mid) else (mid, k)
-    artifact, top1 = tried[k]
+    artifact, outputs = tried[k]
     kept = [{"layer": layer, "rank": i + 1, "why": f"keeping it alone in FP32 removes {gain:.0%} of the INT8 "
              f"output error (sensitivity rank {i + 1} of {len(layers)})"} for i, (layer, gain) in enumerate(ranked[:k])]
-    return artifact, top1, kept, len(layers)
-
-
-def _agreement(t: _Target, artifact: Path, x: np.ndarray, config: Int8Config) -> Any:
-    """INT8 against FP32 on held-out samples, judged by the parity floors (what the bundle's own
-    check will demand): below them, INT8 is not shipped on this runtime."""
-    return compare(t.outputs(t.fp32, "fp32", x), t.outputs(artifact, "int8", x), runtime=t.runtime_name,
-                   device=t.device, precision="int8", floors=config.floors)
+    return artifact, outputs, kept, len(layers)
 
 
 def measure_speed(fp32_session: Any, int8_session: Any, x: np.ndarray,
@@ -313,24 +310,31 @@ def _decide(t: _Target, data: Int8Data, config: Int8Config, progress: Callable[[
             measure: SpeedMeasure) -> TargetDecision:
     progress(f"{t.target}: building INT8 ({len(data.calibration.samples)} calibration samples)")
     artifact = t.int8(data.calibration)
+    # every comparison below is on a prefix of the evaluation split: each artifact runs over it once
+    budget = config.max_accuracy_drop is not None
+    x = data.eval_x if budget else data.eval_x[:config.held_out_samples]
+    fp32_out, int8_out = t.outputs(t.fp32, "fp32", x), t.outputs(artifact, "int8", x)
     accuracy: dict[str, Any] = {}
     kept: list[dict[str, Any]] = []
-    if config.max_accuracy_drop is not None:
-        fp32_top1 = _top1(t.outputs(t.fp32, "fp32", data.eval_x), data.eval_y)
-        int8_top1 = _top1(t.outputs(artifact, "int8", data.eval_x), data.eval_y)
+    if budget:
+        fp32_top1, int8_top1 = _top1(fp32_out, data.eval_y), _top1(int8_out, data.eval_y)
         accuracy = {"metric": "top1", "samples": int(len(data.eval_x)), "fp32": fp32_top1, "int8_all_layers": int8_top1,
                     "budget": config.max_accuracy_drop}
         if fp32_top1 - int8_top1 > config.max_accuracy_drop:
             progress(f"{t.target}: INT8 loses {fp32_top1 - int8_top1:.2%} top-1 (budget "
                      f"{config.max_accuracy_drop:.2%}); ranking layers by sensitivity")
-            artifact, int8_top1, kept, count = _hold_budget(t, data, config, fp32_top1, progress)
+            artifact, int8_out, kept, count = _hold_budget(t, data, config, fp32_out, int8_out, progress)
             if artifact is None:
                 accuracy.update({"int8": None, "drop": None})
                 return TargetDecision(t.target, "fp32", f"accuracy budget: INT8 loses more than "
                                       f"{config.max_accuracy_drop:.2%} top-1 until all {count} layers are FP32; "
                                       "FP32 ships", t.fp32, accuracy)
+            int8_top1 = _top1(int8_out, data.eval_y)
         accuracy.update({"int8": int8_top1, "drop": fp32_top1 - int8_top1})
-    agreement = _agreement(t, artifact, data.eval_x[:config.held_out_samples], config)
+    # the floors the bundle's own parity check will demand: below them, INT8 is not shipped on this runtime
+    held = slice(0, config.held_out_samples)
+    agreement = compare(fp32_out[held], int8_out[held], runtime=t.runtime_name, device=t.device, precision="int8",
+                        floors=config.floors)
     if not agreement.passed:
         return TargetDecision(t.target, "fp32", f"parity floor: INT8 {agreement.describe()}; FP32 ships", t.fp32,
                               accuracy, {}, kept)

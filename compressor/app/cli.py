@@ -423,25 +423,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# each INT8 flag and the Int8Config field it sets (deploy batch size: the guard's)
+_INT8_FLAGS = {"--calib-data": "calib_data", "--calib-samples": "calib_samples", "--calib-method": "calib_method",
+               "--max-accuracy-drop": "max_accuracy_drop", "--min-int8-speedup": "min_int8_speedup",
+               "--deploy-batch-size": "guard_batch_size", "--min-cosine": "min_cosine",
+               "--min-top1-agreement": "min_top1_agreement"}
+
+
 def _int8_config(args: argparse.Namespace) -> Int8Config | None:
     """The INT8 options, or None for another precision (where INT8 flags are an error, not ignored)."""
-    flags = {"--calib-data": args.calib_data, "--calib-samples": args.calib_samples,
-             "--calib-method": args.calib_method, "--max-accuracy-drop": args.max_accuracy_drop,
-             "--min-int8-speedup": args.min_int8_speedup, "--deploy-batch-size": args.deploy_batch_size,
-             "--min-cosine": args.min_cosine, "--min-top1-agreement": args.min_top1_agreement}
+    given = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in _INT8_FLAGS}
+    given = {flag: value for flag, value in given.items() if value is not None}
     if args.precision != "int8":
-        given = [flag for flag, value in flags.items() if value is not None]
         if given:
             raise Int8Error(f"{', '.join(given)} apply to --precision int8, not {args.precision}")
         return None
     if args.calib_data is None:
         raise Int8Error("--precision int8 needs --calib-data (digits, folder:PATH, digits-detect or npy:FILE): "
                         "the calibration set INT8 ranges are taken from")
-    given = {field: value for field, value in (
-        ("calib_samples", args.calib_samples), ("calib_method", args.calib_method),
-        ("min_int8_speedup", args.min_int8_speedup), ("guard_batch_size", args.deploy_batch_size),
-        ("min_cosine", args.min_cosine), ("min_top1_agreement", args.min_top1_agreement)) if value is not None}
-    return Int8Config(calib_data=args.calib_data, max_accuracy_drop=args.max_accuracy_drop, **given)
+    return Int8Config(**{_INT8_FLAGS[flag]: value for flag, value in given.items()})
 
 
 def _print_int8(decisions: dict[str, Any] | None) -> None:
