@@ -21,10 +21,10 @@ need no manifest.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from compressor.common.config import is_int, is_number
 from runtimes import RUNTIME_TARGET, TARGET_RUNTIME
 
 __all__ = ["DEFAULT_PRECISION", "PRECISIONS", "REQUESTS", "applied_int8_factor", "artifact_precision",
@@ -58,7 +58,7 @@ def precision_problem(manifest: Mapping[str, Any]) -> str | None:
 
 
 def _fraction(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+    return is_number(value) and 0 <= value <= 1
 
 
 def manifest_accuracy(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -71,7 +71,7 @@ def manifest_accuracy(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
     samples = accuracy.get("samples")
     out: dict[str, Any] = {"metric": str(accuracy.get("metric", "top1")),
                            "split": accuracy.get("split") if isinstance(accuracy.get("split"), str) else None,
-                           "samples": samples if isinstance(samples, int) and not isinstance(samples, bool) else None}
+                           "samples": samples if is_int(samples) else None}
     for kind in ("fp32", "shipped"):
         by_runtime = accuracy.get(kind) if isinstance(accuracy.get(kind), Mapping) else {}
         out[kind] = {str(rt): float(v) for rt, v in by_runtime.items() if _fraction(v)}
@@ -95,8 +95,7 @@ def int8_by_runtime(manifest: Mapping[str, Any]) -> tuple[dict[str, float] | Non
         runtime = TARGET_RUNTIME.get(target, target)
         speed = entry.get("speed") if isinstance(entry.get("speed"), Mapping) else None
         speedup = speed.get("speedup") if speed else None
-        if isinstance(speedup, (int, float)) and not isinstance(speedup, bool) and math.isfinite(speedup) \
-                and speedup > 0:
+        if is_number(speedup) and speedup > 0:
             factors[runtime] = float(speedup)
         decision = entry.get("decision")
         decisions[runtime] = {"decision": decision if decision in PRECISIONS else None,
